@@ -1,0 +1,119 @@
+"Word distance and visual word encoder: exactness, gradients, both implementations, memory, bad input."
+import json, os, subprocess, sys, textwrap
+
+import pytest
+import torch
+
+from smvwe.distance import word_distance, word_distance_reference, load_ext, L1Chunked
+from smvwe.words import VisualWordEncoder, WordOutput, standardize
+
+HAS_EXT = load_ext() is not None
+IMPLS = ['torch'] + (['fused'] if HAS_EXT else [])
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('shape', [(2, 64, 7, 9, 13), (1, 3, 1, 1, 1), (3, 33, 8, 8, 70)])
+def test_forward_matches_broadcast(impl, shape):
+    B, K, H, W, N = shape
+    torch.manual_seed(0)
+    x, c = torch.randn(B, K, H, W), torch.randn(N, K)
+    d = word_distance(x, c, impl=impl)
+    assert d.shape == (B, N, H, W) and d.dtype == torch.float32
+    assert (d - word_distance_reference(x, c)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_gradcheck_float64(impl):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64, requires_grad=True)   # 15 pixels: a partial tile
+    c = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)         # 7 words: a partial word tile
+    assert torch.autograd.gradcheck(lambda a, b: word_distance(a, b, impl=impl), (x, c), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_EXT, reason='fused kernel not built')
+def test_fused_agrees_with_fallback_including_ties():
+    torch.manual_seed(1)
+    x, c = torch.randn(2, 40, 10, 13), torch.randn(11, 40)
+    c[2] = x[1, :, 3, 4]                   # a word equal to a pixel: sign(0) = 0 in both
+    g = torch.randn(2, 11, 10, 13)
+    res = {}
+    for impl in ('fused', 'torch'):
+        xi, ci = x.clone().requires_grad_(), c.clone().requires_grad_()
+        d = word_distance(xi, ci, impl=impl); d.backward(g)
+        res[impl] = (d, xi.grad, ci.grad)
+    for a, b in zip(res['fused'], res['torch']): torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_fallback_saves_only_inputs_and_chunks_are_bounded():
+    sizes = []
+    x, c = torch.randn(1, 16, 6, 6, requires_grad=True), torch.randn(8, 16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        d = L1Chunked.apply(x.flatten(2), c, 256)
+    assert sum(sizes) == x.numel() + c.numel()
+    d.sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(word_distance_reference(x, c).sum(), x)[0])
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_peak_memory_is_far_below_broadcast(impl, tmp_path):
+    "In a fresh process: B=1, K=256, 32x32, N=128 -> broadcasting needs 3 x 128 MB; we allow 40 MB over the inputs."
+    code = textwrap.dedent(f'''
+        import resource, torch, json
+        torch.set_num_threads(1)
+        from smvwe.distance import word_distance
+        x = torch.randn(1, 256, 32, 32, requires_grad=True); c = torch.randn(128, 256, requires_grad=True)
+        g = torch.randn(1, 128, 32, 32)
+        word_distance(x[:, :, :2, :2], c[:2], impl="{impl}").sum().backward()   # warm-up (threads, kernel)
+        x.grad = c.grad = None
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        word_distance(x, c, impl="{impl}").backward(g)
+        print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))
+    ''')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    extra_mb = json.loads(out.stdout.strip().splitlines()[-1])
+    assert extra_mb < 40, extra_mb
+
+
+def test_encoder_outputs():
+    torch.manual_seed(0)
+    enc = VisualWordEncoder(n_words=12, dim=24)
+    x = torch.randn(3, 24, 5, 4, requires_grad=True)
+    o = enc(x)
+    assert isinstance(o, WordOutput)
+    assert o.D.shape == o.P.shape == (3, 12, 5, 4) and o.Z.shape == (3, 5, 4) and o.Z.dtype == torch.long
+    assert o.z_word.shape == o.e_word.shape == (3, 12)
+    torch.testing.assert_close(o.e_word.sum(1), torch.ones(3))
+    assert not o.z_word.requires_grad and o.e_word.requires_grad
+    for b in range(3): assert set(o.z_word[b].nonzero().flatten().tolist()) == set(o.Z[b].unique().tolist())
+    # Eq. 2 by hand
+    P = torch.softmax(-word_distance_reference(standardize(x), enc.codebook) / enc.tau, 1)
+    torch.testing.assert_close(o.P, P, rtol=1e-4, atol=1e-6)
+    assert enc.tau == pytest.approx(24 ** 0.5)
+
+
+def test_encoder_learns_codebook():
+    "A few steps pulling each pixel's probability towards its nearest word lower the quantisation loss."
+    torch.manual_seed(0)
+    enc = VisualWordEncoder(n_words=8, dim=16)
+    x = torch.randn(2, 16, 6, 6)
+    opt = torch.optim.Adam(enc.parameters(), lr=0.05)
+    losses = []
+    for _ in range(15):
+        o = enc(x)
+        loss = (o.P * o.D).sum(1).mean() / 16
+        opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match='K = feats.shape'): word_distance(torch.randn(1, 3, 2, 2), torch.randn(4, 5))
+    with pytest.raises(ValueError, match='set dim='): VisualWordEncoder(4, 8)(torch.randn(1, 3, 2, 2))
+    with pytest.raises(ValueError, match='sign must be'): VisualWordEncoder(sign=2)
+
+
+def test_no_ext_env_falls_back(tmp_path):
+    code = ('import os, torch; from smvwe.distance import word_distance, ext_status; '
+            'print(ext_status()); x=torch.randn(1,3,2,2); print(float(word_distance(x, torch.randn(2,3)).sum()))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env=dict(os.environ, SMVWE_NO_EXT='1'))
+    assert 'disabled by SMVWE_NO_EXT' in out.stdout
