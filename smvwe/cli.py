@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cli.ipynb #7a8356fa
 from __future__ import annotations
-import importlib, sys
+import importlib, sys, warnings
 from fastcore.script import anno_parser
 
 # %% auto #0
@@ -52,6 +52,8 @@ def main(argv:list|None=None # arguments after the program name (default: sys.ar
         print(f"smvwe: unknown command '{cmd}'. Choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     mod, fn, _ = COMMANDS[cmd]
+    # fastai's layers call torch.jit.script at import, which torch 2.14 deprecates: noise for a command-line user
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     try: func = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         print(f"smvwe {cmd}: not available in this install ({e})", file=sys.stderr); return 2
@@ -65,3 +67,7 @@ def main(argv:list|None=None # arguments after the program name (default: sys.ar
     except (FileNotFoundError, ValueError) as e:  # bad input: one line, non-zero exit
         print(f'smvwe {cmd}: error: {e}', file=sys.stderr); return 1
     return 0
+
+# %% ../nbs/10_cli.ipynb #575eea47
+if __name__ == '__main__' and '__file__' in globals():  # `python -m smvwe.cli`, `torchrun -m smvwe.cli`; not in a notebook
+    sys.exit(main())

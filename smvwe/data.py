@@ -15,13 +15,13 @@ from fastai.data.core import TfmdDL, DataLoaders
 from fastai.torch_core import default_device
 from fastai.vision.core import imagenet_stats
 import matplotlib.pyplot as plt
+from .synth import voc_colormap
 
 # %% auto #0
-__all__ = ['VOC_CLASSES', 'to_tensor_img', 'TINY', 'read_classes', 'split_file', 'read_split', 'image_path', 'resolve_mask_dir',
-           'load_image', 'load_mask', 'saliency_path', 'load_saliency', 'check_mask_values', 'mask_labels',
-           'load_label_file', 'image_labels', 'VOCSplit', 'validate_voc', 'normalize_img', 'denormalize',
-           'color_jitter', 'JointTfm', 'VOCDataset', 'voc_palette', 'VOCDataLoader', 'cls_dls', 'seg_dls',
-           'make_tiny_voc']
+__all__ = ['VOC_CLASSES', 'to_tensor_img', 'voc_palette', 'TINY', 'read_classes', 'split_file', 'read_split', 'image_path',
+           'resolve_mask_dir', 'load_image', 'load_mask', 'saliency_path', 'load_saliency', 'check_mask_values',
+           'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit', 'validate_voc', 'normalize_img', 'denormalize',
+           'color_jitter', 'JointTfm', 'VOCDataset', 'VOCDataLoader', 'cls_dls', 'seg_dls', 'make_tiny_voc']
 
 # %% ../nbs/01_data.ipynb #5398862d
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -77,6 +77,7 @@ def image_path(root, id:str) -> Path:
 
 def resolve_mask_dir(root, mask_dir='auto') -> Path:
     "Folder of masks: 'auto' = SegmentationClassAug if present else SegmentationClass; relative to root or absolute."
+    root = Path(root).absolute()  # absolute, so the result can be passed back as `mask_dir` with the same root
     if mask_dir == 'auto':
         aug = Path(root)/'SegmentationClassAug'
         return aug if aug.is_dir() else Path(root)/'SegmentationClass'
@@ -305,15 +306,7 @@ class VOCDataset(Dataset):
         return x, m
 
 # %% ../nbs/01_data.ipynb #c1a840c7
-def voc_palette(n:int=256) -> np.ndarray:
-    "The PASCAL VOC colour map (n,3) uint8 (bit-interleaved class index)."
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7-j); g |= ((c >> 1) & 1) << (7-j); b |= ((c >> 2) & 1) << (7-j); c >>= 3
-        pal[i] = r, g, b
-    return pal
+voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the benchmark (00_synth)
 
 class VOCDataLoader(TfmdDL):
     "A `TfmdDL` over a `VOCDataset` with seeded shuffling/augmentation, `classes` and `show_batch`."

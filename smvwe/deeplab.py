@@ -19,14 +19,14 @@ from fastai.learner import Learner
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import SGD
-from fastai.torch_core import set_seed, default_device, rank_distrib
+from fastai.torch_core import set_seed, default_device, rank_distrib, distrib_barrier
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 
 from .data import seg_dls, read_split, load_image, to_tensor_img
 from .weights import load_weights
-from .train import PolyLR, AMP, fit_resumable, atomic_save, _check_amp, _plain, _update_json, _write_history
-from .pseudo import save_label_png, crf_refine
+from .train import PolyLR, AMP, fit_resumable, atomic_save, _check_amp, _plain, _update_json, _write_history, init_distributed
+from .pseudo import save_label_png, crf_refine, _shard
 
 # %% auto #0
 __all__ = ['SmallBackbone', 'seg_backbone', 'LargeFOV', 'ASPP', 'DeepLab', 'DeepLabV1', 'DeepLabV2', 'upsample', 'SegLoss',
@@ -256,14 +256,16 @@ def predict_folder(model:nn.Module, # segmentation model
                    resume:bool=True, # skip images whose PNG exists
                    device=None, # model device (default: the model's)
                    crf_kw:dict|None=None, # `crf_refine` arguments
+                   rank:int|None=None, world_size:int|None=None, # predict ids[rank::world_size] (None: RANK / WORLD_SIZE of torchrun, else 0, 1)
                    progress:bool=True) -> Path: # show a progress bar
     "Predict every image of `split` and write `out_dir/ID.png` (VOC palette); returns `out_dir`."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"dataset folder '{root}' not found")
     out = Path(out_dir) if out_dir is not None else root/'pred'
     out.mkdir(parents=True, exist_ok=True)
-    ids = [i for i in read_split(root, split) if not (resume and (out/f'{i}.png').exists())]
-    n_workers = os.cpu_count() if n_workers is None else n_workers
+    rank, world_size = _shard(rank, world_size)
+    ids = [i for i in read_split(root, split)[rank::world_size] if not (resume and (out/f'{i}.png').exists())]
+    n_workers = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))) if n_workers is None else n_workers
     pool = None
     if crf and n_workers > 0 and len(ids) > 1:
         import multiprocessing as mp
@@ -317,6 +319,7 @@ def train_seg(root, # VOC-layout dataset folder
     amp = _check_amp(amp)
     final = seg/'model.pth'
     if resume and final.exists(): return final
+    device = init_distributed(device)  # under torchrun / accelerate launch: this rank's device, the process group
     set_seed(seed)
     dls = seg_dls(root, train=train, valid=valid, mask_dir=str(pseudo_dir.resolve()), crop=crop, bs=bs,
                   num_workers=num_workers, device=device, seed=seed, **(dls_kw or {}))
@@ -330,6 +333,7 @@ def train_seg(root, # VOC-layout dataset folder
     if not rank_distrib():
         _write_history(learn, seg/'history.csv')
         atomic_save(dict(model=learn.model.state_dict(), config=_plain(learn.model.config), classes=list(dls.classes)), final)
+    distrib_barrier()  # every rank returns once model.pth is written
     return final
 
 def load_seg_model(path, # OUT/seg/model.pth written by `train_seg`
@@ -380,13 +384,16 @@ def train_seg_cli(root:str, # VOC-layout dataset folder
                  ):
     "Train DeepLab-V1/V2 on pseudo labels, then predict a split and evaluate it (resumable)."
     sc = _floats(scales, 'scales')
+    device = init_distributed(device)  # launched: this rank's device and the process group (no-op otherwise)
     path = train_seg(root, pseudo_dir, out, arch=arch, backbone=backbone, epochs=epochs, bs=bs, crop=crop, lr=lr,
                      lr_mult=lr_mult, wd=wd, mom=mom, amp=amp, channels_last=channels_last, weights=weights,
                      num_workers=num_workers, device=device, seed=seed, resume=resume, progress=progress)
     print(f'model: {path}')
     if not eval: return path
     pred = predict_folder(load_seg_model(path, device), root, split, Path(out)/'pred', crf=crf, scales=sc, flip=flip,
-                          n_workers=n_workers, resume=resume, progress=progress)
+                          n_workers=n_workers, resume=resume, progress=progress)  # launched: this rank's share of the images
+    distrib_barrier()  # every rank's predictions are written
+    if rank_distrib(): return path  # rank 0 evaluates
     from smvwe.metrics import evaluate_folder
     res = evaluate_folder(pred, root, split)
     mpath = atomic_save(json.dumps(_plain(res), indent=1, default=float) + '\n', Path(out)/'metrics_seg.json')

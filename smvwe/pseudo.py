@@ -215,6 +215,13 @@ def load_cams(path, # cams/ID.npy written by `make_pseudo`
     full[present], full[-1] = a[:-1], a[-1]
     return full
 
+def _shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
+    "`(rank, world_size)`: the given values, else the launcher's `RANK` / `WORLD_SIZE` (torchrun, accelerate launch), else `(0, 1)`."
+    r = int(os.environ.get('RANK', 0)) if rank is None else int(rank)
+    w = int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else int(world_size)
+    if not 0 <= r < w: raise ValueError(f'rank must lie in 0..world_size-1, got rank={r}, world_size={w}')
+    return r, w
+
 def _outputs_ok(cam_p:Path|None, png_p:Path, k:int, hw:tuple, L:int) -> bool:
     "The outputs of an image exist and are valid (`cam_p=None`: only the PNG is checked)."
     try:
@@ -260,7 +267,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 sal_dir:str|None=None, # optional saliency folder (name under root or a path): background = 1 - saliency
                 labels=None, # (n,L) image labels aligned with the split's ids (default: from the dataset)
                 device=None, # model device (default: the model's)
-                rank:int=0, world_size:int=1, # process ids[rank::world_size]
+                rank:int|None=None, world_size:int|None=None, # process ids[rank::world_size] (None: RANK / WORLD_SIZE of torchrun, else 0, 1)
                 mp_context:str|None=None, # pool start method (None: 'fork' on Linux, like DataLoader workers; else 'spawn')
                 save_cams:bool=True, # also write cams/ID.npy
                 progress:bool=True # show a progress bar
@@ -273,6 +280,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
     ids = read_split(root, split)
     labels = image_labels(root, ids, read_classes(root)) if labels is None else np.asarray(labels, np.float32)
     if len(labels) != len(ids): raise ValueError(f'labels has {len(labels)} rows but split {split!r} has {len(ids)} ids')
+    rank, world_size = _shard(rank, world_size)
     sel = list(range(len(ids)))[rank::world_size]
     L = labels.shape[1]
     crf_kw = {'ref_size': 500, **(crf_kw or {})}
@@ -286,12 +294,13 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
         tmp = _atomic_path(cfg_p); tmp.write_text(json.dumps(opts, indent=1)); os.replace(tmp, cfg_p)
     sal_root = None if sal_dir is None else (Path(sal_dir) if Path(sal_dir).is_absolute() else root/sal_dir)
     norm = 'softmax' if mode == 'argmax' else 'cam'
-    n_workers = os.cpu_count() if n_workers is None else n_workers
+    cores = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # this rank's share of the machine
+    n_workers = cores if n_workers is None else n_workers
     pool, old_threads = None, None
     if n_workers > 0:
         import torch, multiprocessing as mp
         if torch.device(device or _model_device(model)).type == 'cpu':   # model threads + workers <= cores
-            old_threads = torch.get_num_threads(); torch.set_num_threads(max(1, (os.cpu_count() or 1) - n_workers))
+            old_threads = torch.get_num_threads(); torch.set_num_threads(max(1, cores - n_workers))
         from concurrent.futures import ProcessPoolExecutor
         if mp_context is None: mp_context = 'fork' if sys.platform.startswith('linux') else 'spawn'
         pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context(mp_context), initializer=_init_worker)
@@ -345,14 +354,18 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
                sal_dir:str=None, # saliency folder: background score = 1 - saliency
                resume:bool=True, # skip images already done (--no-resume to redo)
                device:str=None, # torch device of the model (default: fastai's default device, the GPU if any)
-               rank:int=0, # this process's shard
-               world_size:int=1 # number of shards
+               rank:int=None, # this process's shard (default: RANK of torchrun / accelerate launch, else 0)
+               world_size:int=None # number of shards (default: WORLD_SIZE of the launcher, else 1)
               ):
     "Localization maps (cams/ID.npy) and pseudo labels (pseudo/ID.png) for a split."
     mp = Path(run_dir)/'cls'/'model.pth'
     if not mp.exists(): raise FileNotFoundError(f'{mp} not found: train the classification stage first (smvwe train-cls)')
     from smvwe.train import load_cls_model
     from smvwe.data import read_classes
+    launched = int(os.environ.get('WORLD_SIZE', 1)) > 1
+    if launched:  # torchrun / accelerate launch: this rank's GPU, and a process group for the final barrier
+        from smvwe.train import init_distributed
+        device = init_distributed(device)
     model = load_cls_model(mp, device=device)
     classes = read_classes(root)
     if getattr(model, 'classes', None) and list(model.classes) != classes:
@@ -362,4 +375,7 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
     o = make_pseudo(model, root, split, out or run_dir, scales=sc, flip=flip, mode=mode, bg_thr=bg_thr, crf=crf,
                     conf_thr=conf_thr, ignore_disagree=ignore_disagree, n_workers=n_workers, resume=resume,
                     sal_dir=sal_dir, device=device, rank=rank, world_size=world_size)
-    print(f'pseudo labels in {Path(o)/"pseudo"}')
+    if launched:
+        import torch.distributed as dist
+        if dist.is_initialized(): dist.barrier()  # every rank's images are written
+    if not int(os.environ.get('RANK', 0)): print(f'pseudo labels in {Path(o)/"pseudo"}')

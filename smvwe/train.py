@@ -5,7 +5,7 @@
 # %% ../nbs/06_train.ipynb #c651c26e
 from __future__ import annotations
 import csv, io, json, os, random, tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import is_dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -18,6 +18,7 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import ProgressCallback
+from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.learner import Learner
 from fastai.optimizer import SGD
 from fastai.torch_core import set_seed, rank_distrib, num_distrib, distrib_barrier, get_model, default_device
@@ -28,9 +29,9 @@ from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 
 # %% auto #0
-__all__ = ['VARIANTS', 'variant_kwargs', 'PolyLR', 'atomic_save', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'read_checkpoint',
-           'load_checkpoint', 'fit_resumable', 'AMP', 'cls_learner', 'save_cls_model', 'load_cls_model', 'train_cls',
-           'train_cls_cli']
+__all__ = ['VARIANTS', 'variant_kwargs', 'PolyLR', 'atomic_save', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'dist_env',
+           'init_distributed', 'DDPTrainer', 'ddp_ctx', 'read_checkpoint', 'load_checkpoint', 'fit_resumable', 'AMP',
+           'cls_learner', 'save_cls_model', 'load_cls_model', 'train_cls', 'train_cls_cli']
 
 # %% ../nbs/06_train.ipynb #bd8eda5d
 VARIANTS = {  # name -> (SMVWENet kwargs, SMVWELoss kwargs)
@@ -139,6 +140,54 @@ class EpochCheckpoint(Callback):
                          values=_plain(self.prev + (list(rec.values) if rec else [])),
                          metric_names=list(rec.metric_names) if rec else []), self.fname)
 
+# %% ../nbs/06_train.ipynb #52d267f0
+def dist_env() -> tuple[int, int, int]:
+    "`(rank, world_size, local_rank)` of this process from the launcher's environment; `(0, 1, 0)` when not launched"
+    return rank_distrib(), max(1, num_distrib()), int(os.environ.get('LOCAL_RANK', 0))
+
+def init_distributed(device=None # requested device (None: this rank's GPU if there is one, else the CPU)
+                    ):
+    "Under a launcher (`WORLD_SIZE` > 1): pin this rank's GPU, start the process group (NCCL on GPUs, gloo on CPUs), return the device; else return `device`"
+    rank, world, local = dist_env()
+    if world < 2: return device
+    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if dev.type == 'cuda':
+        if dev.index is None: dev = torch.device('cuda', local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(dev)
+    if not torch.distributed.is_initialized():
+        if 'MASTER_ADDR' not in os.environ:
+            raise ValueError(f'WORLD_SIZE={world} but MASTER_ADDR is not set: launch with torchrun or accelerate launch.')
+        torch.distributed.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
+    return dev
+
+class _DistributedDL(DistributedDL):
+    "fastai's `DistributedDL`, broadcasting rank 0's batch order on the process group's device (fastai's always uses CUDA)"
+    def _broadcast(self, t, rank):
+        nccl = torch.distributed.get_backend() == 'nccl'
+        t = torch.tensor(t, dtype=torch.long, device=torch.device('cuda', torch.cuda.current_device()) if nccl else 'cpu')
+        torch.distributed.broadcast(t, rank)
+        return t.cpu().tolist()
+
+class DDPTrainer(DistributedTrainer):
+    "fastai's `DistributedTrainer` (Accelerate DDP + sharded `DataLoader`s) that also works with the gloo backend on CPUs"
+    def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else _DistributedDL(dl, device=self.learn.model.device)
+
+@contextmanager
+def ddp_ctx(learn:Learner, # the `Learner` to train
+            sync_bn:bool=False # `SyncBatchNorm` across ranks (CUDA only)
+           ):
+    "fastai's `learn.distrib_ctx()` for GPUs and CPUs: DDP over the launched processes; nothing with one process"
+    if num_distrib() < 2: yield learn; return
+    dev = init_distributed(next(get_model(learn.model).parameters()).device)
+    cb = DDPTrainer(sync_bn=sync_bn and dev.type == 'cuda', cpu=dev.type == 'cpu', mixed_precision='no')  # precision: the AMP callback
+    prog = [c for c in learn.cbs if isinstance(c, ProgressCallback)]
+    learn.add_cb(cb)
+    if rank_distrib(): learn.remove_cbs(prog)  # one progress bar, rank 0's
+    try: yield learn
+    finally:
+        learn.remove_cb(cb)
+        if rank_distrib(): learn.add_cbs(prog)
+
 # %% ../nbs/06_train.ipynb #7fde987e
 def read_checkpoint(fname, device='cpu') -> dict:
     "The contents of an `EpochCheckpoint` file"
@@ -160,7 +209,8 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
                   ckpt, # checkpoint file (written after every epoch)
                   seed:int=0, resume:bool=True, # per-epoch seeds; continue from `ckpt` if it exists
                   meta:dict|None=None, # recipe stored in the checkpoint and compared on resume
-                  cbs=None # extra callbacks for this fit
+                  cbs=None, # extra callbacks for this fit
+                  sync_bn:bool=False # under a launcher: BatchNorm statistics over all ranks (CUDA only)
                  ) -> Learner:
     "`learn.fit(epochs)` with per-epoch seeds and an atomic checkpoint after each epoch, continuing from `ckpt` if `resume`"
     if epochs < 1: raise ValueError(f'epochs must be at least 1, got {epochs}.')
@@ -178,8 +228,7 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
         poly = next((c for c in learn.cbs if isinstance(c, PolyLR)), None)
         if poly is not None: poly.resume(state['poly_t'], epochs)
     if start < epochs:
-        ctx = learn.distrib_ctx() if num_distrib() > 1 else nullcontext()
-        with ctx: learn.fit(epochs - start, cbs=[EpochSeed(seed, start), EpochCheckpoint(ckpt, seed, start, meta, values)] + listify(cbs))
+        with ddp_ctx(learn, sync_bn=sync_bn): learn.fit(epochs - start, cbs=[EpochSeed(seed, start), EpochCheckpoint(ckpt, seed, start, meta, values)] + listify(cbs))
     if hasattr(learn, 'recorder'):  # the log of the whole run, also when it was already complete
         learn.recorder.values = list(values) + (list(learn.recorder.values) if start < epochs else [])
         if start >= epochs: learn.recorder.metric_names = L(state['metric_names'])
@@ -325,6 +374,7 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     if epochs < 1: raise ValueError(f'epochs must be at least 1, got {epochs}.')
     if not Path(root).is_dir(): raise FileNotFoundError(f"Dataset folder {root} does not exist (make one with `smvwe synth {root}`).")
     out = Path(out); cls_dir = out/'cls'
+    device = init_distributed(device)  # under torchrun / accelerate launch: this rank's device, the process group
     set_seed(seed)
     resize_long = tuple(resize_long) if resize_long else (crop, round(crop * 768 / 448))
     args['resize_long'] = list(resize_long)
@@ -343,6 +393,7 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     if not rank_distrib():
         save_cls_model(learn, cls_dir/'model.pth')
         _write_history(learn, cls_dir/'history.csv')
+    distrib_barrier()  # every rank returns once model.pth is written
     return learn
 
 # %% ../nbs/06_train.ipynb #9ede459e

@@ -1,0 +1,52 @@
+"`smvwe demo` end to end: the quick preset writes metrics.json, figures and report.md; a second run resumes."
+import json, time
+from pathlib import Path
+
+from smvwe.cli import main
+from smvwe.train import VARIANTS
+
+
+def _scores(m):
+    "The metrics that must not change when a finished run is resumed."
+    v = {k: (r['miou'], r['boundary']['f1'], {p: c['ratio'] for p, c in r['confusion'].items()}, r.get('word_miou'))
+         for k, r in m['variants'].items()}
+    return v, {k: r['miou'] for k, r in m['seg'].items()}
+
+
+def test_demo_quick_end_to_end_and_resume(tmp_path):
+    out = tmp_path / 'demo'
+    t0 = time.time()
+    assert main(['demo', '--quick', '--out', str(out), '--quiet']) == 0
+    t_first = time.time() - t0
+    m = json.loads((out / 'metrics.json').read_text())
+    assert sorted(m['variants']) == sorted(VARIANTS)                     # all four variants scored on val
+    assert sorted(m['seg']) == ['cam', 'smvwe']                          # DeepLab on CAM and SMVWE pseudo labels
+    assert m['preset'] == 'quick' and '--quick' in m['command']
+    for v, r in m['variants'].items():
+        assert 0 <= r['miou'] <= 1 and r['n_images'] == 12, v
+        assert set(r['confusion']) == {'water', 'rails'}, v
+        assert r['pseudo_mode'] == ('argmax' if v in ('sal', 'smvwe') else 'threshold'), v
+        assert len(list((out / v / 'pseudo_val' / 'pseudo').glob('*.png'))) == 12, v
+        assert ('word_miou' in r) == (v in ('vwe', 'smvwe')), v
+    for v in ('cam', 'smvwe'):                                           # train-split pseudo labels feed DeepLab
+        assert len(list((out / v / 'pseudo_train' / 'pseudo').glob('*.png'))) == 24
+        assert (out / v / 'seg' / 'model.pth').is_file() and 0 <= m['seg'][v]['miou'] <= 1
+    assert {p.name for p in (out / 'figures').glob('*.png')} == {'bars.png', 'qualitative.png', 'words.png'}
+    report = (out / 'report.md').read_text()
+    assert 'SMVWE' in report and 'figures/bars.png' in report and 'DeepLab' in report
+    assert set(m['claims']) >= {'smvwe_beats_cam_miou', 'smvwe_raises_boundary_f1', 'seg_smvwe_beats_cam'}
+    assert not list(out.rglob('*.tmp'))
+    # a second run finds every stage done: same metrics, much faster
+    t0 = time.time()
+    assert main(['demo', '--quick', '--out', str(out), '--quiet']) == 0
+    t_second = time.time() - t0
+    m2 = json.loads((out / 'metrics.json').read_text())
+    assert _scores(m2) == _scores(m)
+    assert t_second < 0.6 * t_first, (t_first, t_second)
+
+
+def test_demo_bad_arguments(tmp_path, capsys):
+    assert main(['demo', '--out', str(tmp_path / 'x'), '--epochs', '3']) == 2      # unknown option: argparse error
+    bad = tmp_path / 'taken'; (bad / 'data').mkdir(parents=True); (bad / 'data' / 'notes.txt').write_text('mine')
+    assert main(['demo', '--quick', '--out', str(bad), '--quiet']) == 1           # refuses to write over a foreign folder
+    assert 'not a benchmark folder' in capsys.readouterr().err
