@@ -12,44 +12,16 @@ from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
-__all__ = ['voc_palette', 'save_label_png', 'normalise_maps', 'localization_maps', 'label_scores', 'scores_to_probs',
-           'maps_to_labels', 'crf_refine', 'pseudo_label', 'load_cams', 'make_pseudo', 'pseudo_cli']
+__all__ = ['normalise_maps', 'localization_maps', 'label_scores', 'scores_to_probs', 'maps_to_labels', 'crf_refine',
+           'pseudo_label', 'load_cams', 'make_pseudo', 'pseudo_cli']
 
 # %% ../nbs/07_pseudo.ipynb #a80edce5
-def voc_palette(n:int=256 # number of colours
-               ) -> np.ndarray: # (n,3) uint8
-    "The PASCAL VOC colour map."
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, rgb = i, [0, 0, 0]
-        for j in range(8):
-            for ch in range(3): rgb[ch] |= ((c >> ch) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = rgb
-    return pal
+from .synth import voc_colormap as voc_palette, save_label_png  # (n,3) VOC colours; atomic palette-PNG writer
 
 # %% ../nbs/07_pseudo.ipynb #9a557af7
 def _atomic_path(path:Path) -> Path:
     "A hidden temporary name in the same folder (so `os.replace` is atomic and globs of `*.png` never see it)."
     return path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-
-def save_label_png(path, # destination ID.png
-                   arr:np.ndarray # (H,W) integer labels 0..254, 255 = ignore
-                  ) -> Path:
-    "Write a label map as a VOC-palette PNG, atomically."
-    arr = np.asarray(arr)
-    if arr.ndim != 2: raise ValueError(f'save_label_png: labels must be (H,W), got shape {arr.shape} for {path}')
-    if arr.min(initial=0) < 0 or arr.max(initial=0) > 255: raise ValueError(f'save_label_png: labels must lie in 0..255 for {path}')
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(arr.astype(np.uint8), mode='P')
-    im.putpalette(voc_palette().flatten().tolist())
-    tmp = _atomic_path(path)
-    try:
-        with open(tmp, 'wb') as f: im.save(f, format='PNG')
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
 
 def _save_npy(path:Path, arr:np.ndarray):
     "`np.save`, atomically."

@@ -42,7 +42,7 @@ def palette() -> list[int]:
 def _atomic(path, save):
     "Call `save(tmp)` on a temporary name in the same folder, then rename it to `path`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')  # hidden, per process, never matches *.png
     try: save(tmp); os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
