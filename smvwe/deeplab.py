@@ -25,7 +25,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .data import seg_dls, read_split, load_image, to_tensor_img
 from .weights import load_weights
-from .train import PolyLR, AMP, fit_resumable, atomic_save, _check_amp, _plain, _update_json, _write_history, init_distributed
+from .train import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed
 from .pseudo import save_label_png, crf_refine, _shard
 
 # %% auto #0
@@ -199,7 +199,7 @@ def seg_learner(dls, # DataLoaders of (img, mask) batches (`smvwe.data.seg_dls`)
                 path='.', # Learner path
                 **model_kw) -> Learner: # more `DeepLab` arguments (head_channels, rates, ...)
     "A fastai SGD `Learner` for DeepLab: head at `lr_mult` x the backbone's LR, poly decay, 255 ignored."
-    amp = _check_amp(amp)
+    amp = check_amp(amp)
     if n_classes is None:
         cl = list(getattr(dls, 'classes', None) or [])
         if len(cl) < 2: raise ValueError("n_classes not given and dls has no `classes` (background first): pass n_classes")
@@ -272,7 +272,7 @@ def predict_folder(model:nn.Module, # segmentation model
         pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context('spawn'), initializer=_init_worker)
     pending = []
     try:
-        for i in progress_bar(ids, display=progress, leave=False):
+        for i in (progress_bar(ids, leave=False) if progress else ids):
             img = load_image(root, i)
             probs = predict(model, img, scales, flip, device)
             if not crf: save_label_png(out/f'{i}.png', probs.argmax(0).astype(np.uint8))
@@ -316,7 +316,7 @@ def train_seg(root, # VOC-layout dataset folder
     if not root.is_dir(): raise FileNotFoundError(f"dataset folder '{root}' not found")
     if not pseudo_dir.is_dir(): raise FileNotFoundError(f"pseudo-label folder '{pseudo_dir}' not found: make it with `smvwe pseudo`")
     if arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {arch!r}")
-    amp = _check_amp(amp)
+    amp = check_amp(amp)
     final = seg/'model.pth'
     if resume and final.exists(): return final
     device = init_distributed(device)  # under torchrun / accelerate launch: this rank's device, the process group
@@ -326,13 +326,13 @@ def train_seg(root, # VOC-layout dataset folder
     learn = seg_learner(dls, arch, backbone, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom, power=power, amp=amp,
                         channels_last=channels_last, weights=weights, path=seg, **model_kw)
     if not progress: learn.remove_cb(ProgressCallback)
-    if not rank_distrib(): _update_json(Path(out)/'config.json', 'train_seg', _plain(args))
-    recipe = dict(_plain({k: args[k] for k in ('bs', 'crop', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'train', 'valid', 'pseudo_dir')}),
-                  model=_plain(learn.model.config))
+    if not rank_distrib(): update_json(Path(out)/'config.json', 'train_seg', to_plain(args))
+    recipe = dict(to_plain({k: args[k] for k in ('bs', 'crop', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'train', 'valid', 'pseudo_dir')}),
+                  model=to_plain(learn.model.config))
     fit_resumable(learn, epochs, seg/'checkpoint.pth', seed=seed, resume=resume, meta=recipe, cbs=cbs)
     if not rank_distrib():
-        _write_history(learn, seg/'history.csv')
-        atomic_save(dict(model=learn.model.state_dict(), config=_plain(learn.model.config), classes=list(dls.classes)), final)
+        write_history(learn, seg/'history.csv')
+        atomic_save(dict(model=learn.model.state_dict(), config=to_plain(learn.model.config), classes=list(dls.classes)), final)
     distrib_barrier()  # every rank returns once model.pth is written
     return final
 
@@ -396,6 +396,6 @@ def train_seg_cli(root:str, # VOC-layout dataset folder
     if rank_distrib(): return path  # rank 0 evaluates
     from smvwe.metrics import evaluate_folder
     res = evaluate_folder(pred, root, split)
-    mpath = atomic_save(json.dumps(_plain(res), indent=1, default=float) + '\n', Path(out)/'metrics_seg.json')
+    mpath = atomic_save(json.dumps(to_plain(res), indent=1, default=float) + '\n', Path(out)/'metrics_seg.json')
     print(f"mIoU ({split}): {res.get('miou', float('nan')):.4f} -> {mpath}")
     return mpath

@@ -186,7 +186,7 @@ def evaluate_folder(pred_dir, # folder of ID.png predictions (palette/index PNG,
         if c['class'] not in classes: raise ValueError(f"context {name!r}: class {c['class']!r} is not one of the classes {classes}")
     cm, bcount = ConfusionMatrix(len(classes)), np.zeros(4, np.int64)
     ccount = {name: np.zeros(2, np.int64) for name in contexts}
-    for id in progress_bar(ids, display=progress):
+    for id in (progress_bar(ids) if progress else ids):
         pp, gp = pred_dir/f'{id}.png', mdir/f'{id}.png'
         pred, gt = load_label(pp), load_label(gp)
         if pred.shape != gt.shape: raise ValueError(f'{pp} has shape {pred.shape} but the ground truth {gp} has {gt.shape}')

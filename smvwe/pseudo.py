@@ -283,7 +283,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
             try: f.result()
             except Exception as e: raise RuntimeError(f'pseudo label of {ids[i]} failed: {e}') from e
     try:
-        for i in progress_bar(sel, display=progress):
+        for i in (progress_bar(sel) if progress else sel):  # fastprogress draws a bar even with display=False
             id, lab = ids[i], labels[i]
             cam_p, png_p = out/'cams'/f'{id}.npy', out/'pseudo'/f'{id}.png'
             k = int((lab > 0).sum())

@@ -19,7 +19,7 @@ __all__ = ['CLASSES', 'CONTEXTS', 'SYNTH_VERSION', 'BODY_COLOURS', 'PART_STYLE',
 # %% ../nbs/00_synth.ipynb #aae21933
 CLASSES = ['background', 'boat', 'train', 'car', 'bird', 'cat']
 CONTEXTS = {'water': {'id': 1, 'class': 'boat'}, 'rails': {'id': 2, 'class': 'train'}}
-SYNTH_VERSION = 1  # bump when the drawing changes: folders written by another version are refused
+SYNTH_VERSION = 2  # bump when the drawing changes: folders written by another version are refused
 
 # %% ../nbs/00_synth.ipynb #37701ad7
 def voc_colormap(n:int=256 # number of entries
@@ -95,10 +95,10 @@ def _part_polys(rng, cls, cx, cy, rx, ry):
     s = rng.choice([-1, 1])  # which end of the body
     U = rng.uniform
     if cls == 'boat':    # a tall triangular sail standing on the body
-        x, w, h, y = cx + U(-.3, .3) * rx, U(.6, .8) * rx, U(.9, 1.3) * ry, cy - .45 * ry
+        x, w, h, y = cx + s * U(.25, .5) * rx, U(.3, .4) * rx, U(1., 1.4) * ry, cy - .45 * ry
         return [np.array([[x - w / 2, y], [x + w / 2, y], [x + U(-.2, .2) * w, y - h]])]
     if cls == 'train':   # a box-shaped cabin over one end
-        x0, x1, y0, y1 = cx + s * U(.15, .3) * rx, cx + s * U(.8, .95) * rx, cy - U(1.2, 1.5) * ry, cy - .3 * ry
+        x0, x1, y0, y1 = cx + s * U(.55, .65) * rx, cx + s * U(.88, .95) * rx, cy - U(1.2, 1.5) * ry, cy - .3 * ry
         return [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])]
     if cls == 'car':     # a round lamp at one end
         r = U(.45, .55) * ry
@@ -107,9 +107,9 @@ def _part_polys(rng, cls, cx, cy, rx, ry):
         r, hx, hy = U(.5, .6) * ry, cx + s * .8 * rx, cy - .8 * ry
         beak = np.array([[hx + s * .7 * r, hy - .4 * r], [hx + s * .7 * r, hy + .3 * r], [hx + s * 1.6 * r, hy]])
         return [wobbly_polygon(rng, hx, hy, r, r, low=0, mid=0, jag=.03, n=32), beak]
-    if cls == 'cat':     # two pointed ears on top
-        w, h, y = U(.4, .5) * rx, U(.8, 1.) * ry, cy - .7 * ry
-        return [np.array([[x - w / 2, y], [x + w / 2, y], [x + U(-.15, .15) * w, y - h]]) for x in (cx - .4 * rx, cx + .4 * rx)]
+    if cls == 'cat':     # two pointed ears on top of one end
+        w, h, y = U(.18, .22) * rx, U(.8, 1.) * ry, cy - .7 * ry
+        return [np.array([[x - w / 2, y], [x + w / 2, y], [x + U(-.15, .15) * w, y - h]]) for x in (cx + s * .55 * rx, cx + s * .8 * rx)]
     raise ValueError(f'no part style for class {cls!r}')
 
 def _texture(kind, yy, xx, cy, cx):
@@ -152,7 +152,7 @@ def _context_rgb(rng, name, S, yy, xx, y0, y1):
 
 def render_scene(rng:np.random.Generator, # drawing randomness (one per image)
                  size:int=96, # image side in pixels
-                 max_objects:int=3, # 1..max_objects objects per image
+                 max_objects:int=2, # 1..max_objects objects per image
                  cooc:float=0.92, # P(context | its class is in the image), per object
                  ctx_alone:float=0.08, # P(context | its class is absent)
                 ) -> dict:
@@ -173,7 +173,7 @@ def render_scene(rng:np.random.Generator, # drawing randomness (one per image)
     n = int(rng.integers(1, max_objects + 1))
     objs, boxes = [], []
     for c in rng.integers(0, len(classes), n):
-        rx = U(.16, .25) * S; ry = rx * U(.5, .75)
+        rx = U(.26, .36) * S; ry = rx * U(.38, .5)  # long bodies: their far end is 2 rx from the part
         for _ in range(40):
             cx, cy = U(rx, S - rx), U(min(2.2 * ry, S - ry), S - ry)
             box = (cx - 1.05 * rx, cy - 2.3 * ry, cx + 1.05 * rx, cy + 1.3 * ry)
@@ -282,7 +282,7 @@ LAYOUT = ('JPEGImages', 'SegmentationClass', 'saliency', 'saliency_cv2', 'Contex
 def make_sample(seed:int=0, # benchmark seed
                 split:str='train', # 'train' or 'val'
                 idx:int=0, # image index within the split
-                size:int=96, max_objects:int=3, cooc:float=0.92, ctx_alone:float=0.08,
+                size:int=96, max_objects:int=2, cooc:float=0.92, ctx_alone:float=0.08,
                 cv2_method:str='fine_grained', # `cv2_saliency` method
                 **sal_kw, # `simulate_saliency` fault knobs (SAL_DEFAULTS)
                ) -> dict:
@@ -336,7 +336,7 @@ def make_benchmark(out, # folder to write (created)
                    n_val:int=100, # validation images
                    size:int=96, # image side (px): 12x12 features at output stride 8
                    seed:int=0, # everything is drawn from numpy Generators seeded by (seed, split, index)
-                   max_objects:int=3, # objects per image: 1..max_objects
+                   max_objects:int=2, # objects per image: 1..max_objects
                    cooc:float=0.92, # P(context | its class present): water with boats, rails with trains
                    ctx_alone:float=0.08, # P(context | its class absent)
                    sal_blur:float=1.5, # saliency fault: Gaussian blur sigma (px)
@@ -386,7 +386,7 @@ def synth_cli(out:str, # folder to write the benchmark to
               n_val:int=100, # validation images
               size:int=96, # image side in pixels (>= 32)
               seed:int=0, # random seed
-              max_objects:int=3, # at most this many objects per image
+              max_objects:int=2, # at most this many objects per image
               cooc:float=0.92, # P(water | boat), P(rails | train) per object
               ctx_alone:float=0.08, # P(context | its class absent)
               sal_blur:float=1.5, # saliency fault: Gaussian blur sigma (px)

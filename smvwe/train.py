@@ -29,9 +29,10 @@ from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 
 # %% auto #0
-__all__ = ['VARIANTS', 'variant_kwargs', 'PolyLR', 'atomic_save', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'dist_env',
-           'init_distributed', 'DDPTrainer', 'ddp_ctx', 'read_checkpoint', 'load_checkpoint', 'fit_resumable', 'AMP',
-           'cls_learner', 'save_cls_model', 'load_cls_model', 'train_cls', 'train_cls_cli']
+__all__ = ['VARIANTS', 'variant_kwargs', 'PolyLR', 'atomic_save', 'to_plain', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint',
+           'dist_env', 'init_distributed', 'DDPTrainer', 'ddp_ctx', 'read_checkpoint', 'load_checkpoint',
+           'fit_resumable', 'AMP', 'check_amp', 'cls_learner', 'update_json', 'save_cls_model', 'load_cls_model',
+           'write_history', 'train_cls', 'train_cls_cli']
 
 # %% ../nbs/06_train.ipynb #bd8eda5d
 VARIANTS = {  # name -> (SMVWENet kwargs, SMVWELoss kwargs)
@@ -95,11 +96,11 @@ def atomic_save(obj, # object for `torch.save`, or a `str` written as UTF-8 text
         raise
     return path
 
-def _plain(o):
+def to_plain(o):
     "NumPy scalars and `L`s to plain Python, so that `torch.load(weights_only=True)` can read the file"
     if isinstance(o, np.generic): return o.item()
-    if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple, L)): return [_plain(v) for v in o]
+    if isinstance(o, dict): return {k: to_plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [to_plain(v) for v in o]
     return o
 
 # %% ../nbs/06_train.ipynb #aaeecc72
@@ -134,10 +135,10 @@ class EpochCheckpoint(Callback):
         poly = next((c for c in self.learn.cbs if isinstance(c, PolyLR)), None)
         opt, rec = self.opt.state_dict(), getattr(self.learn, 'recorder', None)
         atomic_save(dict(model=get_model(self.model).state_dict(),
-                         opt=dict(state=opt['state'], hypers=_plain(opt['hypers'])),
+                         opt=dict(state=opt['state'], hypers=to_plain(opt['hypers'])),
                          epoch=self.offset + self.epoch, n_epoch=self.offset + self.n_epoch,
-                         poly_t=None if poly is None else poly.t, seed=self.seed, meta=_plain(self.meta),
-                         values=_plain(self.prev + (list(rec.values) if rec else [])),
+                         poly_t=None if poly is None else poly.t, seed=self.seed, meta=to_plain(self.meta),
+                         values=to_plain(self.prev + (list(rec.values) if rec else [])),
                          metric_names=list(rec.metric_names) if rec else []), self.fname)
 
 # %% ../nbs/06_train.ipynb #52d267f0
@@ -215,7 +216,7 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
     "`learn.fit(epochs)` with per-epoch seeds and an atomic checkpoint after each epoch, continuing from `ckpt` if `resume`"
     if epochs < 1: raise ValueError(f'epochs must be at least 1, got {epochs}.')
     ckpt, start, values = Path(ckpt), 0, []
-    meta = _plain(meta or {})
+    meta = to_plain(meta or {})
     if resume and ckpt.exists():
         distrib_barrier()
         state = read_checkpoint(ckpt, next(get_model(learn.model).parameters()).device)
@@ -255,7 +256,7 @@ class AMP(MixedPrecision):
         self.autocast,self.learn.scaler,self.scales = torch.autocast(dev, dtype=dtype),torch.amp.GradScaler(dev, **self.kwargs),L()
     def after_pred(self): self.learn.pred = _to_float(self.pred)
 
-def _check_amp(amp):
+def check_amp(amp):
     "Normalise `amp` to None, 'bf16' or 'fp16' (True means 'bf16')"
     if amp in (None, False, 'none', 'None', ''): return None
     if amp is True: return 'bf16'
@@ -281,7 +282,7 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
                ) -> Learner:
     "A fastai `Learner` for the SMVWE classification stage, `variant` as switches on one model and one loss"
     mkw, lkw = variant_kwargs(variant)
-    amp = _check_amp(amp)
+    amp = check_amp(amp)
     classes = list(getattr(dls, 'classes', []))
     if len(classes) < 2: raise ValueError("dls.classes must list the class names with 'background' first (see smvwe.data.cls_dls).")
     model = SMVWENet(len(classes) - 1, backbone=backbone, n_words=n_words, weights=weights, **{**mkw, **model_kw})
@@ -299,7 +300,7 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
     return learn
 
 # %% ../nbs/06_train.ipynb #ddb4068a
-def _update_json(path, key, value):
+def update_json(path, key, value):
     "Set `key` in the JSON object at `path` (created if missing), atomically"
     path = Path(path)
     cfg = json.loads(path.read_text()) if path.exists() else {}
@@ -309,7 +310,7 @@ def _update_json(path, key, value):
 
 def save_cls_model(learn:Learner, fname) -> Path:
     "Write `learn`'s weights, model config, variant and classes to `fname` (what `load_cls_model` reads)"
-    return atomic_save(dict(model=get_model(learn.model).state_dict(), config=_plain(learn.model_config),
+    return atomic_save(dict(model=get_model(learn.model).state_dict(), config=to_plain(learn.model_config),
                             classes=list(learn.classes), variant=learn.variant, version=smvwe.__version__), fname)
 
 def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_model`
@@ -329,7 +330,8 @@ def _print_log(learn, log):
     "One readable line per epoch when there is no progress-bar table"
     print('  '.join(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(learn.recorder.metric_names, log)))
 
-def _write_history(learn, fname):
+def write_history(learn, fname):
+    "Write the recorder's per-epoch losses and metrics to the CSV file `fname`, atomically"
     rec = learn.recorder
     f = io.StringIO(); w = csv.writer(f)
     w.writerow(list(rec.metric_names[:-1]))
@@ -344,6 +346,7 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
               bs:int=4, # batch size (§4.1)
               crop:int=448, # training crop size (§4.1)
               resize_long:tuple|None=None, # random long side before the crop (default: crop to crop*768/448, EPS's range)
+              jitter:tuple|None=(0.3, 0.3, 0.3, 0.1), # colour jitter (brightness, contrast, saturation, hue); None: off
               lr:float=0.01, # base learning rate (§4.1), polynomial decay every iteration
               lr_mult:float=10., # learning-rate multiplier of the new layers
               wd:float=5e-4, # weight decay
@@ -370,8 +373,13 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     "Train the classification stage on the dataset at `root` and write the run folder `out`; return the `Learner`"
     args = {k: v for k, v in locals().items() if k not in ('cbs', 'model_kw')}
     args.update(root=str(root), out=str(out), **model_kw)
-    variant_kwargs(variant); amp = _check_amp(amp)  # fail before any work
+    variant_kwargs(variant); amp = check_amp(amp)  # fail before any work
     if epochs < 1: raise ValueError(f'epochs must be at least 1, got {epochs}.')
+    if jitter is not None:
+        try: jitter = tuple(float(v) for v in jitter)
+        except (TypeError, ValueError): jitter = ()
+        if len(jitter) != 4: raise ValueError(f'jitter must be 4 numbers (brightness, contrast, saturation, hue) or None, got {args["jitter"]!r}.')
+    args['jitter'] = None if jitter is None else list(jitter)
     if not Path(root).is_dir(): raise FileNotFoundError(f"Dataset folder {root} does not exist (make one with `smvwe synth {root}`).")
     out = Path(out); cls_dir = out/'cls'
     device = init_distributed(device)  # under torchrun / accelerate launch: this rank's device, the process group
@@ -379,20 +387,20 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     resize_long = tuple(resize_long) if resize_long else (crop, round(crop * 768 / 448))
     args['resize_long'] = list(resize_long)
     dkw = {} if num_workers is None else dict(num_workers=num_workers)
-    dls = cls_dls(root, train=train, valid=valid, sal_dir=sal_dir, crop=crop, resize_long=resize_long, bs=bs,
+    dls = cls_dls(root, train=train, valid=valid, sal_dir=sal_dir, crop=crop, resize_long=resize_long, jitter=jitter, bs=bs,
                   device=device, seed=seed, **dkw)
     learn = cls_learner(dls, variant, backbone=backbone, n_words=n_words, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom, power=power,
                         amp=amp, channels_last=channels_last, weights=weights, path=cls_dir,
                         loss_kw=dict(w_cls=w_cls, delta=delta, mu=mu), **model_kw)
     if not progress: learn.remove_cb(ProgressCallback); learn.logger = partial(_print_log, learn)
-    if not rank_distrib(): _update_json(out/'config.json', 'train_cls', args)
-    recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',
+    if not rank_distrib(): update_json(out/'config.json', 'train_cls', args)
+    recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'jitter', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',
                                    'sal_dir', 'train', 'valid')}
     recipe['model'] = learn.model_config
     fit_resumable(learn, epochs, cls_dir/'checkpoint.pth', seed=seed, resume=resume, meta=recipe, cbs=cbs)
     if not rank_distrib():
         save_cls_model(learn, cls_dir/'model.pth')
-        _write_history(learn, cls_dir/'history.csv')
+        write_history(learn, cls_dir/'history.csv')
     distrib_barrier()  # every rank returns once model.pth is written
     return learn
 
@@ -405,6 +413,7 @@ def train_cls_cli(root:str, # VOC-layout dataset folder
                   bs:int=4, # batch size
                   crop:int=448, # training crop size
                   resize_long:str=None, # random long side range before the crop, 'MIN,MAX' (default: crop to crop*768/448)
+                  jitter:str='0.3,0.3,0.3,0.1', # colour jitter 'BRIGHTNESS,CONTRAST,SATURATION,HUE', or 'none'
                   lr:float=0.01, # base learning rate (poly decay every iteration)
                   lr_mult:float=10., # learning-rate multiplier of the new layers
                   wd:float=5e-4, # weight decay
@@ -433,7 +442,13 @@ def train_cls_cli(root:str, # VOC-layout dataset folder
         except ValueError: rl = ()
         if len(rl) != 2: raise ValueError(f"--resize_long must be two integers 'MIN,MAX', got {resize_long!r}.")
         resize_long = rl
-    train_cls(root, out, variant=variant, epochs=epochs, bs=bs, crop=crop, resize_long=resize_long, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom,
+    if str(jitter).lower() in ('none', 'off', ''): jitter = None
+    else:
+        try: jt = tuple(float(v) for v in str(jitter).split(','))
+        except ValueError: jt = ()
+        if len(jt) != 4: raise ValueError(f"--jitter must be four numbers 'B,C,S,H' or 'none', got {jitter!r}.")
+        jitter = jt
+    train_cls(root, out, variant=variant, epochs=epochs, bs=bs, crop=crop, resize_long=resize_long, jitter=jitter, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom,
               power=power, backbone=backbone, n_words=n_words, weights=weights, w_cls=w_cls, delta=delta, mu=mu,
               sal_dir=sal_dir, train=train, valid=valid, num_workers=num_workers, amp=amp, channels_last=channels_last,
               resume=resume, device=device, seed=seed, progress=progress)

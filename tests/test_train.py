@@ -113,3 +113,18 @@ def test_bf16_and_channels_last_run_on_cpu(root, tmp_path):
     learn = train_cls(root, tmp_path/'amp', epochs=1, amp='bf16', channels_last=True, **TINY)
     assert all(v is None or torch.isfinite(torch.tensor(float(v))) for v in learn.recorder.values[-1])
     assert learn.model.classifier.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_colour_jitter_is_an_argument(root, tmp_path):
+    learn = train_cls(root, tmp_path/'off', epochs=1, jitter=None, **TINY)
+    assert learn.dls.train.dataset.tfm.jitter is None
+    assert json.loads((tmp_path/'off'/'config.json').read_text())['train_cls']['jitter'] is None
+    learn = train_cls(root, tmp_path/'on', epochs=1, jitter=(0.1, 0.2, 0.3, 0.05), **TINY)
+    assert learn.dls.train.dataset.tfm.jitter == (0.1, 0.2, 0.3, 0.05)
+    assert json.loads((tmp_path/'on'/'config.json').read_text())['train_cls']['jitter'] == [0.1, 0.2, 0.3, 0.05]
+    with pytest.raises(ValueError, match='jitter must be 4 numbers'): train_cls(root, tmp_path/'x', jitter=(0.1,), **TINY)
+    assert main(['train-cls', str(root), str(tmp_path/'y'), '--jitter', '0.1,0.2']) == 1
+    assert not (tmp_path/'x').exists() and not (tmp_path/'y').exists()
+    assert main(['train-cls', str(root), str(tmp_path/'z'), '--jitter', 'none', '--epochs', '1', '--crop', '32', '--n_words', '8',
+                 '--num_workers', '0', '--device', 'cpu', '--no-progress']) == 0
+    assert json.loads((tmp_path/'z'/'config.json').read_text())['train_cls']['jitter'] is None
