@@ -123,7 +123,7 @@ class EpochSeed(Callback):
                 if hasattr(d, 'epoch'): d.epoch = self.run_epoch  # loaders that seed themselves from (seed, epoch), like smvwe.data's
 
 class EpochCheckpoint(Callback):
-    "After every completed epoch, save model + optimizer + epoch + `PolyLR.t` + log to `fname`, atomically, on rank 0"
+    "After every completed epoch, save model + optimizer + fp16 gradient scaler + epoch + `PolyLR.t` + log to `fname`, atomically, on rank 0"
     order = 65  # after the Recorder (50), so the epoch's values are in the file
     def __init__(self, fname, # checkpoint file
                  seed:int=0, offset:int=0, # the run's seed; epochs already done before this `fit`
@@ -134,10 +134,12 @@ class EpochCheckpoint(Callback):
         if rank_distrib(): return
         poly = next((c for c in self.learn.cbs if isinstance(c, PolyLR)), None)
         opt, rec = self.opt.state_dict(), getattr(self.learn, 'recorder', None)
+        scaler = getattr(self.learn, 'scaler', None)  # fp16's GradScaler (its loss scale adapts during training)
         atomic_save(dict(model=get_model(self.model).state_dict(),
                          opt=dict(state=opt['state'], hypers=to_plain(opt['hypers'])),
                          epoch=self.offset + self.epoch, n_epoch=self.offset + self.n_epoch,
                          poly_t=None if poly is None else poly.t, seed=self.seed, meta=to_plain(self.meta),
+                         scaler=to_plain(scaler.state_dict()) if scaler is not None and scaler.is_enabled() else None,
                          values=to_plain(self.prev + (list(rec.values) if rec else [])),
                          metric_names=list(rec.metric_names) if rec else []), self.fname)
 
@@ -225,6 +227,7 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
             raise ValueError(f"{ckpt} was written by a different run ({d}). Use the same arguments to resume, "
                              "or resume=False (--no-resume) to start again, or another output folder.")
         load_checkpoint(learn, state)
+        learn.scaler_state = state.get('scaler')  # the AMP callback restores fp16's loss scale when the fit starts
         start, values = state['epoch'] + 1, state['values']
         poly = next((c for c in learn.cbs if isinstance(c, PolyLR)), None)
         if poly is not None: poly.resume(state['poly_t'], epochs)
@@ -254,6 +257,8 @@ class AMP(MixedPrecision):
             raise ValueError("This GPU does not support bfloat16: use amp='fp16'.")
         self.kwargs['enabled'] = dtype == torch.float16
         self.autocast,self.learn.scaler,self.scales = torch.autocast(dev, dtype=dtype),torch.amp.GradScaler(dev, **self.kwargs),L()
+        state, self.learn.scaler_state = getattr(self.learn, 'scaler_state', None), None  # set by `fit_resumable` on resume
+        if state and self.learn.scaler.is_enabled(): self.learn.scaler.load_state_dict(state)
     def after_pred(self): self.learn.pred = _to_float(self.pred)
 
 def check_amp(amp):

@@ -128,3 +128,22 @@ def test_colour_jitter_is_an_argument(root, tmp_path):
     assert main(['train-cls', str(root), str(tmp_path/'z'), '--jitter', 'none', '--epochs', '1', '--crop', '32', '--n_words', '8',
                  '--num_workers', '0', '--device', 'cpu', '--no-progress']) == 0
     assert json.loads((tmp_path/'z'/'config.json').read_text())['train_cls']['jitter'] is None
+
+
+def test_fp16_resume_restores_the_loss_scale(root, tmp_path, monkeypatch):
+    import smvwe.train as T
+    # a loss scale that changes at every step (doubles, halves on overflow), so a resume that forgot it would diverge
+    class FastScaleAMP(T.AMP):
+        def __init__(self, amp): super().__init__(amp, init_scale=2.**4, growth_interval=1)
+    monkeypatch.setattr(T, 'AMP', FastScaleAMP)
+    kw = dict(TINY, amp='fp16')
+    full = train_cls(root, tmp_path/'full', epochs=3, **kw)
+    ck_full = torch.load(tmp_path/'full'/'cls'/'checkpoint.pth', weights_only=True)
+    assert ck_full['scaler']['scale'] != 2.**4  # the scale moved during training
+    with pytest.raises(KeyboardInterrupt): train_cls(root, tmp_path/'cut', epochs=3, cbs=Interrupt(2, 1), **kw)
+    ck = torch.load(tmp_path/'cut'/'cls'/'checkpoint.pth', weights_only=True)
+    assert ck['epoch'] == 1 and ck['scaler']['scale'] != 2.**4
+    train_cls(root, tmp_path/'cut', epochs=3, **kw)
+    a, b = weights(tmp_path/'full'/'cls'/'model.pth'), weights(tmp_path/'cut'/'cls'/'model.pth')
+    for k in a: assert torch.equal(a[k], b[k]), k
+    assert torch.load(tmp_path/'cut'/'cls'/'checkpoint.pth', weights_only=True)['scaler'] == ck_full['scaler']
