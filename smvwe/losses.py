@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from fastai.callback.core import Callback
 from fastai.learner import Metric
-from fastai.torch_core import find_bs
+from fastai.torch_core import find_bs, find_device
 
 from .saliency import saliency_map, saliency_loss
 
@@ -105,15 +105,19 @@ class SMVWELoss:
 
 # %% ../nbs/04_losses.ipynb #ac57effc
 class LossTermMetric(Metric):
-    "Batch-size-weighted mean of one term of `learn.loss_func.last` (see `SMVWELoss`)."
+    "Batch-size-weighted mean of one term of `learn.loss_func.last` (see `SMVWELoss`), over all ranks under DDP."
     def __init__(self, term:str): self.term = term
     def reset(self): self.total, self.count = 0., 0
     def accumulate(self, learn):
         lf = learn.loss_func
         last, active = getattr(lf, 'last', None), getattr(lf, 'active', ())
         if last is None or (self.term != 'total' and self.term not in active): return
+        v = last[self.term]
+        v = v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v), device=find_device(learn.yb))
+        v = learn.to_detach(v)  # under DDP: gathered from every rank, like fastai's `AvgLoss` (one value per rank)
+        if v.numel() == 0: return  # only padding samples in this batch on every rank
         bs = find_bs(learn.yb)
-        self.total += float(last[self.term]) * bs
+        self.total += float(v.mean()) * bs
         self.count += bs
     @property
     def value(self): return self.total / self.count if self.count else None

@@ -119,6 +119,9 @@ def test_ddp_training_matches_single_process(root, ddp_run, tmp_path):
     ddp = torch.load(cls/'model.pth', weights_only=True)['model']
     rows = list(csv.DictReader(open(cls/'history.csv')))
     assert len(rows) == ARGS['epochs'] and float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])  # it learns
+    for r in rows:  # every term column is over both ranks' samples, like valid_loss (weights 1: their sum)
+        terms = sum(float(r[f'valid_{t}_loss']) for t in ('cls', 'word', 'w2i', 'sal'))
+        assert abs(terms - float(r['valid_loss'])) < 1e-4 * max(1., float(r['valid_loss'])), r
     ref = _single(root, tmp_path/'ref', cbs=[AsDDP(WORLD, ARGS['bs'])])
     trainable = [k for k, p in ref.items() if p.requires_grad]
     assert len(trainable) > 10
