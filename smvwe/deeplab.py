@@ -25,6 +25,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .data import seg_dls, read_split, load_image, to_tensor_img
 from .weights import load_weights
+from .backbones import conv_bn_relu
 from .train import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed
 from .pseudo import save_label_png, crf_refine, _shard
 
@@ -64,15 +65,12 @@ class _ResNetOS8(nn.Module):
                 if isinstance(m, nn.BatchNorm2d): m.eval()
         return self
 
-def _cbr(ci, co, stride=1, dilation=1):
-    return nn.Sequential(nn.Conv2d(ci, co, 3, stride, padding=dilation, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(co), nn.ReLU(inplace=True))
-
 class SmallBackbone(nn.Sequential):
-    "A CPU-sized backbone: six conv-bn-relu blocks, three of stride 2 and a dilated last one (output stride 8)."
+    "A CPU-sized backbone: six conv-bn-relu blocks, three of stride 2 and a dilated last one (output stride 8); its layout differs from the classifier's `SmallCNN` (wider early, one dilated block)"
     def __init__(self, width:int=32): # channels of the first block (the output has 4*width)
         w = width
-        super().__init__(_cbr(3, w, 2), _cbr(w, w), _cbr(w, 2*w, 2), _cbr(2*w, 2*w), _cbr(2*w, 4*w, 2), _cbr(4*w, 4*w, dilation=2))
+        cbr = conv_bn_relu
+        super().__init__(cbr(3, w, 2), cbr(w, w), cbr(w, 2*w, 2), cbr(2*w, 2*w), cbr(2*w, 4*w, 2), cbr(4*w, 4*w, dilation=2))
         self.out_channels = 4*w
 
 # %% ../nbs/09_deeplab.ipynb #2061c116
