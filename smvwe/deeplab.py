@@ -26,7 +26,7 @@ from fastprogress.fastprogress import progress_bar
 from .data import seg_dls, read_split, load_image, to_tensor_img
 from .weights import load_weights
 from .backbones import conv_bn_relu
-from .train import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed
+from .train import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log
 from .pseudo import save_label_png, crf_refine, _shard
 
 # %% auto #0
@@ -323,7 +323,7 @@ def train_seg(root, # VOC-layout dataset folder
                   num_workers=num_workers, device=device, seed=seed, **(dls_kw or {}))
     learn = seg_learner(dls, arch, backbone, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom, power=power, amp=amp,
                         channels_last=channels_last, weights=weights, path=seg, **model_kw)
-    if not progress: learn.remove_cb(ProgressCallback)
+    if not progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
     if not rank_distrib(): update_json(Path(out)/'config.json', 'train_seg', to_plain(args))
     recipe = dict(to_plain({k: args[k] for k in ('bs', 'crop', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'train', 'valid', 'pseudo_dir')}),
                   model=to_plain(learn.model.config))

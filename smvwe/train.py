@@ -32,7 +32,7 @@ from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 __all__ = ['VARIANTS', 'variant_kwargs', 'PolyLR', 'atomic_save', 'to_plain', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint',
            'dist_env', 'init_distributed', 'DDPTrainer', 'ddp_ctx', 'read_checkpoint', 'load_checkpoint',
            'fit_resumable', 'AMP', 'check_amp', 'cls_learner', 'update_json', 'save_cls_model', 'load_cls_model',
-           'write_history', 'train_cls', 'train_cls_cli']
+           'print_epoch_log', 'write_history', 'train_cls', 'train_cls_cli']
 
 # %% ../nbs/06_train.ipynb #bd8eda5d
 VARIANTS = {  # name -> (SMVWENet kwargs, SMVWELoss kwargs)
@@ -331,7 +331,7 @@ def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_mode
     model.classes, model.variant = ck.get('classes'), ck.get('variant')
     return model.to(device or default_device()).eval()
 
-def _print_log(learn, log):
+def print_epoch_log(learn, log):
     "One readable line per epoch when there is no progress-bar table"
     print('  '.join(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(learn.recorder.metric_names, log)))
 
@@ -397,7 +397,7 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     learn = cls_learner(dls, variant, backbone=backbone, n_words=n_words, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom, power=power,
                         amp=amp, channels_last=channels_last, weights=weights, path=cls_dir,
                         loss_kw=dict(w_cls=w_cls, delta=delta, mu=mu), **model_kw)
-    if not progress: learn.remove_cb(ProgressCallback); learn.logger = partial(_print_log, learn)
+    if not progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
     if not rank_distrib(): update_json(out/'config.json', 'train_cls', args)
     recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'jitter', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',
                                    'sal_dir', 'train', 'valid')}
