@@ -77,7 +77,7 @@ def build(cfg:dict, dev:torch.device):
 
 def bench(cfg:dict, dev:torch.device, dtype, channels_last:bool, iters:int, warmup:int) -> dict:
     "Time `iters` training steps after `warmup` untimed ones"
-    from smvwe.train import _to_float
+    from smvwe.fit import _to_float
     model, loss_fn, batch = build(cfg, dev)
     xs, ys = batch()
     mf = torch.channels_last if channels_last else torch.contiguous_format

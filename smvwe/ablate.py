@@ -11,7 +11,8 @@ import numpy as np
 from fastcore.script import call_parse
 
 from .synth import make_benchmark
-from .train import train_cls, atomic_save
+from .fit import atomic_save
+from .train import train_cls
 from .words import VisualWordEncoder
 from .demo import VARIANT_NAMES, get_preset, run_variant
 

@@ -26,7 +26,7 @@ from fastprogress.fastprogress import progress_bar
 from .data import seg_dls, read_split, load_image, to_tensor_img
 from .weights import load_weights
 from .backbones import conv_bn_relu
-from .train import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log
+from .fit import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log
 from .pseudo import save_label_png, crf_refine, _shard
 
 # %% auto #0

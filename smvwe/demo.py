@@ -15,7 +15,8 @@ from fastprogress.fastprogress import progress_bar
 import smvwe
 from .synth import make_benchmark
 from .data import read_split, read_classes, load_image, load_mask, to_tensor_img
-from .train import train_cls, load_cls_model, atomic_save, VARIANTS
+from .fit import atomic_save
+from .train import train_cls, load_cls_model, VARIANTS
 from .pseudo import make_pseudo, voc_palette
 from .metrics import evaluate_folder, word_label_miou, load_label
 

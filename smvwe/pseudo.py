@@ -336,7 +336,7 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
     from smvwe.data import read_classes
     launched = int(os.environ.get('WORLD_SIZE', 1)) > 1
     if launched:  # torchrun / accelerate launch: this rank's GPU, and a process group for the final barrier
-        from smvwe.train import init_distributed
+        from smvwe.fit import init_distributed
         device = init_distributed(device)
     model = load_cls_model(mp, device=device)
     classes = read_classes(root)
