@@ -33,7 +33,7 @@ def crf_table(root, a, workers):
     "Time `crf_refine` alone over a process pool"
     import multiprocessing as mp
     import cv2, numpy as np
-    from smvwe.data import read_split, load_image
+    from smvwe.voc import read_split, load_image
     H, W = (int(v) for v in a.crf_size.split(','))
     rng = np.random.default_rng(0)
     jobs = []

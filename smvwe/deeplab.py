@@ -23,7 +23,8 @@ from fastai.torch_core import set_seed, default_device, rank_distrib, distrib_ba
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 
-from .data import seg_dls, read_split, load_image, to_tensor_img
+from .data import seg_dls, to_tensor_img
+from .voc import read_split, load_image
 from .weights import load_weights
 from .backbones import conv_bn_relu
 from .fit import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log

@@ -14,7 +14,8 @@ from fastprogress.fastprogress import progress_bar
 
 import smvwe
 from .synth import make_benchmark
-from .data import read_split, read_classes, load_image, load_mask, to_tensor_img
+from .data import to_tensor_img
+from .voc import read_split, read_classes, load_image, load_mask
 from .fit import atomic_save
 from .train import train_cls, load_cls_model, VARIANTS
 from .pseudo import make_pseudo, voc_palette

@@ -171,7 +171,7 @@ def evaluate_folder(pred_dir, # folder of ID.png predictions (palette/index PNG,
                     progress:bool=False # show a progress bar
                    ) -> dict:
     "mIoU, per-class IoU, boundary P/R/F1 and confusion ratios of a folder of predictions."
-    from smvwe.data import read_split, read_classes
+    from smvwe.voc import read_split, read_classes
     pred_dir, root = Path(pred_dir), Path(root)
     if not pred_dir.is_dir(): raise FileNotFoundError(f'prediction folder {pred_dir} not found')
     ids = read_split(root, split)

@@ -245,7 +245,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 progress:bool=True # show a progress bar
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
-    from smvwe.data import read_split, read_classes, image_labels, image_path, load_image
+    from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image
     root, out = Path(root), Path(out)
     if not root.is_dir(): raise FileNotFoundError(f'dataset folder {root} not found')
     if mode not in ('argmax', 'threshold'): raise ValueError(f"mode must be 'argmax' or 'threshold', got {mode!r}")
@@ -333,7 +333,7 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
     mp = Path(run_dir)/'cls'/'model.pth'
     if not mp.exists(): raise FileNotFoundError(f'{mp} not found: train the classification stage first (smvwe train-cls)')
     from smvwe.train import load_cls_model
-    from smvwe.data import read_classes
+    from smvwe.voc import read_classes
     launched = int(os.environ.get('WORLD_SIZE', 1)) > 1
     if launched:  # torchrun / accelerate launch: this rank's GPU, and a process group for the final barrier
         from smvwe.fit import init_distributed

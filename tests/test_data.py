@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from smvwe.data import (VOC_CLASSES, TINY, cls_dls, denormalize, image_labels, load_mask, load_saliency,
-                        make_tiny_voc, read_classes, read_split, resolve_mask_dir, seg_dls, validate_voc)
+from smvwe.data import TINY, cls_dls, denormalize, seg_dls
+from smvwe.voc import (VOC_CLASSES, image_labels, load_mask, load_saliency, make_tiny_voc, read_classes, read_split,
+                       resolve_mask_dir, validate_voc)
 
 CUSTOM = ['background', 'boat', 'water', 'train']
 

@@ -7,7 +7,7 @@ import torch
 from fastai.callback.core import Callback
 
 from smvwe.cli import main
-from smvwe.data import make_tiny_voc, read_split, load_mask
+from smvwe.voc import make_tiny_voc, read_split, load_mask
 from smvwe.pseudo import save_label_png
 from smvwe.deeplab import (DeepLab, DeepLabV1, DeepLabV2, SegLoss, seg_splitter, seg_learner, train_seg, load_seg_model,
                            predict, predict_folder)
@@ -91,7 +91,7 @@ def test_train_seg_cli_end_to_end(tree, tmp_path, capsys):
     assert m.classes == CLASSES and m.config['arch'] == 'v1' and not m.training
     # the written predictions are the argmax of `predict` with the same options
     i = read_split(root, 'val')[0]
-    from smvwe.data import load_image
+    from smvwe.voc import load_image
     p = predict(m, load_image(root, i), scales=(1.0, 0.5)).argmax(0)
     assert np.array_equal(p, load_mask(out, i, 'pred'))
     # a second call resumes: nothing is retrained or re-predicted; the CRF variant writes another folder

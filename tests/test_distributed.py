@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from fastai.callback.core import Callback
 
-from smvwe.data import make_tiny_voc, read_split
+from smvwe.voc import make_tiny_voc, read_split
 from smvwe.deeplab import DeepLab, predict_folder
 from smvwe.train import train_cls
 

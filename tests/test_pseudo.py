@@ -127,7 +127,7 @@ def test_bad_input(voc, tmp_path):
 
 def test_cli_with_a_real_model_file(tmp_path):
     "`smvwe pseudo RUN ROOT --crf` on a saved (untrained) SMVWENet and the data module's tiny dataset."
-    from smvwe.data import make_tiny_voc, read_classes, read_split, image_labels
+    from smvwe.voc import make_tiny_voc, read_classes, read_split, image_labels
     SMVWENet = pytest.importorskip('smvwe.model', reason='smvwe.model (05) not importable yet').SMVWENet
     root = make_tiny_voc(tmp_path/'voc', n=3, n_val=1, seed=0)
     classes = read_classes(root)

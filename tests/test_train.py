@@ -6,7 +6,7 @@ import torch
 from fastai.callback.core import Callback
 
 from smvwe.cli import main
-from smvwe.data import make_tiny_voc
+from smvwe.voc import make_tiny_voc
 from fastcore.script import anno_parser
 from smvwe.train import VARIANTS, PolyLR, load_cls_model, train_cls, train_cls_cli
 
