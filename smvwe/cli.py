@@ -15,7 +15,7 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'synth':     ('smvwe.synth',   'synth_cli',     'write the built-in benchmark (VOC layout) to a folder'),
     'train-cls': ('smvwe.train',   'train_cls_cli', 'train the classification stage (CAM / VWE / saliency-only / SMVWE)'),
     'pseudo':    ('smvwe.pseudo',  'pseudo_cli',    'localization maps and (CRF-refined) pseudo labels'),
-    'train-seg': ('smvwe.deeplab', 'train_seg_cli', 'train DeepLab on pseudo labels'),
+    'train-seg': ('smvwe.segment', 'train_seg_cli', 'train DeepLab on pseudo labels'),
     'eval':      ('smvwe.metrics', 'eval_cli',      'score a folder of label PNGs against the ground truth'),
     'demo':      ('smvwe.demo',    'demo_cli',      'the whole method end to end on the built-in benchmark'),
     'ablate':    ('smvwe.ablate',  'ablate_cli',    'regenerate an ablation study and its figure'),

@@ -127,7 +127,7 @@ def run_seg(root, # dataset folder
             **overrides # preset keys to change
            ) -> dict: # evaluate_folder's dict of the val predictions, + train/predict seconds
     "Train DeepLab on the pseudo labels in OUT/pseudo_train/pseudo, predict val and score it"
-    from smvwe.deeplab import train_seg, load_seg_model, predict_folder
+    from smvwe.segment import train_seg, load_seg_model, predict_folder
     p = get_preset(preset, **overrides); out = Path(out); t0 = time.time()
     path = train_seg(root, out/'pseudo_train'/'pseudo', out, arch=p['seg_arch'], backbone=p['seg_backbone'], epochs=p['seg_epochs'],
                      bs=p['seg_bs'], crop=p['crop'], lr=p['seg_lr'], seed=seed, progress=progress)

@@ -1,4 +1,4 @@
-"smvwe.deeplab: models on the real backbones, the train-seg command end to end, resume after interruption, bad input."
+"smvwe.deeplab / smvwe.segment: models on the real backbones, the train-seg command end to end, resume after interruption, bad input."
 import json, math, shutil
 
 import numpy as np
@@ -9,8 +9,8 @@ from fastai.callback.core import Callback
 from smvwe.cli import main
 from smvwe.voc import make_tiny_voc, read_split, load_mask
 from smvwe.pseudo import save_label_png
-from smvwe.deeplab import (DeepLab, DeepLabV1, DeepLabV2, SegLoss, seg_splitter, seg_learner, train_seg, load_seg_model,
-                           predict, predict_folder)
+from smvwe.deeplab import DeepLab, DeepLabV1, DeepLabV2, SegLoss, seg_splitter
+from smvwe.segment import seg_learner, train_seg, load_seg_model, predict, predict_folder
 from smvwe.data import seg_dls
 from fastai.torch_core import set_seed
 

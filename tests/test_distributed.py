@@ -19,7 +19,8 @@ from torch import nn
 from fastai.callback.core import Callback
 
 from smvwe.voc import make_tiny_voc, read_split
-from smvwe.deeplab import DeepLab, predict_folder
+from smvwe.deeplab import DeepLab
+from smvwe.segment import predict_folder
 from smvwe.train import train_cls
 
 ARGS = dict(bs=2, crop=32, resize_long='32,48', n_words=8, epochs=2)  # per-rank batch B = 2, two ranks
