@@ -16,7 +16,7 @@ __all__ = ['normalise_maps', 'localization_maps', 'label_scores', 'scores_to_pro
            'pseudo_label', 'load_cams', 'make_pseudo', 'pseudo_cli']
 
 # %% ../nbs/07_pseudo.ipynb #a80edce5
-from .synth import voc_colormap as voc_palette, save_label_png  # (n,3) VOC colours; atomic palette-PNG writer
+from .scene import voc_colormap as voc_palette, save_label_png  # (n,3) VOC colours; atomic palette-PNG writer
 
 # %% ../nbs/07_pseudo.ipynb #9a557af7
 def _atomic_path(path:Path) -> Path:

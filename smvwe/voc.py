@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from .synth import voc_colormap
+from .scene import voc_colormap
 
-voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the benchmark (00_synth)
+voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the benchmark (00a_scene)
 
 
 # %% auto #0

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from smvwe.cli import main
-from smvwe.synth import CLASSES, LAYOUT, make_sample
+from smvwe.scene import CLASSES
+from smvwe.synth import LAYOUT, make_sample
 
 SMALL = ['--n_train', '8', '--n_val', '4', '--quiet']
 
