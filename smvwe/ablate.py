@@ -14,7 +14,7 @@ from .synth import make_benchmark
 from .fit import atomic_save
 from .train import train_cls
 from .words import VisualWordEncoder
-from .demo import VARIANT_NAMES, get_preset, run_variant
+from .experiment import VARIANT_NAMES, get_preset, run_variant
 
 # %% auto #0
 __all__ = ['STUDIES', 'PARAMS', 'defaults', 'canonical', 'params', 'run_key', 'study_runs', 'flatten_metrics', 'run_one',
@@ -79,7 +79,7 @@ def _grid(v, typ=float) -> tuple:
 
 def study_runs(study:str, # one of `STUDIES`
                seeds=(0, 1, 2), # training seeds of every setting
-               preset='default', # `smvwe.demo.PRESETS` name (or dict)
+               preset='default', # `smvwe.experiment.PRESETS` name (or dict)
                words_grid=(16, 64, 256), # N of the `words` study
                mu_grid=(0., .5, 1.), delta_grid=(.2, .4, .6), # the `saliency` grid
                cross:bool=False, # `saliency`: vary mu and delta one at a time around the preset's values, not the full grid
@@ -230,9 +230,9 @@ def command(study, out, preset, seeds, root=None, **kw) -> str:
 def run_study(study:str, # one of `STUDIES`
               out='runs/ablate', # writes OUT/STUDY/{results.csv,results.json,table.md,figure.png} and OUT/runs/KEY/
               root=None, # VOC-layout dataset (default: the preset's built-in benchmark, written to OUT/data)
-              preset='default', # `smvwe.demo.PRESETS` name
+              preset='default', # `smvwe.experiment.PRESETS` name
               seeds=(0, 1, 2), # training seeds of every setting
-              runner=None, # function with `smvwe.demo.run_variant`'s signature (default: that)
+              runner=None, # function with `smvwe.experiment.run_variant`'s signature (default: that)
               progress:bool=True, # progress bars of the runs, one line per finished run
               **kw # study grids (words_grid, mu_grid, delta_grid) and overrides for every run (backbone, crop, epochs, device...)
              ):
