@@ -24,7 +24,7 @@ def digest(folder):
 
 
 def _crf_job(job):
-    from smvwe.pseudo import crf_refine
+    from smvwe.maps import crf_refine
     img, probs = job
     return crf_refine(img, probs, ref_size=500)
 

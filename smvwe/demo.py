@@ -16,7 +16,7 @@ from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
 from .fit import atomic_save
 from .train import load_cls_model, VARIANTS
-from .pseudo import voc_palette
+from .maps import voc_palette
 from .metrics import load_label
 from .experiment import (VARIANT_NAMES, PSEUDO_MODE, get_preset, run_variant, run_seg, check_claims, word_maps,
                               write_json, fmt)

@@ -11,7 +11,7 @@ import cv2
 from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .pseudo import voc_palette, save_label_png
+from .maps import voc_palette, save_label_png
 
 # %% auto #0
 __all__ = ['load_label', 'ConfusionMatrix', 'context_counts', 'confusion_ratio', 'label_edges', 'boundary_counts', 'prf',

@@ -24,7 +24,8 @@ from fastprogress.fastprogress import progress_bar
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image
 from .fit import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log
-from .pseudo import save_label_png, crf_refine, _shard
+from .maps import save_label_png, crf_refine
+from .pseudo import resolve_shard
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
 # %% auto #0
@@ -118,7 +119,7 @@ def predict_folder(model:nn.Module, # segmentation model
     if not root.is_dir(): raise FileNotFoundError(f"dataset folder '{root}' not found")
     out = Path(out_dir) if out_dir is not None else root/'pred'
     out.mkdir(parents=True, exist_ok=True)
-    rank, world_size = _shard(rank, world_size)
+    rank, world_size = resolve_shard(rank, world_size)
     ids = [i for i in read_split(root, split)[rank::world_size] if not (resume and (out/f'{i}.png').exists())]
     n_workers = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))) if n_workers is None else n_workers
     pool = None

@@ -8,7 +8,7 @@ from fastai.callback.core import Callback
 
 from smvwe.cli import main
 from smvwe.voc import make_tiny_voc, read_split, load_mask
-from smvwe.pseudo import save_label_png
+from smvwe.maps import save_label_png
 from smvwe.deeplab import DeepLab, DeepLabV1, DeepLabV2, SegLoss, seg_splitter
 from smvwe.segment import seg_learner, train_seg, load_seg_model, predict, predict_folder
 from smvwe.data import seg_dls

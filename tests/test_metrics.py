@@ -8,7 +8,7 @@ from fastcore.script import anno_parser
 from PIL import Image
 
 from smvwe.metrics import eval_cli, evaluate_folder, word_label_miou
-from smvwe.pseudo import save_label_png, voc_palette
+from smvwe.maps import save_label_png, voc_palette
 
 
 def run_cli(f, argv):

@@ -8,7 +8,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.script import anno_parser
 from PIL import Image
 
-from smvwe.pseudo import make_pseudo, pseudo_cli, save_label_png, load_cams, pseudo_label
+from smvwe.pseudo import make_pseudo, pseudo_cli, load_cams
+from smvwe.maps import save_label_png, pseudo_label
 
 
 def run_cli(f, argv):
