@@ -4,13 +4,14 @@
 
 # %% ../nbs/12_ablate.ipynb #456144b0
 from __future__ import annotations
-import inspect, json, math, re, sys, time
+import inspect, json, math, re, time
 from pathlib import Path
 
 import numpy as np
 from fastcore.script import call_parse
 
 from .synth import make_benchmark
+from .scene import atomic_write
 from .fit import atomic_save
 from .train import train_cls
 from .words import VisualWordEncoder
@@ -210,13 +211,11 @@ def plot_study(df, # results of one study (`run_study`)
     fig.suptitle(f"smvwe ablate {study} (seeds per setting: {n.min()}{'' if n.min() == n.max() else f'-{n.max()}'})", fontsize=9)
     fig.tight_layout()
     if fname:
-        fname = Path(fname); tmp = fname.with_name(f'.{fname.stem}.tmp.png')
-        fig.savefig(tmp, dpi=dpi); plt.close(fig); tmp.replace(fname)
+        atomic_write(fname, lambda p: fig.savefig(p, dpi=dpi, format='png')); plt.close(fig)
     return fig
 
 # %% ../nbs/12_ablate.ipynb #c7d7e139
-def _csv(df, path):
-    tmp = Path(path).with_name(f'.{Path(path).name}.tmp'); df.to_csv(tmp, index=False); tmp.replace(path)
+def _csv(df, path): atomic_write(path, lambda p: df.to_csv(p, index=False))
 
 def command(study, out, preset, seeds, root=None, **kw) -> str:
     "The `smvwe ablate` command line that regenerates a study"

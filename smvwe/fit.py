@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_fit.ipynb #eaa19357
 from __future__ import annotations
-import csv, io, json, os, random, tempfile
+import csv, io, json, os, random
 from contextlib import contextmanager
 from dataclasses import is_dataclass, fields, replace
 from pathlib import Path
@@ -20,6 +20,7 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed, rank_distrib, num_distrib, distrib_barrier, get_model
 
 import smvwe
+from .scene import atomic_write
 
 # %% auto #0
 __all__ = ['PolyLR', 'atomic_save', 'to_plain', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'dist_env', 'init_distributed',
@@ -58,18 +59,12 @@ def atomic_save(obj, # object for `torch.save`, or a `str` written as UTF-8 text
                 path # destination file
                ) -> Path:
     "Save `obj` to `path` through a temporary file in the same folder and `os.replace`: an interrupted save leaves the old file intact"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
+    def save(tmp):
+        with open(tmp, 'wb') as f:
             if isinstance(obj, str): f.write(obj.encode())
             else: torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-    return path
+            f.flush(); os.fsync(f.fileno())  # on disk before the rename
+    return atomic_write(path, save)
 
 def to_plain(o):
     "NumPy scalars and `L`s to plain Python, so that `torch.load(weights_only=True)` can read the file"

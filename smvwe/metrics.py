@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_metrics.ipynb #00503b3c
 from __future__ import annotations
-import json, math, os, sys
+import json, math
 from pathlib import Path
 import numpy as np
 import cv2
@@ -12,6 +12,7 @@ from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from .maps import voc_palette, save_label_png
+from .scene import atomic_write
 
 # %% auto #0
 __all__ = ['load_label', 'ConfusionMatrix', 'context_counts', 'confusion_ratio', 'label_edges', 'boundary_counts', 'prf',
@@ -228,7 +229,5 @@ def eval_cli(pred_dir:str, # folder of ID.png predictions
     for n, c in r['confusion'].items():
         print(f"  {c['class']} / {n}: confusion ratio {'n/a' if c['ratio'] is None else round(c['ratio'], 3)}  IoU {f(c['iou_class'])}")
     if out:
-        out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f'.{out.name}.{os.getpid()}.tmp')
-        tmp.write_text(json.dumps(r, indent=1)); os.replace(tmp, out)
+        atomic_write(out, lambda p: p.write_text(json.dumps(r, indent=1)))
     return r

@@ -4,7 +4,6 @@
 
 # %% ../nbs/03_saliency.ipynb #3c2530b1
 from __future__ import annotations
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -12,10 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .scene import save_gray_png
 
 # %% auto #0
-__all__ = ['SALIENCY_METHODS', 'resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss',
-           'classical_saliency', 'saliency_folder']
+__all__ = ['resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss', 'saliency_folder']
 
 # %% ../nbs/03_saliency.ipynb #e79d82fb
 def resize_saliency(sal:Tensor, # (B,1,H,W) or (B,H,W) saliency in [0,1]
@@ -99,26 +98,7 @@ def saliency_loss(F_s:Tensor, # (B,1,H,W) generated saliency map
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 # %% ../nbs/03_saliency.ipynb #10f259c6
-SALIENCY_METHODS = {'fine_grained': 'StaticSaliencyFineGrained_create',
-                    'spectral_residual': 'StaticSaliencySpectralResidual_create'}
-
-def classical_saliency(img:np.ndarray, # (H,W,3) RGB or (H,W) gray uint8 image
-                       method:str='fine_grained', # 'fine_grained' or 'spectral_residual' (cv2.saliency)
-                      ) -> np.ndarray: # float32 (H,W) in [0,1]
-    "Saliency map of one image from a classical OpenCV detector, min-max normalised to [0,1]."
-    import cv2
-    if method not in SALIENCY_METHODS:
-        raise ValueError(f"method must be one of {list(SALIENCY_METHODS)}, got {method!r}")
-    img = np.asarray(img)
-    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise ValueError(f"img must be a uint8 (H,W,3) RGB or (H,W) array, got {img.dtype} {img.shape}")
-    if img.ndim == 3: img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, m = getattr(cv2.saliency, SALIENCY_METHODS[method])().computeSaliency(np.ascontiguousarray(img))
-    if not ok: raise RuntimeError(f"cv2.saliency {method} failed on an image of shape {img.shape}")
-    m = np.asarray(m, np.float32)
-    lo, hi = float(m.min()), float(m.max())
-    if hi - lo < 1e-6: return np.zeros(m.shape, np.float32)
-    return ((m - lo) / (hi - lo)).astype(np.float32)
+from .scene import SALIENCY_METHODS, classical_saliency  # one implementation, shared with the benchmark's saliency_cv2/ (00a_scene)
 
 # %% ../nbs/03_saliency.ipynb #b257298d
 def saliency_folder(root:str|Path, # VOC-layout folder with JPEGImages/ID.jpg
@@ -142,7 +122,5 @@ def saliency_folder(root:str|Path, # VOC-layout folder with JPEGImages/ID.jpg
         bgr = cv2.imread(str(img_dir / f'{i}.jpg'), cv2.IMREAD_COLOR)
         if bgr is None: raise FileNotFoundError(f"cannot read image {img_dir / f'{i}.jpg'}")
         sm = classical_saliency(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), method)
-        tmp = dst.with_name(f'.{i}.tmp.png')
-        if not cv2.imwrite(str(tmp), np.round(sm * 255).astype(np.uint8)): raise OSError(f"cannot write {tmp}")
-        os.replace(tmp, dst)
+        save_gray_png(dst, np.round(sm * 255))
     return out

@@ -7,18 +7,13 @@ from __future__ import annotations
 import json, shutil, time
 from pathlib import Path
 import numpy as np
-from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .scene import (CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, atomic_write, save_label_png, render_scene,
+from .scene import (CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, atomic_write, save_label_png, save_gray_png, save_jpg, render_scene,
                          simulate_saliency, cv2_saliency)
 
 # %% auto #0
 __all__ = ['SPLITS', 'LAYOUT', 'make_sample', 'make_benchmark', 'synth_cli']
-
-# %% ../nbs/00b_synth.ipynb #c347747c
-def _save_gray(path, arr): return atomic_write(path, lambda p: Image.fromarray(arr.astype(np.uint8), mode='L').save(p, format='PNG'))
-def _save_jpg(path, arr): return atomic_write(path, lambda p: Image.fromarray(arr, mode='RGB').save(p, format='JPEG', quality=95))
 
 # %% ../nbs/00b_synth.ipynb #43dae0b9
 SPLITS = ('train', 'val')
@@ -43,11 +38,11 @@ def make_sample(seed:int=0, # benchmark seed
 def _write_sample(root, id, s):
     "Write one sample's files; the JPEG last, so an image whose JPEG exists is complete."
     save_label_png(root / 'SegmentationClass' / f'{id}.png', s['gt'])
-    _save_gray(root / 'saliency' / f'{id}.png', s['saliency'])
-    _save_gray(root / 'saliency_cv2' / f'{id}.png', s['saliency_cv2'])
-    _save_gray(root / 'Context' / f'{id}.png', s['context'])
+    save_gray_png(root / 'saliency' / f'{id}.png', s['saliency'])
+    save_gray_png(root / 'saliency_cv2' / f'{id}.png', s['saliency_cv2'])
+    save_gray_png(root / 'Context' / f'{id}.png', s['context'])
     save_label_png(root / 'Parts' / f'{id}.png', s['parts'])
-    _save_jpg(root / 'JPEGImages' / f'{id}.jpg', s['image'])
+    save_jpg(root / 'JPEGImages' / f'{id}.jpg', s['image'])
 
 def _write_text(path, text): return atomic_write(path, lambda p: Path(p).write_text(text))
 

@@ -4,13 +4,13 @@
 
 # %% ../nbs/01a_voc.ipynb #f0ae93ed
 from __future__ import annotations
-import os, warnings, tempfile
+import os, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from .scene import voc_colormap
+from .scene import voc_colormap, save_label_png, save_gray_png, save_jpg
 
 voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the benchmark (00a_scene)
 
@@ -204,18 +204,6 @@ def validate_voc(root, split='train', sal_dir='saliency', mask_dir=None, classes
     return VOCSplit([i for i, _ in good], lab, list(classes), bad)
 
 # %% ../nbs/01a_voc.ipynb #7261e790
-def _atomic_save(im:Image.Image, path:Path, **kw):
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.tmp'+path.suffix, dir=path.parent); os.close(fd)
-    try: im.save(tmp, **kw); os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-
-def _save_palette_png(path, m:np.ndarray):
-    im = Image.fromarray(np.asarray(m, np.uint8), 'P'); im.putpalette(voc_palette().flatten().tolist())
-    _atomic_save(im, path)
-
 def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n_val:int=None,
                   cls_labels:bool=False, aug_masks:bool=False, max_objects:int=2) -> Path:
     "Write a tiny VOC-layout tree (n train + n_val val images) and return its root."
@@ -243,12 +231,12 @@ def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n
             edge[:-1] |= m[:-1] != m[1:]; edge[:, :-1] |= m[:, :-1] != m[:, 1:]
             m_out = np.where(edge & (m > 0), 255, m).astype(np.uint8)
             noise = rng.normal(0, 6, img.shape)
-            _atomic_save(Image.fromarray(np.clip(img+noise, 0, 255).astype(np.uint8)), root/'JPEGImages'/f'{i}.jpg', quality=95)
-            _save_palette_png(root/'SegmentationClass'/f'{i}.png', m_out)
-            if aug_masks: _save_palette_png(root/'SegmentationClassAug'/f'{i}.png', m_out)
+            save_jpg(root/'JPEGImages'/f'{i}.jpg', np.clip(img+noise, 0, 255).astype(np.uint8))
+            save_label_png(root/'SegmentationClass'/f'{i}.png', m_out)
+            if aug_masks: save_label_png(root/'SegmentationClassAug'/f'{i}.png', m_out)
             sal = (m > 0).astype(np.float32)
             sal = (sal + np.roll(sal, 1, 0) + np.roll(sal, -1, 0) + np.roll(sal, 1, 1) + np.roll(sal, -1, 1))/5
-            _atomic_save(Image.fromarray((sal*255).round().astype(np.uint8), 'L'), root/'saliency'/f'{i}.png')
+            save_gray_png(root/'saliency'/f'{i}.png', (sal*255).round())
             labels[i] = mask_labels(m_out, len(classes))
     if cls_labels: np.save(root/'cls_labels.npy', labels, allow_pickle=True)
     return root

@@ -4,13 +4,14 @@
 
 # %% ../nbs/05a_weights.ipynb #808d6e61
 from __future__ import annotations
-import os, re, struct, tempfile, warnings
+import os, re, struct, warnings
 from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from .scene import atomic_write
 
 # %% auto #0
 __all__ = ['MX_LIST_MAGIC', 'MX_V1', 'MX_V2', 'MX_V3', 'MX_DTYPES', 'LoadResult', 'RESNET38_FILES', 'read_mxnet_params',
@@ -80,22 +81,21 @@ def save_mxnet_params(path:str|Path, # where to write
                      ) -> Path:
     "Write `arrays` in MXNet's NDArray-list format (for tests; atomic)."
     if version not in ('legacy', 'v1', 'v2'): raise ValueError(f"version must be 'legacy', 'v1' or 'v2', not {version!r}")
-    path = Path(path); tmp = path.with_suffix('.tmp' + path.suffix)
-    with open(tmp, 'wb') as f:
-        w = lambda fmt, *v: f.write(struct.pack('<' + fmt, *v))
-        w('QQQ', MX_LIST_MAGIC, 0, len(arrays))
-        for a in arrays.values():
-            a = np.ascontiguousarray(a.detach().cpu().numpy() if torch.is_tensor(a) else a)
-            if version == 'legacy': w('I', a.ndim); w(f'{a.ndim}I', *a.shape)
-            else:
-                w('I', MX_V1 if version == 'v1' else MX_V2)
-                if version == 'v2': w('i', 0)
-                w('i', a.ndim); w(f'{a.ndim}q', *a.shape)
-            w('ii', 1, 0); w('i', _MX_FLAGS[a.dtype]); f.write(a.tobytes())
-        w('Q', len(arrays))
-        for k in arrays: b = k.encode('utf-8'); w('Q', len(b)); f.write(b)
-    os.replace(tmp, path)
-    return path
+    def save(tmp):
+        with open(tmp, 'wb') as f:
+            w = lambda fmt, *v: f.write(struct.pack('<' + fmt, *v))
+            w('QQQ', MX_LIST_MAGIC, 0, len(arrays))
+            for a in arrays.values():
+                a = np.ascontiguousarray(a.detach().cpu().numpy() if torch.is_tensor(a) else a)
+                if version == 'legacy': w('I', a.ndim); w(f'{a.ndim}I', *a.shape)
+                else:
+                    w('I', MX_V1 if version == 'v1' else MX_V2)
+                    if version == 'v2': w('i', 0)
+                    w('i', a.ndim); w(f'{a.ndim}q', *a.shape)
+                w('ii', 1, 0); w('i', _MX_FLAGS[a.dtype]); f.write(a.tobytes())
+            w('Q', len(arrays))
+            for k in arrays: b = k.encode('utf-8'); w('Q', len(b)); f.write(b)
+    return atomic_write(path, save)
 
 # %% ../nbs/05a_weights.ipynb #ced0adef
 _MX_BN = {'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean', 'moving_var': 'running_var'}
