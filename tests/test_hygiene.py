@@ -1,5 +1,5 @@
 "Project hygiene: the README's commands, CI, and notebooks in sync with the exported package."
-import re, shutil, subprocess, sys
+import os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +48,40 @@ def test_notebooks_are_clean():
         counts = [c.get('execution_count') for c in d['cells'] if c['cell_type'] == 'code']
         assert all(c is None for c in counts), f'{nb.name}: run nbdev_clean'
         assert nb.stat().st_size < 1_000_000, f'{nb.name} is over 1 MB: lower figure dpi'
+
+
+def _is_binary(p: Path) -> bool:
+    "A file is binary when its first 8 kB hold a NUL byte or are not UTF-8 text (wheels, archives, images, weights)."
+    head = p.read_bytes()[:8192]
+    if b'\0' in head: return True
+    try: head.decode('utf-8')
+    except UnicodeDecodeError as e: return e.start < len(head) - 4  # a multi-byte character cut at 8 kB is still text
+    return False
+
+
+def test_no_binary_files_at_repo_root():
+    "Tracked files at the repository root are text (a committed wheel or archive belongs nowhere in the repo)."
+    out = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0: pytest.skip('not a git checkout')
+    root_files = [ROOT / f for f in out.stdout.splitlines() if '/' not in f]
+    assert root_files, 'git ls-files found no files at the root'
+    binary = [p.name for p in root_files if p.exists() and _is_binary(p)]
+    assert not binary, f'binary files at the repository root: {binary}; remove them with git rm'
+
+
+def test_binary_check_tells_text_from_binary(tmp_path):
+    (tmp_path / 'a.txt').write_text('plain text, ünïcode\n')
+    (tmp_path / 'b.whl').write_bytes(b'PK\x03\x04\x14\x00\x00\x00\x08\x00')  # a zip (wheel) header
+    (tmp_path / 'c.bin').write_bytes(bytes([0x89]) + b'PNG\r\n\x1a\n')
+    assert not _is_binary(tmp_path / 'a.txt')
+    assert _is_binary(tmp_path / 'b.whl') and _is_binary(tmp_path / 'c.bin')
+
+
+def test_import_is_quiet_about_torch_jit_script():
+    "Importing a module that pulls in fastai shows no `torch.jit.script` FutureWarning; other FutureWarnings still show."
+    code = 'import smvwe.data, warnings; warnings.warn("other future warning", FutureWarning)'
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    r = subprocess.run([sys.executable, '-W', 'always::FutureWarning', '-c', code], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert 'jit.script' not in r.stderr, r.stderr
+    assert 'other future warning' in r.stderr, r.stderr
