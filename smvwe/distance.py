@@ -5,6 +5,7 @@
 # %% ../nbs/02a_distance.ipynb #c56d1510
 from __future__ import annotations
 import hashlib, logging, os, platform, time, warnings
+from pathlib import Path
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -65,180 +66,12 @@ class L1Chunked(torch.autograd.Function):
                 dC.to(C.dtype) if ctx.needs_input_grad[1] else None, None)
 
 # %% ../nbs/02a_distance.ipynb #d30d965b
-_CPP_SRC = r'''
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <cstring>
-#include <type_traits>
-#include <vector>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+_CFLAGS = ['-O3', '-march=native', '-fopenmp']
 
-template <typename T> struct VT;  // 64-byte vectors (GCC vector extensions, portable to any target)
-template <> struct VT<float>  { typedef float  v __attribute__((vector_size(64))); typedef int32_t vi __attribute__((vector_size(64))); static constexpr int W = 16; };
-template <> struct VT<double> { typedef double v __attribute__((vector_size(64))); typedef int64_t vi __attribute__((vector_size(64))); static constexpr int W = 8; };
-template <typename V> static inline V vload(const void* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
-template <typename V> static inline void vstore(void* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-template <typename T> static inline typename VT<T>::vi signbit_v() {
-  using I = typename std::remove_reference<decltype(typename VT<T>::vi{}[0])>::type;
-  return typename VT<T>::vi{} + (I)((I)1 << (sizeof(T) * 8 - 1)); }
-
-constexpr int FR = 4, FJ = 6, FKB = 64;   // forward tile: FR vectors of pixels x FJ words, FKB channels per block
-constexpr int BR = 4, BJ = 4, BKB = 16;   // backward tile
-
-// d[j, px] (+)= sum_k |m[k, px] - ct[k, j]| over one tile
-template <typename T, int J>
-static void fwd_tile(const T* m, int64_t ldm, const T* ct, int64_t ldc, int kn, T* d, int64_t ldd, bool first) {
-  constexpr int R = FR, W = VT<T>::W;
-#ifdef __AVX512F__
-  if constexpr (std::is_same_v<T, float>) {
-    __m512 acc[J][R]; const __m512 neg1 = _mm512_set1_ps(-1.f);
-    for (int j = 0; j < J; ++j) for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
-    for (int k = 0; k < kn; ++k) {
-      __m512 mv[R];
-      for (int r = 0; r < R; ++r) mv[r] = _mm512_loadu_ps(m + k * ldm + r * 16);
-      for (int j = 0; j < J; ++j) {
-        const __m512 c = _mm512_set1_ps(ct[k * ldc + j]);
-        for (int r = 0; r < R; ++r) acc[j][r] = _mm512_add_ps(acc[j][r], _mm512_abs_ps(_mm512_fmadd_ps(c, neg1, mv[r])));
-      }
-    }
-    for (int j = 0; j < J; ++j) for (int r = 0; r < R; ++r) {
-      float* o = d + j * ldd + r * 16;
-      _mm512_storeu_ps(o, first ? acc[j][r] : _mm512_add_ps(_mm512_loadu_ps(o), acc[j][r]));
-    }
-    return;
-  }
-#endif
-  using V = typename VT<T>::v; using VI = typename VT<T>::vi;
-  const VI absmask = ~signbit_v<T>();
-  V acc[J][R];
-  for (int j = 0; j < J; ++j) for (int r = 0; r < R; ++r) acc[j][r] = V{};
-  for (int k = 0; k < kn; ++k) {
-    V mv[R];
-    for (int r = 0; r < R; ++r) mv[r] = vload<V>(m + k * ldm + r * W);
-    for (int j = 0; j < J; ++j) {
-      const V c = V{} + ct[k * ldc + j];
-      for (int r = 0; r < R; ++r) acc[j][r] += (V)((VI)(mv[r] - c) & absmask);
-    }
-  }
-  for (int j = 0; j < J; ++j) for (int r = 0; r < R; ++r) {
-    T* o = d + j * ldd + r * W;
-    vstore(o, first ? acc[j][r] : vload<V>(o) + acc[j][r]);
-  }
-}
-
-// t = g[j, px] * sign(m[k, px] - c[j, k]);  dm[k, px] += sum_j t;  lane[k][j] += sum_px t (per vector lane)
-template <typename T, int J>
-static void bwd_tile(const T* m, int64_t ldm, const T* g, int64_t ldg, const T* c, int64_t ldc, int kn, T* dm, typename VT<T>::v* lane) {
-  constexpr int R = BR, W = VT<T>::W;
-  using V = typename VT<T>::v; using VI = typename VT<T>::vi;
-  const VI sgn = signbit_v<T>();
-  V gv[J][R];
-  for (int j = 0; j < J; ++j) for (int r = 0; r < R; ++r) gv[j][r] = vload<V>(g + j * ldg + r * W);
-  for (int k = 0; k < kn; ++k) {
-    V mv[R], da[R];
-    for (int r = 0; r < R; ++r) { mv[r] = vload<V>(m + k * ldm + r * W); da[r] = V{}; }
-    for (int j = 0; j < J; ++j) {
-      const V cv = V{} + c[j * ldc + k];
-      V la = V{};
-      for (int r = 0; r < R; ++r) {
-        const V d = mv[r] - cv;
-        const V t = (V)(((VI)gv[j][r]) ^ ((VI)d & sgn));     // copysign(g, d)
-        const VI nz = (d != 0);                                // sign(0) = 0
-        da[r] = nz ? da[r] + t : da[r]; la = nz ? la + t : la;
-      }
-      lane[k * BJ + j] += la;
-    }
-    for (int r = 0; r < R; ++r) { T* o = dm + k * ldm + r * W; vstore(o, vload<V>(o) + da[r]); }
-  }
-}
-
-template <typename T, int J>  // run the tile with the runtime word count jt <= J
-static void fwd_any(int jt, const T* m, int64_t ldm, const T* ct, int64_t ldc, int kn, T* d, int64_t ldd, bool first) {
-  if constexpr (J > 0) { if (jt == J) fwd_tile<T, J>(m, ldm, ct, ldc, kn, d, ldd, first); else fwd_any<T, J - 1>(jt, m, ldm, ct, ldc, kn, d, ldd, first); }
-}
-template <typename T, int J>
-static void bwd_any(int jt, const T* m, int64_t ldm, const T* g, int64_t ldg, const T* c, int64_t ldc, int kn, T* dm, typename VT<T>::v* lane) {
-  if constexpr (J > 0) { if (jt == J) bwd_tile<T, J>(m, ldm, g, ldg, c, ldc, kn, dm, lane); else bwd_any<T, J - 1>(jt, m, ldm, g, ldg, c, ldc, kn, dm, lane); }
-}
-
-template <typename T>
-static void fwd_impl(const T* M, const T* Ct, T* D, int64_t B, int64_t K, int64_t HW, int64_t N) {
-  constexpr int TP = FR * VT<T>::W;
-  const int64_t ntiles = (HW + TP - 1) / TP;
-  at::parallel_for(0, B * ntiles, 1, [&](int64_t s, int64_t e) {   // threads split (image, pixel tile)
-    std::vector<T> mbuf, dbuf;
-    for (int64_t t = s; t < e; ++t) {
-      const int64_t b = t / ntiles, i0 = (t % ntiles) * TP, npx = std::min<int64_t>(TP, HW - i0);
-      const T* mp = M + b * K * HW + i0; int64_t ldm = HW;
-      T* dp = D + b * N * HW + i0; int64_t ldd = HW;
-      if (npx < TP) {  // last, partial tile: zero-padded copy
-        mbuf.assign(K * TP, T(0)); dbuf.assign(N * TP, T(0));
-        for (int64_t k = 0; k < K; ++k) std::memcpy(&mbuf[k * TP], mp + k * HW, npx * sizeof(T));
-        mp = mbuf.data(); ldm = TP; dp = dbuf.data(); ldd = TP;
-      }
-      for (int64_t k0 = 0; k0 < K; k0 += FKB)
-        for (int64_t j0 = 0; j0 < N; j0 += FJ)
-          fwd_any<T, FJ>((int)std::min<int64_t>(FJ, N - j0), mp + k0 * ldm, ldm, Ct + k0 * N + j0, N,
-                         (int)std::min<int64_t>(FKB, K - k0), dp + j0 * ldd, ldd, k0 == 0);
-      if (npx < TP)
-        for (int64_t j = 0; j < N; ++j) std::memcpy(D + b * N * HW + j * HW + i0, &dbuf[j * TP], npx * sizeof(T));
-    }
-  });
-}
-
-template <typename T>
-static void bwd_impl(const T* M, const T* C, const T* G, T* dM, T* dC, int64_t B, int64_t K, int64_t HW, int64_t N) {
-  using V = typename VT<T>::v; constexpr int W = VT<T>::W, TP = BR * W;
-  const int64_t nkb = (K + BKB - 1) / BKB, ntiles = (HW + TP - 1) / TP;
-  at::parallel_for(0, nkb, 1, [&](int64_t s, int64_t e) {   // threads split channel blocks: disjoint dM and dC
-    std::vector<V> lane(BKB * BJ);
-    std::vector<T> mbuf(BKB * TP), gbuf(BJ * TP), dmbuf(BKB * TP);
-    for (int64_t kb = s; kb < e; ++kb) {
-      const int64_t k0 = kb * BKB; const int kn = (int)std::min<int64_t>(BKB, K - k0);
-      for (int64_t b = 0; b < B; ++b) {
-        const T* Mb = M + (b * K + k0) * HW; T* dMb = dM + (b * K + k0) * HW; const T* Gb = G + b * N * HW;
-        for (int64_t j0 = 0; j0 < N; j0 += BJ) {
-          const int jt = (int)std::min<int64_t>(BJ, N - j0);
-          std::fill(lane.begin(), lane.end(), V{});
-          for (int64_t i0 = 0; i0 < HW; i0 += TP) {
-            const int64_t npx = std::min<int64_t>(TP, HW - i0);
-            if (npx == TP) { bwd_any<T, BJ>(jt, Mb + i0, HW, Gb + j0 * HW + i0, HW, C + j0 * K + k0, K, kn, dMb + i0, lane.data()); continue; }
-            std::fill(mbuf.begin(), mbuf.end(), T(0)); std::fill(gbuf.begin(), gbuf.end(), T(0)); std::fill(dmbuf.begin(), dmbuf.end(), T(0));
-            for (int k = 0; k < kn; ++k) std::memcpy(&mbuf[k * TP], Mb + k * HW + i0, npx * sizeof(T));
-            for (int j = 0; j < jt; ++j) std::memcpy(&gbuf[j * TP], Gb + (j0 + j) * HW + i0, npx * sizeof(T));
-            bwd_any<T, BJ>(jt, mbuf.data(), TP, gbuf.data(), TP, C + j0 * K + k0, K, kn, dmbuf.data(), lane.data());
-            for (int k = 0; k < kn; ++k) for (int64_t i = 0; i < npx; ++i) dMb[k * HW + i0 + i] += dmbuf[k * TP + i];
-          }
-          for (int k = 0; k < kn; ++k) for (int j = 0; j < jt; ++j) {
-            T s = 0; for (int l = 0; l < W; ++l) s += lane[k * BJ + j][l];
-            dC[(j0 + j) * K + k0 + k] -= s;
-          }
-        }
-      }
-    }
-  });
-}
-
-torch::Tensor l1_forward(torch::Tensor M, torch::Tensor C) {  // M (B,K,HW), C (N,K): contiguous, same float dtype, CPU
-  const int64_t B = M.size(0), K = M.size(1), HW = M.size(2), N = C.size(0);
-  auto Ct = C.t().contiguous();
-  auto D = torch::empty({B, N, HW}, M.options());
-  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "l1_forward", [&] {
-    fwd_impl<scalar_t>(M.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(), D.data_ptr<scalar_t>(), B, K, HW, N); });
-  return D;
-}
-
-std::vector<torch::Tensor> l1_backward(torch::Tensor M, torch::Tensor C, torch::Tensor G) {  // G (B,N,HW)
-  const int64_t B = M.size(0), K = M.size(1), HW = M.size(2), N = C.size(0);
-  auto dM = torch::zeros_like(M); auto dC = torch::zeros_like(C);
-  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "l1_backward", [&] {
-    bwd_impl<scalar_t>(M.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(),
-                       dM.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(), B, K, HW, N); });
-  return {dM, dC};
-}
-'''
+def _csrc(name:str)->Path:
+    "Path of a C++ source shipped with the package (smvwe/csrc/)."
+    import smvwe
+    return Path(smvwe.__file__).parent/'csrc'/name
 
 # %% ../nbs/02a_distance.ipynb #87361d3a
 _EXT, _EXT_MSG = None, None
@@ -249,6 +82,10 @@ def _cpu_tag()->str:
     except (OSError, StopIteration): flags = platform.processor() + platform.machine()
     return flags
 
+def _build_key(source:str)->str:
+    "Name of the build: changes with the C++ source, the compiler flags, the CPU and the torch version."
+    return hashlib.sha1('\n'.join([source, ' '.join(_CFLAGS), _cpu_tag(), torch.__version__]).encode()).hexdigest()[:12]
+
 def load_ext(verbose:bool=False # show the compiler's output
             ):
     "Build (once, cached) and return the fused C++ kernel, or None (with one warning) if it cannot be built."
@@ -256,14 +93,14 @@ def load_ext(verbose:bool=False # show the compiler's output
     if _EXT is not None or _EXT_MSG is not None: return _EXT
     if os.environ.get('SMVWE_NO_EXT', '') not in ('', '0'):
         _EXT_MSG = 'disabled by SMVWE_NO_EXT'; return None
-    key = hashlib.sha1((_CPP_SRC + _cpu_tag() + torch.__version__).encode()).hexdigest()[:12]
+    path = _csrc('word_distance.cpp')
     log = logging.getLogger('torch.utils.cpp_extension'); lvl = log.level
     log.setLevel(logging.ERROR)                      # silence "No CUDA runtime is found" on CPU-only machines
     try:
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import load
         t0 = time.time()
-        _EXT = load_inline(f'smvwe_l1_{key}', cpp_sources=_CPP_SRC, functions=['l1_forward', 'l1_backward'],
-                           extra_cflags=['-O3', '-march=native', '-fopenmp'], extra_ldflags=['-fopenmp'], verbose=verbose)
+        _EXT = load(f'smvwe_l1_{_build_key(path.read_text())}', sources=[str(path)], extra_cflags=_CFLAGS,
+                    extra_ldflags=['-fopenmp'], verbose=verbose)
         _EXT_MSG = f'loaded in {time.time() - t0:.1f} s'
     except Exception as e:
         _EXT_MSG = f'build failed: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}'

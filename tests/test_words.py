@@ -4,9 +4,11 @@ import json, os, subprocess, sys, textwrap
 import pytest
 import torch
 
-from smvwe.distance import word_distance, word_distance_reference, load_ext, L1Chunked
+from smvwe.distance import word_distance, word_distance_reference, load_ext, L1Chunked, _build_key, _csrc
 from smvwe.words import VisualWordEncoder, WordOutput, standardize
 
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[1]
 HAS_EXT = load_ext() is not None
 IMPLS = ['torch'] + (['fused'] if HAS_EXT else [])
 
@@ -117,3 +119,12 @@ def test_no_ext_env_falls_back(tmp_path):
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env=dict(os.environ, SMVWE_NO_EXT='1'))
     assert 'disabled by SMVWE_NO_EXT' in out.stdout
+
+
+def test_cpp_source_ships_with_the_package_and_names_the_build():
+    "The kernel's C++ file is package data, and editing it changes the build's name (no stale binary is reused)."
+    src = _csrc('word_distance.cpp')
+    assert src.exists() and src.parent == ROOT / 'smvwe' / 'csrc'
+    assert 'recursive-include smvwe/csrc *.cpp' in (ROOT / 'MANIFEST.in').read_text()
+    text = src.read_text()
+    assert _build_key(text) == _build_key(text) != _build_key(text + '\n// edited')
