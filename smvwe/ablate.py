@@ -11,8 +11,7 @@ import numpy as np
 from fastcore.script import call_parse
 
 from .synth import make_benchmark
-from .scene import atomic_write
-from .fit import atomic_save
+from .files import atomic_write, atomic_save
 from .train import train_cls
 from .words import VisualWordEncoder
 from .experiment import VARIANT_NAMES, get_preset, run_variant

@@ -14,7 +14,7 @@ from fastcore.script import call_parse
 import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
-from .fit import atomic_save
+from .files import atomic_save
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label

@@ -12,7 +12,7 @@ import torch
 
 from .data import to_tensor_img
 from .voc import read_split, load_image, load_mask
-from .fit import atomic_save
+from .files import atomic_save
 from .train import train_cls, load_cls_model, VARIANTS
 from .pseudo import make_pseudo
 from .metrics import evaluate_folder, word_label_miou, load_label

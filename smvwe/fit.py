@@ -20,12 +20,12 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed, rank_distrib, num_distrib, distrib_barrier, get_model
 
 import smvwe
-from .scene import atomic_write
+from .files import atomic_save  # every file of the run folder is written atomically (00_files)
 
 # %% auto #0
-__all__ = ['PolyLR', 'atomic_save', 'to_plain', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'dist_env', 'init_distributed',
-           'DDPTrainer', 'ddp_ctx', 'read_checkpoint', 'load_checkpoint', 'fit_resumable', 'AMP', 'check_amp',
-           'update_json', 'print_epoch_log', 'write_history']
+__all__ = ['PolyLR', 'to_plain', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'dist_env', 'init_distributed', 'DDPTrainer',
+           'ddp_ctx', 'read_checkpoint', 'load_checkpoint', 'fit_resumable', 'AMP', 'check_amp', 'update_json',
+           'print_epoch_log', 'write_history']
 
 # %% ../nbs/06a_fit.ipynb #db01b761
 class PolyLR(Callback):
@@ -55,17 +55,6 @@ class PolyLR(Callback):
         if self.training: self.t += 1
 
 # %% ../nbs/06a_fit.ipynb #51c3ca02
-def atomic_save(obj, # object for `torch.save`, or a `str` written as UTF-8 text
-                path # destination file
-               ) -> Path:
-    "Save `obj` to `path` through a temporary file in the same folder and `os.replace`: an interrupted save leaves the old file intact"
-    def save(tmp):
-        with open(tmp, 'wb') as f:
-            if isinstance(obj, str): f.write(obj.encode())
-            else: torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())  # on disk before the rename
-    return atomic_write(path, save)
-
 def to_plain(o):
     "NumPy scalars and `L`s to plain Python, so that `torch.load(weights_only=True)` can read the file"
     if isinstance(o, np.generic): return o.item()

@@ -13,7 +13,7 @@ __all__ = ['MODES', 'NORM_OF_MODE', 'READOUTS', 'BG_THR', 'CRF_PRESETS', 'CRF_DE
            'parse_readout', 'readout_scores', 'readout_labels', 'crf_params', 'parse_crf', 'crf_refine', 'pseudo_label']
 
 # %% ../nbs/07a_maps.ipynb #a80edce5
-from .scene import voc_colormap as voc_palette, save_label_png  # (n,3) VOC colours; atomic palette-PNG writer
+from .files import voc_colormap as voc_palette, save_label_png  # (n,3) VOC colours; atomic palette-PNG writer
 
 # %% ../nbs/07a_maps.ipynb #a4f483e6
 def _to_tensor(img:np.ndarray, device=None):

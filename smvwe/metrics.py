@@ -11,8 +11,8 @@ import cv2
 from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .maps import voc_palette, save_label_png
-from .scene import atomic_write
+from .maps import voc_palette
+from .files import atomic_write, save_label_png
 
 # %% auto #0
 __all__ = ['load_label', 'ConfusionMatrix', 'context_counts', 'confusion_ratio', 'label_edges', 'boundary_counts', 'prf',

@@ -10,19 +10,12 @@ import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .scene import atomic_write
-from .maps import save_label_png, model_device, localization_maps, pseudo_label
+from .files import atomic_write, save_npy, save_label_png
+from .maps import model_device, localization_maps, pseudo_label
 
 
 # %% auto #0
 __all__ = ['load_cams', 'resolve_shard', 'make_pseudo', 'pseudo_cli']
-
-# %% ../nbs/07b_pseudo.ipynb #de74274f
-def _save_npy(path:Path, arr:np.ndarray):
-    "`np.save` to exactly `path` (no `.npy` appended), atomically."
-    def save(tmp):
-        with open(tmp, 'wb') as f: np.save(f, arr)
-    return atomic_write(path, save)
 
 # %% ../nbs/07b_pseudo.ipynb #f5d23be8
 def load_cams(path, # cams/ID.npy written by `make_pseudo`
@@ -58,7 +51,7 @@ def _outputs_ok(cam_p:Path|None, png_p:Path, k:int, hw:tuple, L:int) -> bool:
 
 def _pseudo_one(id, img, cams16, label, opts, cam_p, png_p, sal=None):
     "The CPU stage of one image (runs in a worker): labels, CRF, atomic writes."
-    if opts.get('save_cams', True): _save_npy(Path(cam_p), cams16)
+    if opts.get('save_cams', True): save_npy(Path(cam_p), cams16)
     label = np.asarray(label).reshape(-1); present = np.flatnonzero(label > 0)
     full = np.zeros((len(label) + 1,) + cams16.shape[1:], np.float32)
     full[present], full[-1] = cams16[:-1], cams16[-1]

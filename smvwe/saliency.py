@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .scene import save_gray_png
+from .files import save_gray_png
 
 # %% auto #0
 __all__ = ['resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss', 'saliency_folder']

@@ -23,8 +23,9 @@ from fastprogress.fastprogress import progress_bar
 
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image
-from .fit import PolyLR, AMP, fit_resumable, atomic_save, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log
-from .maps import save_label_png, crf_refine
+from .files import atomic_save, save_label_png
+from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log
+from .maps import crf_refine
 from .pseudo import resolve_shard
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 

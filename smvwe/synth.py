@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .scene import (CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, atomic_write, save_label_png, save_gray_png, save_jpg, render_scene,
-                         simulate_saliency, cv2_saliency)
+from .files import atomic_write, save_label_png, save_gray_png, save_jpg
+from .scene import CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, render_scene, simulate_saliency, cv2_saliency
 
 # %% auto #0
 __all__ = ['SPLITS', 'LAYOUT', 'make_sample', 'make_benchmark', 'synth_cli']

@@ -19,7 +19,8 @@ import smvwe
 from .data import cls_dls
 from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
-from .fit import (PolyLR, AMP, check_amp, atomic_save, to_plain, init_distributed, fit_resumable,
+from .files import atomic_save
+from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
                        update_json, print_epoch_log, write_history)  # the shared training machinery (06a_fit)
 
 # %% auto #0

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from .scene import voc_colormap, save_label_png, save_gray_png, save_jpg
+from .files import voc_colormap, save_label_png, save_gray_png, save_jpg
 
-voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the benchmark (00a_scene)
+voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the file writers (00_files)
 
 
 # %% auto #0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from .scene import atomic_write
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['MX_LIST_MAGIC', 'MX_V1', 'MX_V2', 'MX_V3', 'MX_DTYPES', 'LoadResult', 'RESNET38_FILES', 'read_mxnet_params',
