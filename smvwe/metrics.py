@@ -221,6 +221,8 @@ def eval_cli(pred_dir:str, # folder of ID.png predictions
              tol:float=2 # boundary tolerance in pixels
             ):
     "Score a folder of label PNGs: mIoU, per-class IoU, boundary P/R/F1, confusion ratios."
+    from smvwe.diagnose import find_verdict
+    if (v := find_verdict(pred_dir)): print(v['line'])  # the classifier of the run these labels come from
     r = evaluate_folder(pred_dir, root, split, mask_dir=mask_dir, context_dir=context_dir, tol=tol, progress=True)
     r['command'] = f'smvwe eval {pred_dir} {root} --split {split} --mask_dir {mask_dir} --context_dir {context_dir} --tol {tol}'
     f = lambda v: 'n/a' if v is None else f'{100 * v:.1f}'

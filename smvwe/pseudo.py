@@ -182,6 +182,7 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
         from smvwe.fit import init_distributed
         device = init_distributed(device)
     model = load_cls_model(mp, device=device)
+    if getattr(model, 'diagnostics', None): print(model.diagnostics['line'])  # every later stage inherits the classifier
     classes = read_classes(root)
     if getattr(model, 'classes', None) and list(model.classes) != classes:
         raise ValueError(f'{mp} was trained on classes {model.classes} but {root} has {classes}')

@@ -4,6 +4,7 @@
 
 # %% ../nbs/06b_train.ipynb #c651c26e
 from __future__ import annotations
+import json, sys
 from functools import partial
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from fastai.torch_core import set_seed, rank_distrib, distrib_barrier, get_model
 
 import smvwe
 from .data import cls_dls
+from .voc import image_labels, read_split
 from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 from .files import atomic_save
+from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
                        update_json, print_epoch_log, write_history)  # the shared training machinery (06a_fit)
 
@@ -72,7 +75,7 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
     lrs = [lr] * n_groups
     if n_groups > 1: lrs[-1] = lr * lr_mult
     learn = Learner(dls, model, loss_func=loss, opt_func=partial(SGD, mom=mom, decouple_wd=False), lr=lrs, wd=wd,
-                    splitter=cls_splitter, metrics=loss_terms_metrics(loss), path=Path(path or '.'), cbs=[PolyLR(power), CleanPreds()])
+                    splitter=cls_splitter, metrics=loss_terms_metrics(loss) + [ImageMetric('map'), ImageMetric('f1')], path=Path(path or '.'), cbs=[PolyLR(power), CleanPreds()])
     learn.recorder.train_metrics = True  # each loss term on the training set too
     if amp: learn.add_cb(AMP(amp))
     if channels_last: learn.add_cb(ChannelsLast())
@@ -83,7 +86,8 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
 def save_cls_model(learn:Learner, fname) -> Path:
     "Write `learn`'s weights, model config, variant and classes to `fname` (what `load_cls_model` reads)"
     return atomic_save(dict(model=get_model(learn.model).state_dict(), config=to_plain(learn.model_config),
-                            classes=list(learn.classes), variant=learn.variant, version=smvwe.__version__), fname)
+                            classes=list(learn.classes), variant=learn.variant, version=smvwe.__version__,
+                            diagnostics=getattr(learn, 'diagnostics', None)), fname)
 
 def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_model`
                    device=None # where to put it (default: fastai's `default_device()`)
@@ -96,6 +100,7 @@ def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_mode
     model = SMVWENet.from_config(ck['config'])  # no pretrained weights are read: the file has them all
     model.load_state_dict(ck['model'])
     model.classes, model.variant = ck.get('classes'), ck.get('variant')
+    model.diagnostics = ck.get('diagnostics')  # the classifier's verdict at the end of training (05d_diagnose), None for older files
     return model.to(device or default_device()).eval()
 
 # %% ../nbs/06b_train.ipynb #5a76a2dd
@@ -158,8 +163,12 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
                                    'sal_dir', 'train', 'valid')}
     recipe['model'] = learn.model_config
     fit_resumable(learn, epochs, cls_dir/'checkpoint.pth', seed=seed, resume=resume, meta=recipe, cbs=cbs)
+    learn.valid_chance = chance_map(image_labels(root, read_split(root, valid), dls.classes))  # also when the run was complete
+    learn.diagnostics = learner_verdict(learn)
     if not rank_distrib():
+        if learn.diagnostics: print(learn.diagnostics['line'], file=sys.stderr if learn.diagnostics['level'] == 'near chance' else sys.stdout)
         save_cls_model(learn, cls_dir/'model.pth')
+        if learn.diagnostics: atomic_save(json.dumps(learn.diagnostics, indent=1), cls_dir/'diagnostics.json')
         write_history(learn, cls_dir/'history.csv')
     distrib_barrier()  # every rank returns once model.pth is written
     return learn
