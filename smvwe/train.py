@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from fastcore.script import call_parse
+from dataclasses import dataclass
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
@@ -17,6 +17,7 @@ from fastai.optimizer import SGD
 from fastai.torch_core import set_seed, rank_distrib, distrib_barrier, get_model, default_device
 
 import smvwe
+from .config import StageConfig, cli_from, python_signature
 from .data import cls_dls
 from .voc import image_labels, read_split
 from .model import SMVWENet, cls_splitter
@@ -27,7 +28,8 @@ from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resuma
                        update_json, print_epoch_log, write_history)  # the shared training machinery (06a_fit)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'variant_kwargs', 'cls_learner', 'save_cls_model', 'load_cls_model', 'train_cls', 'train_cls_cli']
+__all__ = ['VARIANTS', 'MODEL_KEYS', 'LOSS_KEYS', 'variant_kwargs', 'cls_learner', 'save_cls_model', 'load_cls_model',
+           'ClsConfig', 'train_cls', 'train_cls_cli']
 
 # %% ../nbs/06b_train.ipynb #bd8eda5d
 VARIANTS = {  # name -> (SMVWENet kwargs, SMVWELoss kwargs)
@@ -61,14 +63,14 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
                 lr_mult:float=10., # the new layers' rate is `lr*lr_mult`
                 power:float=0.9, # exponent of `PolyLR`
                 loss_kw:dict|None=None, # overrides of the variant's `SMVWELoss` arguments
-                **model_kw # more `SMVWENet` arguments
+                model_kw:dict|None=None, # more `SMVWENet` arguments (`ClsConfig.model_kw()`); they win over the three above
                ) -> Learner:
     "A fastai `Learner` for the SMVWE classification stage, `variant` as switches on one model and one loss"
     mkw, lkw = variant_kwargs(variant)
     amp = check_amp(amp)
     classes = list(getattr(dls, 'classes', []))
     if len(classes) < 2: raise ValueError("dls.classes must list the class names with 'background' first (see smvwe.data.cls_dls).")
-    model = SMVWENet(len(classes) - 1, backbone=backbone, n_words=n_words, weights=weights, **{**mkw, **model_kw})
+    model = SMVWENet(len(classes) - 1, **{**dict(backbone=backbone, n_words=n_words, weights=weights), **mkw, **(model_kw or {})})
     model = model.to(getattr(dls, 'device', None) or default_device())
     loss = SMVWELoss(**{**lkw, **(loss_kw or {})})
     n_groups = len(cls_splitter(model))
@@ -103,67 +105,90 @@ def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_mode
     model.diagnostics = ck.get('diagnostics')  # the classifier's verdict at the end of training (05d_diagnose), None for older files
     return model.to(device or default_device()).eval()
 
-# %% ../nbs/06b_train.ipynb #5a76a2dd
+# %% ../nbs/06b_train.ipynb #fcdea726
+MODEL_KEYS = ('backbone', 'n_words', 'weights', 'tau', 'output_stride', 'word_dim', 'dropout', 'freeze_bn', 'word_kwargs', 'backbone_kwargs')
+LOSS_KEYS = ('w_cls', 'delta', 'mu')
+
+@dataclass
+class ClsConfig(StageConfig):
+    "Every argument of the classification stage; the paper's values (§4.1) where it gives them"
+    variant:str='smvwe' # cam, vwe, sal (EPS-style saliency only) or smvwe
+    epochs:int=8 # number of epochs (unspecified in the paper: SEAM's 8)
+    bs:int=4 # batch size (§4.1)
+    crop:int=448 # training crop size (§4.1)
+    resize_long:tuple[int,int]|None=None # random long side 'MIN,MAX' before the crop (default: crop to crop*768/448, EPS's range)
+    jitter:tuple[float,float,float,float]|None=(0.3, 0.3, 0.3, 0.1) # colour jitter 'BRIGHTNESS,CONTRAST,SATURATION,HUE' as EPS; none: off
+    lr:float=0.01 # base learning rate (§4.1), polynomial decay every iteration
+    lr_mult:float=10. # learning-rate multiplier of the new layers
+    wd:float=5e-4 # weight decay (L2)
+    mom:float=0.9 # SGD momentum
+    power:float=0.9 # exponent of the poly decay
+    w_cls:float=1. # weight of the image-label loss on the L foreground maps (EPS's term; the paper's Eq. 10 leaves it out)
+    delta:float=0.4 # overlap-ratio threshold of the fg/bg map selection (Eq. 6-7)
+    mu:float=0.5 # weight of the inverted background map 1-F_bg in Eq. 5 (F_s = F_fg + mu * mass on absent classes)
+    backbone:str='small' # small (CPU preset), resnet38 (the paper's), resnet50, resnet101
+    n_words:int=256 # number of semantic words N (§4.1)
+    weights:str|None=None # pretrained backbone weights file
+    tau:float|None=None # temperature of the word softmax (default: the encoder's)
+    output_stride:int=8 # backbone output stride (8 or 16)
+    word_dim:int|None=None # K, the word dimension (default: K = C, no projection, Eq. 1 as written)
+    dropout:float|None=None # Dropout2d before the map classifier (default: 0.5 for ResNets as EPS, 0 for small)
+    freeze_bn:bool|None=None # frozen BatchNorm in the backbone (default: when weights are given)
+    word_kwargs:dict|None=None # more VisualWordEncoder arguments as JSON, e.g. '{"sign": 1}'
+    backbone_kwargs:dict|None=None # more backbone arguments as JSON, e.g. '{"width": 32}'
+    sal_dir:str='saliency' # folder of saliency PNGs (relative to ROOT, or absolute)
+    train:str='train' # training split (ImageSets/Segmentation/NAME.txt)
+    valid:str='val' # validation split
+    num_workers:int|None=None # DataLoader workers (default: cls_dls's)
+    amp:str|None=None # mixed precision: bf16 or fp16 (default: none)
+    channels_last:bool=False # channels-last memory format
+    resume:bool=True # continue from OUT/cls/checkpoint.pth if it exists (--no-resume: start again)
+    device:str|None=None # cpu, cuda, cuda:1 ... (default: a GPU if there is one)
+    seed:int=0 # random seed (data order, augmentation, initialisation)
+    progress:bool=True # progress bars (--no-progress: none)
+
+    def __post_init__(self):  # bad values fail here, before any work
+        variant_kwargs(self.variant); self.amp = check_amp(self.amp)
+        if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
+        if self.jitter is not None:
+            try: self.jitter = tuple(float(v) for v in self.jitter)
+            except (TypeError, ValueError): self.jitter = ()
+            if len(self.jitter) != 4: raise ValueError('jitter must be 4 numbers (brightness, contrast, saturation, hue) or None.')
+        if self.resize_long is not None:
+            try: self.resize_long = tuple(int(v) for v in self.resize_long)
+            except (TypeError, ValueError): self.resize_long = ()
+            if len(self.resize_long) != 2: raise ValueError("resize_long must be two integers (MIN, MAX), e.g. --resize_long 32,48.")
+
+    def model_kw(self) -> dict: return {k: getattr(self, k) for k in MODEL_KEYS}  # what reaches `SMVWENet`
+    def loss_kw(self) -> dict: return {k: getattr(self, k) for k in LOSS_KEYS}    # what reaches `SMVWELoss`
+
+# %% ../nbs/06b_train.ipynb #d548b862
 def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmentation/, saliency maps, classes.txt)
               out, # run folder: writes OUT/config.json and OUT/cls/{model.pth,checkpoint.pth,history.csv}
-              variant:str='smvwe', # cam, vwe, sal (EPS-style saliency only) or smvwe
-              epochs:int=8, # number of epochs
-              bs:int=4, # batch size (§4.1)
-              crop:int=448, # training crop size (§4.1)
-              resize_long:tuple|None=None, # random long side before the crop (default: crop to crop*768/448, EPS's range)
-              jitter:tuple|None=(0.3, 0.3, 0.3, 0.1), # colour jitter (brightness, contrast, saturation, hue); None: off
-              lr:float=0.01, # base learning rate (§4.1), polynomial decay every iteration
-              lr_mult:float=10., # learning-rate multiplier of the new layers
-              wd:float=5e-4, # weight decay
-              mom:float=0.9, # SGD momentum
-              power:float=0.9, # exponent of the poly decay
-              backbone:str='small', # small, resnet38 (the paper's), resnet50, resnet101
-              n_words:int=256, # number of semantic words N (§4.1)
-              weights:str|None=None, # pretrained backbone weights file
-              w_cls:float=1., # weight of the image-label loss on the L foreground maps (DESIGN §6)
-              delta:float=0.4, # overlap-ratio threshold of Eq. 6-7
-              mu:float=0.5, # weight of the background map in Eq. 5
-              sal_dir:str='saliency', # folder of saliency PNGs (relative to `root`, or absolute)
-              train:str='train', valid:str='val', # split names (ImageSets/Segmentation/NAME.txt)
-              num_workers:int|None=None, # DataLoader workers (None: cls_dls's default)
-              amp:str|None=None, # mixed precision: None, 'bf16' or 'fp16'
-              channels_last:bool=False, # channels-last memory format
-              resume:bool=True, # continue from OUT/cls/checkpoint.pth if it exists
-              device:str|None=None, # 'cpu', 'cuda', 'cuda:1' ... (default: a GPU if there is one)
-              seed:int=0, # random seed (data order, augmentation, initialisation)
-              progress:bool=True, # show progress bars
+              cfg:ClsConfig|dict|None=None, # the recipe (default: `ClsConfig()`); `kw` changes its fields
               cbs=None, # extra fastai callbacks (Python only)
-              **model_kw # more `SMVWENet` arguments (Python only)
+              **kw # `ClsConfig` fields: variant, epochs, bs, ... (an unknown key is an error)
              ) -> Learner:
     "Train the classification stage on the dataset at `root` and write the run folder `out`; return the `Learner`"
-    args = {k: v for k, v in locals().items() if k not in ('cbs', 'model_kw')}
-    args.update(root=str(root), out=str(out), **model_kw)
-    variant_kwargs(variant); amp = check_amp(amp)  # fail before any work
-    if epochs < 1: raise ValueError(f'epochs must be at least 1, got {epochs}.')
-    if jitter is not None:
-        try: jitter = tuple(float(v) for v in jitter)
-        except (TypeError, ValueError): jitter = ()
-        if len(jitter) != 4: raise ValueError(f'jitter must be 4 numbers (brightness, contrast, saturation, hue) or None, got {args["jitter"]!r}.')
-    args['jitter'] = None if jitter is None else list(jitter)
+    cfg = ClsConfig.make(cfg, **kw)  # unknown keys and bad values fail before any work
     if not Path(root).is_dir(): raise FileNotFoundError(f"Dataset folder {root} does not exist (make one with `smvwe synth {root}`).")
     out = Path(out); cls_dir = out/'cls'
-    device = init_distributed(device)  # under torchrun / accelerate launch: this rank's device, the process group
-    set_seed(seed)
-    resize_long = tuple(resize_long) if resize_long else (crop, round(crop * 768 / 448))
-    args['resize_long'] = list(resize_long)
-    dkw = {} if num_workers is None else dict(num_workers=num_workers)
-    dls = cls_dls(root, train=train, valid=valid, sal_dir=sal_dir, crop=crop, resize_long=resize_long, jitter=jitter, bs=bs,
-                  device=device, seed=seed, **dkw)
-    learn = cls_learner(dls, variant, backbone=backbone, n_words=n_words, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom, power=power,
-                        amp=amp, channels_last=channels_last, weights=weights, path=cls_dir,
-                        loss_kw=dict(w_cls=w_cls, delta=delta, mu=mu), **model_kw)
-    if not progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
+    device = init_distributed(cfg.device)  # under torchrun / accelerate launch: this rank's device, the process group
+    set_seed(cfg.seed)
+    resize_long = cfg.resize_long or (cfg.crop, round(cfg.crop * 768 / 448))
+    args = dict(root=str(root), out=str(out), **cfg.to_dict()) | dict(resize_long=list(resize_long))
+    dkw = {} if cfg.num_workers is None else dict(num_workers=cfg.num_workers)
+    dls = cls_dls(root, train=cfg.train, valid=cfg.valid, sal_dir=cfg.sal_dir, crop=cfg.crop, resize_long=resize_long, jitter=cfg.jitter,
+                  bs=cfg.bs, device=device, seed=cfg.seed, **dkw)
+    learn = cls_learner(dls, cfg.variant, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
+                        channels_last=cfg.channels_last, path=cls_dir, loss_kw=cfg.loss_kw(), model_kw=cfg.model_kw())
+    if not cfg.progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
     if not rank_distrib(): update_json(out/'config.json', 'train_cls', args)
     recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'jitter', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',
-                                   'sal_dir', 'train', 'valid')}
+                                   'sal_dir', 'train', 'valid')}  # compared on resume (with the model config): the same keys as ever
     recipe['model'] = learn.model_config
-    fit_resumable(learn, epochs, cls_dir/'checkpoint.pth', seed=seed, resume=resume, meta=recipe, cbs=cbs)
-    learn.valid_chance = chance_map(image_labels(root, read_split(root, valid), dls.classes))  # also when the run was complete
+    fit_resumable(learn, cfg.epochs, cls_dir/'checkpoint.pth', seed=cfg.seed, resume=cfg.resume, meta=recipe, cbs=cbs)
+    learn.valid_chance = chance_map(image_labels(root, read_split(root, cfg.valid), dls.classes))  # also when the run was complete
     learn.diagnostics = learner_verdict(learn)
     if not rank_distrib():
         if learn.diagnostics: print(learn.diagnostics['line'], file=sys.stderr if learn.diagnostics['level'] == 'near chance' else sys.stdout)
@@ -173,51 +198,11 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     distrib_barrier()  # every rank returns once model.pth is written
     return learn
 
+train_cls.__signature__ = python_signature(train_cls, ClsConfig)  # `help(train_cls)` lists every field, typed
+
 # %% ../nbs/06b_train.ipynb #9ede459e
-@call_parse
-def train_cls_cli(root:str, # VOC-layout dataset folder
-                  out:str, # run folder (writes OUT/config.json, OUT/cls/model.pth, OUT/cls/checkpoint.pth)
-                  variant:str='smvwe', # cam, vwe, sal (saliency only, EPS-style) or smvwe
-                  epochs:int=8, # number of epochs
-                  bs:int=4, # batch size
-                  crop:int=448, # training crop size
-                  resize_long:str=None, # random long side range before the crop, 'MIN,MAX' (default: crop to crop*768/448)
-                  jitter:str='0.3,0.3,0.3,0.1', # colour jitter 'BRIGHTNESS,CONTRAST,SATURATION,HUE', or 'none'
-                  lr:float=0.01, # base learning rate (poly decay every iteration)
-                  lr_mult:float=10., # learning-rate multiplier of the new layers
-                  wd:float=5e-4, # weight decay
-                  mom:float=0.9, # SGD momentum
-                  power:float=0.9, # exponent of the poly decay
-                  backbone:str='small', # small, resnet38, resnet50, resnet101
-                  n_words:int=256, # number of semantic words
-                  weights:str=None, # pretrained backbone weights file
-                  w_cls:float=1., # weight of the image-label loss on the foreground maps
-                  delta:float=0.4, # overlap-ratio threshold (Eq. 6-7)
-                  mu:float=0.5, # weight of the background map (Eq. 5)
-                  sal_dir:str='saliency', # saliency folder (relative to ROOT or absolute)
-                  train:str='train', # training split name
-                  valid:str='val', # validation split name
-                  num_workers:int=None, # DataLoader workers
-                  amp:str=None, # mixed precision: bf16 or fp16 (default: none)
-                  channels_last:bool=False, # channels-last memory format (flag)
-                  resume:bool=True, # continue from OUT/cls/checkpoint.pth if it exists (--no-resume: start again)
-                  device:str=None, # cpu, cuda, cuda:1 (default: a GPU if there is one)
-                  seed:int=0, # random seed
-                  progress:bool=True, # progress bars (--no-progress: none)
-                 ):
+@cli_from(ClsConfig, root='VOC-layout dataset folder',
+          out='run folder: writes OUT/config.json and OUT/cls/{model.pth,checkpoint.pth,history.csv}')
+def train_cls_cli(root, out, **kw):
     "Train the SMVWE classification stage (CAM / VWE / saliency-only / SMVWE) and write OUT/cls/model.pth"
-    if resize_long:
-        try: rl = tuple(int(v) for v in resize_long.split(','))
-        except ValueError: rl = ()
-        if len(rl) != 2: raise ValueError(f"--resize_long must be two integers 'MIN,MAX', got {resize_long!r}.")
-        resize_long = rl
-    if str(jitter).lower() in ('none', 'off', ''): jitter = None
-    else:
-        try: jt = tuple(float(v) for v in str(jitter).split(','))
-        except ValueError: jt = ()
-        if len(jt) != 4: raise ValueError(f"--jitter must be four numbers 'B,C,S,H' or 'none', got {jitter!r}.")
-        jitter = jt
-    train_cls(root, out, variant=variant, epochs=epochs, bs=bs, crop=crop, resize_long=resize_long, jitter=jitter, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom,
-              power=power, backbone=backbone, n_words=n_words, weights=weights, w_cls=w_cls, delta=delta, mu=mu,
-              sal_dir=sal_dir, train=train, valid=valid, num_workers=num_workers, amp=amp, channels_last=channels_last,
-              resume=resume, device=device, seed=seed, progress=progress)
+    train_cls(root, out, **kw)

@@ -1,5 +1,6 @@
 "Classification-stage training: resume after interruption, the command line end to end, bad arguments."
-import inspect, json
+import inspect, json, typing
+from dataclasses import asdict, fields
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from fastai.callback.core import Callback
 from smvwe.cli import main
 from smvwe.voc import make_tiny_voc
 from fastcore.script import anno_parser
-from smvwe.train import VARIANTS, PolyLR, load_cls_model, train_cls, train_cls_cli
+from smvwe.config import field_docs, from_cli
+from smvwe.train import VARIANTS, ClsConfig, PolyLR, load_cls_model, train_cls, train_cls_cli
 
 TINY = dict(crop=32, n_words=8, num_workers=0, device='cpu', progress=False)
 
@@ -88,8 +90,36 @@ def test_cli_help_lists_every_argument(capsys):
     for flag in ('--variant', '--epochs', '--bs', '--crop', '--lr', '--lr_mult', '--wd', '--mom', '--power', '--backbone',
                  '--n_words', '--weights', '--amp', '--channels_last', '--no-resume', '--device', '--seed', '--sal_dir'):
         assert flag in text, flag
-    dests = {a.dest for a in anno_parser(train_cls_cli)._actions}
-    assert not set(inspect.signature(train_cls).parameters) - {'cbs', 'model_kw'} - dests  # every argument is exposed
+
+
+def test_cli_and_python_signature_come_from_one_definition():
+    "The options of `smvwe train-cls` are the fields of `ClsConfig`, as are the keyword arguments of `train_cls`"
+    p = anno_parser(train_cls_cli)
+    opts = [a for a in p._actions if a.dest not in ('help', 'pdb', 'xtra', 'root', 'out')]
+    params = list(inspect.signature(train_cls).parameters.values())
+    assert [q.name for q in params[:4]] == ['root', 'out', 'cfg', 'cbs']
+    assert [a.dest for a in opts] == [q.name for q in params[4:]] == [f.name for f in fields(ClsConfig)]
+    hints, docs = typing.get_type_hints(ClsConfig), field_docs(ClsConfig)
+    assert {a.dest: from_cli(a.dest, a.default, hints[a.dest]) for a in opts} == {q.name: q.default for q in params[4:]} == asdict(ClsConfig())
+    for a in opts: assert a.help.startswith(docs[a.dest]) and docs[a.dest], a.dest  # one help text, from the field's comment
+    assert 'inverted background map' in docs['mu']
+
+
+def test_unknown_keys_are_refused_with_the_valid_ones(root, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"unknown key 'n_word'; valid keys: variant, epochs, .*n_words"):
+        train_cls(root, tmp_path/'x', n_word=8, **TINY)
+    assert main(['train-cls', str(root), str(tmp_path/'x'), '--word_kwargs', '{"sign": 1']) == 1
+    assert 'JSON object' in capsys.readouterr().err
+    assert not (tmp_path/'x').exists()
+
+
+def test_model_keys_reach_the_model(root, tmp_path):
+    learn = train_cls(root, tmp_path/'m', epochs=1, tau=2.0, word_kwargs={'sign': 1}, word_dim=16, **TINY)
+    assert (learn.model.config['tau'], learn.model.config['word_kwargs'], learn.model.config['word_dim']) == (2.0, {'sign': 1}, 16)
+    assert learn.model.words.tau == 2.0 and learn.model.words.sign == 1
+    cfg = json.loads((tmp_path/'m'/'config.json').read_text())['train_cls']
+    assert (cfg['tau'], cfg['word_kwargs'], cfg['word_dim']) == (2.0, {'sign': 1}, 16)
+    assert ClsConfig.make({k: v for k, v in cfg.items() if k not in ('root', 'out')}).tau == 2.0  # config.json reads back
 
 
 def test_unknown_variant_lists_the_variants(root, tmp_path, capsys):
