@@ -367,4 +367,10 @@ d = { 'settings': { 'branch': 'main',
                              'smvwe.words.standardize': ('words.html#standardize', 'smvwe/words.py'),
                              'smvwe.words.word_histogram': ('words.html#word_histogram', 'smvwe/words.py'),
                              'smvwe.words.word_labels': ('words.html#word_labels', 'smvwe/words.py'),
-                             'smvwe.words.word_probs': ('words.html#word_probs', 'smvwe/words.py')}}}
+                             'smvwe.words.word_probs': ('words.html#word_probs', 'smvwe/words.py')},
+            'smvwe.yardstick': { 'smvwe.yardstick.YardstickCAM': ('yardstick.html#yardstickcam', 'smvwe/yardstick.py'),
+                                 'smvwe.yardstick.YardstickCAM.__init__': ('yardstick.html#yardstickcam.__init__', 'smvwe/yardstick.py'),
+                                 'smvwe.yardstick.YardstickCAM.forward': ('yardstick.html#yardstickcam.forward', 'smvwe/yardstick.py'),
+                                 'smvwe.yardstick._cbr': ('yardstick.html#_cbr', 'smvwe/yardstick.py'),
+                                 'smvwe.yardstick.load_split_tensors': ('yardstick.html#load_split_tensors', 'smvwe/yardstick.py'),
+                                 'smvwe.yardstick.train_yardstick': ('yardstick.html#train_yardstick', 'smvwe/yardstick.py')}}}
