@@ -18,9 +18,10 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import SGD
 from fastai.torch_core import set_seed, default_device, rank_distrib, distrib_barrier
-from fastcore.script import call_parse
+from dataclasses import dataclass
 from fastprogress.fastprogress import progress_bar
 
+from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image
 from .files import atomic_save, save_label_png
@@ -30,7 +31,8 @@ from .pseudo import resolve_shard
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
 # %% auto #0
-__all__ = ['pixel_acc', 'seg_learner', 'predict', 'predict_folder', 'train_seg', 'load_seg_model', 'train_seg_cli']
+__all__ = ['SEG_MODEL_KEYS', 'pixel_acc', 'seg_learner', 'predict', 'predict_folder', 'SegConfig', 'train_seg', 'load_seg_model',
+           'PredictConfig', 'train_seg_cli']
 
 # %% ../nbs/09b_segment.ipynb #b260126a
 def pixel_acc(logits:Tensor, mask:Tensor, ignore_index:int=255) -> Tensor:
@@ -142,56 +144,81 @@ def predict_folder(model:nn.Module, # segmentation model
         if pool is not None: pool.shutdown(cancel_futures=True)
     return out
 
-# %% ../nbs/09b_segment.ipynb #8a0aed11
+# %% ../nbs/09b_segment.ipynb #4315540b
+SEG_MODEL_KEYS = ('head_channels', 'dilation', 'rates', 'dropout', 'freeze_bn')
+
+@dataclass
+class SegConfig(StageConfig):
+    "Every argument of the segmentation stage, with DeepLab's values"
+    arch:str='v1' # v1 (DeepLab-V1 LargeFOV) or v2 (DeepLab-V2 ASPP)
+    backbone:str='vgg16' # vgg16 (DeepLab-V1's), resnet101 (V2's) or small (CPU preset)
+    epochs:int=12 # training epochs
+    bs:int=20 # batch size (DeepLab-V1: 20)
+    crop:int=321 # training crop size (DeepLab: 321)
+    lr:float=1e-3 # backbone learning rate (head: lr*lr_mult), poly decay every iteration
+    lr_mult:float=10. # head learning-rate multiplier
+    wd:float=5e-4 # weight decay (L2)
+    mom:float=0.9 # SGD momentum
+    power:float=0.9 # exponent of the poly decay
+    weights:str|None=None # local torchvision-format backbone weights (.pth)
+    head_channels:int|None=None # LargeFOV fc6/fc7 channels (default: 1024, small: 256)
+    dilation:int=12 # LargeFOV fc6 dilation
+    rates:tuple[int,...]=(6, 12, 18, 24) # ASPP rates
+    dropout:float=0.5 # dropout in the head
+    freeze_bn:bool|None=None # ResNet101 BatchNorm statistics fixed (default: when weights are given)
+    train:str='train' # training split (its labels: the pseudo-label folder)
+    valid:str='val' # validation split (its labels: the ground truth)
+    num_workers:int=0 # DataLoader workers
+    amp:str|None=None # mixed precision: bf16 or fp16 (default: none)
+    channels_last:bool=False # channels-last memory format
+    device:str|None=None # cpu, cuda, cuda:1 ... (default: a GPU if there is one)
+    seed:int=0 # random seed
+    resume:bool=True # continue from checkpoints, keep finished outputs (--no-resume: start again)
+    progress:bool=True # progress bars (--no-progress: none)
+
+    def __post_init__(self):  # bad values fail here, before any work
+        if self.arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {self.arch!r}")
+        self.amp = check_amp(self.amp)
+        if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
+        if self.weights is not None: self.weights = str(self.weights)
+        self.rates = tuple(int(r) for r in self.rates)
+
+    def model_kw(self) -> dict: return {k: getattr(self, k) for k in SEG_MODEL_KEYS}  # more `DeepLab` arguments
+
+# %% ../nbs/09b_segment.ipynb #aac80e76
 def train_seg(root, # VOC-layout dataset folder
               pseudo_dir, # folder of pseudo-label PNGs (ID.png, 255 = ignore)
               out, # run folder: writes OUT/seg/{model.pth,checkpoint.pth,history.csv}, OUT/config.json
-              arch:str='v1', # 'v1' LargeFOV or 'v2' ASPP
-              backbone:str='vgg16', # 'vgg16', 'resnet101' or 'small'
-              epochs:int=12, # training epochs
-              bs:int=20, # batch size (DeepLab-V1: 20)
-              crop:int=321, # training crop (DeepLab: 321)
-              lr:float=1e-3, # backbone learning rate (head: lr*lr_mult), poly decay
-              lr_mult:float=10., # head learning-rate multiplier
-              wd:float=5e-4, mom:float=0.9, power:float=0.9,
-              amp:str|None=None, # mixed precision: None, 'bf16' or 'fp16'
-              channels_last:bool=False,
-              weights=None, # local torchvision-format backbone weights
-              train:str='train', valid:str='val', # split names
-              num_workers:int=0, # DataLoader workers
-              device=None, # 'cpu', 'cuda' ... (default: a GPU if there is one)
-              seed:int=0,
-              resume:bool=True, # continue from the checkpoint; return at once if model.pth exists
-              progress:bool=True,
+              cfg:SegConfig|dict|None=None, # the recipe (default: `SegConfig()`); `kw` changes its fields
               cbs=None, # extra callbacks (Python only)
               dls_kw:dict|None=None, # more `seg_dls` arguments (Python only)
-              **model_kw) -> Path: # more `DeepLab` arguments (Python only)
+              **kw) -> Path: # `SegConfig` fields: arch, backbone, epochs, ... (an unknown key is an error)
     "Train DeepLab on pseudo labels; returns the path of `OUT/seg/model.pth`."
-    args = {k: v for k, v in locals().items() if k not in ('cbs', 'model_kw', 'dls_kw')}
-    args.update(root=str(root), out=str(out), pseudo_dir=str(pseudo_dir), weights=None if weights is None else str(weights), **model_kw)
+    cfg = SegConfig.make(cfg, **kw)
+    args = dict(root=str(root), out=str(out), pseudo_dir=str(pseudo_dir), **cfg.to_dict())
     root, pseudo_dir, seg = Path(root), Path(pseudo_dir), Path(out)/'seg'
     if not root.is_dir(): raise FileNotFoundError(f"dataset folder '{root}' not found")
     if not pseudo_dir.is_dir(): raise FileNotFoundError(f"pseudo-label folder '{pseudo_dir}' not found: make it with `smvwe pseudo`")
-    if arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {arch!r}")
-    amp = check_amp(amp)
     final = seg/'model.pth'
-    if resume and final.exists(): return final
-    device = init_distributed(device)  # under torchrun / accelerate launch: this rank's device, the process group
-    set_seed(seed)
-    dls = seg_dls(root, train=train, valid=valid, mask_dir=str(pseudo_dir.resolve()), crop=crop, bs=bs,
-                  num_workers=num_workers, device=device, seed=seed, **(dls_kw or {}))
-    learn = seg_learner(dls, arch, backbone, lr=lr, lr_mult=lr_mult, wd=wd, mom=mom, power=power, amp=amp,
-                        channels_last=channels_last, weights=weights, path=seg, **model_kw)
-    if not progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
-    if not rank_distrib(): update_json(Path(out)/'config.json', 'train_seg', to_plain(args))
+    if cfg.resume and final.exists(): return final
+    device = init_distributed(cfg.device)  # under torchrun / accelerate launch: this rank's device, the process group
+    set_seed(cfg.seed)
+    dls = seg_dls(root, train=cfg.train, valid=cfg.valid, mask_dir=str(pseudo_dir.resolve()), crop=cfg.crop, bs=cfg.bs,
+                  num_workers=cfg.num_workers, device=device, seed=cfg.seed, **(dls_kw or {}))
+    learn = seg_learner(dls, cfg.arch, cfg.backbone, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
+                        channels_last=cfg.channels_last, weights=cfg.weights, path=seg, **cfg.model_kw())
+    if not cfg.progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
+    if not rank_distrib(): update_json(Path(out)/'config.json', 'train_seg', args)
     recipe = dict(to_plain({k: args[k] for k in ('bs', 'crop', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'train', 'valid', 'pseudo_dir')}),
-                  model=to_plain(learn.model.config))
-    fit_resumable(learn, epochs, seg/'checkpoint.pth', seed=seed, resume=resume, meta=recipe, cbs=cbs)
+                  model=to_plain(learn.model.config))  # compared on resume: the same keys as ever
+    fit_resumable(learn, cfg.epochs, seg/'checkpoint.pth', seed=cfg.seed, resume=cfg.resume, meta=recipe, cbs=cbs)
     if not rank_distrib():
         write_history(learn, seg/'history.csv')
         atomic_save(dict(model=learn.model.state_dict(), config=to_plain(learn.model.config), classes=list(dls.classes)), final)
     distrib_barrier()  # every rank returns once model.pth is written
     return final
+
+train_seg.__signature__ = python_signature(train_seg, SegConfig)  # `help(train_seg)` lists every field, typed
 
 def load_seg_model(path, # OUT/seg/model.pth written by `train_seg`
                    device=None) -> DeepLab: # where to put it (default: fastai's `default_device()`)
@@ -205,54 +232,37 @@ def load_seg_model(path, # OUT/seg/model.pth written by `train_seg`
     return m.to(device or default_device()).eval()
 
 # %% ../nbs/09b_segment.ipynb #a8a01e26
-def _floats(s:str, name:str) -> tuple:
-    try: v = tuple(float(x) for x in str(s).split(',') if x.strip())
-    except ValueError: v = ()
-    if not v: raise ValueError(f"--{name} must be comma-separated numbers like '0.5,1,1.5', got {s!r}")
-    return v
+@dataclass
+class PredictConfig(StageConfig):
+    "What `smvwe train-seg` does after training: predict a split and score it"
+    split:str='val' # split to predict and evaluate
+    scales:tuple[float,...]=(0.5, 0.75, 1.0, 1.25, 1.5) # inference scales, comma-separated
+    flip:bool=True # flip averaging at inference (--no-flip: none)
+    crf:bool=False # dense-CRF post-processing of the predictions
+    n_workers:int|None=None # CRF processes (default: all cores; 0: in-process)
+    eval:bool=True # predict and evaluate after training (--no-eval: train only)
+    def __post_init__(self):
+        self.scales = tuple(float(s) for s in self.scales)
+        if not self.scales: raise ValueError("scales must be comma-separated numbers like '0.5,1,1.5'.")
 
-@call_parse
-def train_seg_cli(root:str, # VOC-layout dataset folder
-                  pseudo_dir:str, # pseudo-label folder (ID.png, 255 = ignore), e.g. RUN/pseudo
-                  out:str, # run folder: OUT/seg/model.pth, OUT/pred/, OUT/metrics_seg.json
-                  arch:str='v1', # v1 (LargeFOV) or v2 (ASPP)
-                  backbone:str='small', # small, vgg16 or resnet101
-                  epochs:int=12, # training epochs
-                  bs:int=20, # batch size
-                  crop:int=321, # training crop size
-                  lr:float=1e-3, # backbone learning rate (head: 10x), poly decay per iteration
-                  lr_mult:float=10., # head learning-rate multiplier
-                  wd:float=5e-4, # weight decay
-                  mom:float=0.9, # SGD momentum
-                  weights:str=None, # local torchvision-format backbone weights (.pth)
-                  amp:str=None, # mixed precision: bf16 or fp16 (default: none)
-                  channels_last:bool=False, # channels-last memory format
-                  num_workers:int=0, # DataLoader workers
-                  device:str=None, # cpu, cuda, cuda:1 (default: a GPU if there is one)
-                  seed:int=0, # random seed
-                  split:str='val', # split to predict and evaluate
-                  scales:str='0.5,0.75,1.0,1.25,1.5', # inference scales, comma-separated
-                  flip:bool=True, # flip averaging at inference (--no-flip: none)
-                  crf:bool=False, # dense-CRF post-processing of the predictions
-                  n_workers:int=None, # CRF processes (default: all cores; 0: in-process)
-                  eval:bool=True, # predict and evaluate after training (--no-eval: train only)
-                  resume:bool=True, # continue from checkpoints and keep finished predictions (--no-resume: start again)
-                  progress:bool=True, # progress bars (--no-progress: none)
-                 ):
+@cli_from(SegConfig, PredictConfig, root='VOC-layout dataset folder',
+          pseudo_dir='pseudo-label folder (ID.png, 255 = ignore), e.g. RUN/pseudo_train/pseudo',
+          out='run folder: OUT/seg/model.pth, OUT/pred/, OUT/metrics_seg.json')
+def train_seg_cli(root, pseudo_dir, out, **kw):
     "Train DeepLab-V1/V2 on pseudo labels, then predict a split and evaluate it (resumable)."
-    sc = _floats(scales, 'scales')
-    device = init_distributed(device)  # launched: this rank's device and the process group (no-op otherwise)
-    path = train_seg(root, pseudo_dir, out, arch=arch, backbone=backbone, epochs=epochs, bs=bs, crop=crop, lr=lr,
-                     lr_mult=lr_mult, wd=wd, mom=mom, amp=amp, channels_last=channels_last, weights=weights,
-                     num_workers=num_workers, device=device, seed=seed, resume=resume, progress=progress)
+    pc = PredictConfig.make(**{f: kw.pop(f) for f in PredictConfig.__dataclass_fields__})
+    cfg = SegConfig.make(**kw)
+    dev = init_distributed(cfg.device)  # launched: this rank's device and the process group (no-op otherwise)
+    cfg.device = None if dev is None else str(dev)
+    path = train_seg(root, pseudo_dir, out, cfg)
     print(f'model: {path}')
-    if not eval: return path
-    pred = predict_folder(load_seg_model(path, device), root, split, Path(out)/'pred', crf=crf, scales=sc, flip=flip,
-                          n_workers=n_workers, resume=resume, progress=progress)  # launched: this rank's share of the images
+    if not pc.eval: return path
+    pred = predict_folder(load_seg_model(path, cfg.device), root, pc.split, Path(out)/'pred', crf=pc.crf, scales=pc.scales, flip=pc.flip,
+                          n_workers=pc.n_workers, resume=cfg.resume, progress=cfg.progress)  # launched: this rank's share of the images
     distrib_barrier()  # every rank's predictions are written
     if rank_distrib(): return path  # rank 0 evaluates
     from smvwe.metrics import evaluate_folder
-    res = evaluate_folder(pred, root, split)
+    res = evaluate_folder(pred, root, pc.split)
     mpath = atomic_save(json.dumps(to_plain(res), indent=1, default=float) + '\n', Path(out)/'metrics_seg.json')
-    print(f"mIoU ({split}): {res.get('miou', float('nan')):.4f} -> {mpath}")
+    print(f"mIoU ({pc.split}): {res.get('miou', float('nan')):.4f} -> {mpath}")
     return mpath

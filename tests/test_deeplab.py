@@ -79,7 +79,7 @@ def test_tiny_training_lowers_loss(tree):
 def test_train_seg_cli_end_to_end(tree, tmp_path, capsys):
     root, pseudo = tree
     out = tmp_path/'run'
-    args = ['train-seg', str(root), str(pseudo), str(out), '--epochs', '1', '--bs', '4', '--crop', '32', '--lr', '0.01',
+    args = ['train-seg', str(root), str(pseudo), str(out), '--backbone', 'small', '--epochs', '1', '--bs', '4', '--crop', '32', '--lr', '0.01',
             '--scales', '1,0.5', '--device', 'cpu', '--no-progress', '--n_workers', '0']
     assert main(args) == 0
     assert (out/'seg'/'model.pth').exists() and (out/'seg'/'checkpoint.pth').exists()
@@ -145,3 +145,23 @@ def test_bad_input(tree, tmp_path, capsys):
     torch.save({'x': 1}, tmp_path/'x.pth')
     with pytest.raises(ValueError, match='train_seg'): load_seg_model(tmp_path/'x.pth')
     with pytest.raises(ValueError, match='img'): predict(DeepLab(3, 'v1', 'small'), np.zeros((8, 8), np.uint8))
+
+
+def test_train_seg_cli_and_python_signature_come_from_one_definition():
+    "The options of `smvwe train-seg` are the fields of `SegConfig` + `PredictConfig`; `train_seg`'s keywords are `SegConfig`'s"
+    import inspect, typing
+    from dataclasses import asdict, fields
+    from fastcore.script import anno_parser
+    from smvwe.config import field_docs, from_cli
+    from smvwe.segment import SegConfig, PredictConfig, train_seg_cli
+    opts = [a for a in anno_parser(train_seg_cli)._actions if a.dest not in ('help', 'pdb', 'xtra', 'root', 'pseudo_dir', 'out')]
+    params = list(inspect.signature(train_seg).parameters.values())
+    assert [q.name for q in params[:6]] == ['root', 'pseudo_dir', 'out', 'cfg', 'cbs', 'dls_kw']
+    names = [f.name for f in fields(SegConfig)]
+    assert [a.dest for a in opts] == names + [f.name for f in fields(PredictConfig)] and [q.name for q in params[6:]] == names
+    hints = typing.get_type_hints(SegConfig) | typing.get_type_hints(PredictConfig)
+    docs = field_docs(SegConfig) | field_docs(PredictConfig)
+    assert {a.dest: from_cli(a.dest, a.default, hints[a.dest]) for a in opts} == asdict(SegConfig()) | asdict(PredictConfig())
+    assert {q.name: q.default for q in params[6:]} == asdict(SegConfig())
+    for a in opts: assert docs[a.dest] and a.help.startswith(docs[a.dest]), a.dest
+    with pytest.raises(ValueError, match="unknown key 'lr_mul'; valid keys: arch, backbone"): SegConfig.make(lr_mul=2)
