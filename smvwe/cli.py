@@ -13,6 +13,7 @@ __all__ = ['COMMANDS', 'usage', 'main']
 # %% ../nbs/10_cli.ipynb #c53dd825
 COMMANDS = {  # sub-command -> (module, function, one-line help)
     'synth':     ('smvwe.synth',   'synth_cli',     'write the built-in benchmark (VOC layout) to a folder'),
+    'synth-real': ('smvwe.realbench', 'synth_real_cli', 'write the OpenMoji benchmark of real object images (VOC layout)'),
     'train-cls': ('smvwe.train',   'train_cls_cli', 'train the classification stage (CAM / VWE / saliency-only / SMVWE)'),
     'pseudo':    ('smvwe.pseudo',  'pseudo_cli',    'localization maps and (CRF-refined) pseudo labels'),
     'train-seg': ('smvwe.segment', 'train_seg_cli', 'train DeepLab on pseudo labels'),
