@@ -11,7 +11,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 # %% auto #0
-__all__ = ['word_distance_reference', 'L1Chunked', 'load_ext', 'ext_status', 'L1Fused', 'word_distance']
+__all__ = ['word_distance_reference', 'L1Chunked', 'load_ext', 'ext_status', 'L1Fused', 'word_distance', 'L1Triton',
+           'triton_status']
 
 # %% ../nbs/02a_distance.ipynb #36f95c2c
 def word_distance_reference(feats:Tensor, # (B,K,H,W) pixel features
@@ -133,7 +134,7 @@ class L1Fused(torch.autograd.Function):
 # %% ../nbs/02a_distance.ipynb #248198cb
 def word_distance(feats:Tensor, # (B,K,H,W) pixel features
                   codebook:Tensor, # (N,K) codebook, same K
-                  impl:str='auto', # 'auto' | 'fused' (C++ kernel, CPU float32/64) | 'torch' (chunked, any device)
+                  impl:str='auto', # 'auto' | 'fused' (C++, CPU float32/64) | 'triton' (CUDA) | 'torch' (chunked, any device)
                   chunk:int|None=None, # elements per chunk of the 'torch' path (default: 2 M on CPU, 64 M on GPU)
                  )->Tensor: # (B,N,H,W) L1 distances
     "Eq. 1: D[b,j,h,w] = sum_k |feats[b,k,h,w] - codebook[j,k]|, exact, memory O(inputs) forward and backward."
@@ -143,7 +144,8 @@ def word_distance(feats:Tensor, # (B,K,H,W) pixel features
                          f'got {tuple(codebook.shape)}; project the features to K channels first')
     if feats.device != codebook.device:
         raise ValueError(f'word_distance: feats on {feats.device} but codebook on {codebook.device}')
-    if impl not in ('auto', 'fused', 'torch'): raise ValueError(f"word_distance: impl must be 'auto', 'fused' or 'torch', got {impl!r}")
+    if impl not in ('auto', 'fused', 'triton', 'torch'):
+        raise ValueError(f"word_distance: impl must be 'auto', 'fused', 'triton' or 'torch', got {impl!r}")
     B, K, H, W = feats.shape
     dt = torch.promote_types(feats.dtype, codebook.dtype)
     M, C = feats.reshape(B, K, H * W).to(dt), codebook.to(dt)
@@ -151,5 +153,147 @@ def word_distance(feats:Tensor, # (B,K,H,W) pixel features
     if impl == 'fused' and not (ok and load_ext() is not None):
         raise ValueError(f'word_distance: the fused kernel needs non-empty float32/float64 CPU tensors and a working build '
                          f'({_EXT_MSG or "not tried"}); use impl="torch"')
-    D = L1Fused.apply(M, C) if impl != 'torch' and ok and load_ext() is not None else L1Chunked.apply(M, C, chunk)
+    if impl == 'triton' and triton_status(feats.device) != 'ok':
+        raise ValueError(f'word_distance: the Triton kernel cannot run on {feats.device} ({triton_status(feats.device)}); use impl="torch"')
+    empty = M.numel() == 0 or C.numel() == 0
+    if impl == 'triton' or (impl == 'auto' and feats.device.type == 'cuda' and not empty and triton_status(feats.device) == 'ok'):
+        D = L1Triton.apply(M, C)                                         # Appendix: the CUDA kernel
+    elif impl != 'torch' and ok and load_ext() is not None: D = L1Fused.apply(M, C)
+    else: D = L1Chunked.apply(M, C, chunk)
     return D.view(B, C.shape[0], H, W)
+
+# %% ../nbs/02a_distance.ipynb #a9d1e002
+_TRITON = None
+
+def _triton_kernels():
+    "Compile-on-demand Triton kernels (imported lazily: `import smvwe` never needs triton)."
+    global _TRITON
+    if _TRITON is not None: return _TRITON
+    import triton, triton.language as tl
+
+    @triton.jit
+    def fwd(M, Ct, D, K, P, N, BJ: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
+        # D[b, j, p] = sum_k |M[b, k, p] - C[j, k]| for a (BJ words x BP pixels) tile; Ct is C transposed, (K, N)
+        pp, pj, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        op = pp * BP + tl.arange(0, BP); oj = pj * BJ + tl.arange(0, BJ)
+        mp, mj = op < P, oj < N
+        Mb = M + b.to(tl.int64) * K * P
+        acc = tl.zeros((BJ, BP), dtype=D.dtype.element_ty)
+        for k0 in range(0, K, BK):
+            for kk in tl.static_range(BK):
+                k = k0 + kk
+                m = tl.load(Mb + k * P + op, mask=mp & (k < K), other=0.).to(D.dtype.element_ty)    # (BP,)
+                c = tl.load(Ct + k * N + oj, mask=mj & (k < K), other=0.).to(D.dtype.element_ty)    # (BJ,)
+                acc += tl.abs(m[None, :] - c[:, None])
+        tl.store(D + b.to(tl.int64) * N * P + oj[:, None] * P + op[None, :], acc, mask=mj[:, None] & mp[None, :])
+
+    @triton.jit
+    def bwd_m(M, C, G, dM, K, P, N, BK: tl.constexpr, BP: tl.constexpr):
+        # dM[b, k, p] = sum_j G[b, j, p] sign(M[b, k, p] - C[j, k]) for a (BK channels x BP pixels) tile
+        pp, pk, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        op = pp * BP + tl.arange(0, BP); ok = pk * BK + tl.arange(0, BK)
+        mask = (ok[:, None] < K) & (op[None, :] < P)
+        off = b.to(tl.int64) * K * P + ok[:, None] * P + op[None, :]
+        m = tl.load(M + off, mask=mask, other=0.).to(dM.dtype.element_ty)                            # (BK, BP)
+        Gb = G + b.to(tl.int64) * N * P
+        acc = tl.zeros((BK, BP), dtype=dM.dtype.element_ty)
+        for j in range(0, N):
+            g = tl.load(Gb + j * P + op, mask=op < P, other=0.).to(dM.dtype.element_ty)               # (BP,)
+            c = tl.load(C + j * K + ok, mask=ok < K, other=0.).to(dM.dtype.element_ty)                # (BK,)
+            d = m - c[:, None]
+            acc += tl.where(d > 0, g[None, :], tl.where(d < 0, -g[None, :], 0.))
+        tl.store(dM + off, acc, mask=mask)
+
+    @triton.jit
+    def bwd_c(Mt, C, Gt, part, K, R, N, RS, BJ: tl.constexpr, BK: tl.constexpr):
+        # part[s, j, k] = sum over rows r of split s of Gt[r, j] sign(Mt[r, k] - C[j, k]); rows r = (b, p), RS per split
+        pj, pk, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        oj = pj * BJ + tl.arange(0, BJ); ok = pk * BK + tl.arange(0, BK)
+        mj, mk = oj < N, ok < K
+        c = tl.load(C + oj[:, None] * K + ok[None, :], mask=mj[:, None] & mk[None, :], other=0.).to(part.dtype.element_ty)  # (BJ, BK)
+        acc = tl.zeros((BJ, BK), dtype=part.dtype.element_ty)
+        n = tl.minimum(RS, R - s * RS)                                                      # rows of this split
+        Mr, Gr = Mt + s.to(tl.int64) * RS * K, Gt + s.to(tl.int64) * RS * N
+        for i in range(0, n):
+            m = tl.load(Mr + i * K + ok, mask=mk, other=0.).to(part.dtype.element_ty)                  # (BK,)
+            g = tl.load(Gr + i * N + oj, mask=mj, other=0.).to(part.dtype.element_ty)                  # (BJ,)
+            d = m[None, :] - c
+            acc += tl.where(d > 0, g[:, None], tl.where(d < 0, -g[:, None], 0.))
+        tl.store(part + s.to(tl.int64) * N * K + oj[:, None] * K + ok[None, :], acc, mask=mj[:, None] & mk[None, :])
+
+    _TRITON = dict(fwd=fwd, bwd_m=bwd_m, bwd_c=bwd_c, cdiv=triton.cdiv)
+    return _TRITON
+
+# %% ../nbs/02a_distance.ipynb #a9d1e003
+_FWD = dict(BJ=64, BP=64, BK=8, num_warps=4)
+_BWD_M = dict(BK=32, BP=64, num_warps=4)
+_BWD_C = dict(BJ=64, BK=64, num_warps=4)
+
+def _acc_dtype(dt): return torch.float64 if dt == torch.float64 else torch.float32
+
+def _n_sms(dev):
+    return torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == 'cuda' else 2
+
+class L1Triton(torch.autograd.Function):
+    "Exact L1 distance (B,K,P),(N,K) -> (B,N,P) by Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1)."
+    @staticmethod
+    def forward(ctx, M, C):
+        M, C = M.contiguous(), C.contiguous()
+        ctx.save_for_backward(M, C)
+        B, K, P = M.shape; N = C.shape[0]; t = _triton_kernels(); cd = t['cdiv']
+        D = torch.empty(B, N, P, device=M.device, dtype=_acc_dtype(M.dtype))
+        f = _FWD
+        t['fwd'][(cd(P, f['BP']), cd(N, f['BJ']), B)](M, C.t().contiguous(), D, K, P, N, BJ=f['BJ'], BP=f['BP'], BK=f['BK'], num_warps=f['num_warps'])
+        return D
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, G):
+        M, C = ctx.saved_tensors
+        B, K, P = M.shape; N = C.shape[0]; t = _triton_kernels(); cd = t['cdiv']
+        G = G.contiguous()
+        dM = dC = None
+        if ctx.needs_input_grad[0]:
+            dM = torch.empty(M.shape, device=M.device, dtype=_acc_dtype(M.dtype)); f = _BWD_M
+            t['bwd_m'][(cd(P, f['BP']), cd(K, f['BK']), B)](M, C, G, dM, K, P, N, BK=f['BK'], BP=f['BP'], num_warps=f['num_warps'])
+            dM = dM.to(M.dtype)
+        if ctx.needs_input_grad[1]:
+            f = _BWD_C; R = B * P
+            tiles = cd(N, f['BJ']) * cd(K, f['BK'])
+            S = max(1, min(cd(R, 64), cd(4 * _n_sms(M.device), tiles)))      # split the pixel sum over S programs
+            RS = cd(R, S); S = cd(R, RS)
+            part = torch.empty(S, N, K, device=M.device, dtype=_acc_dtype(M.dtype))
+            Mt = M.transpose(1, 2).contiguous().view(R, K)                             # (B*P, K) rows: contiguous channels
+            Gt = G.transpose(1, 2).contiguous().view(R, N)
+            t['bwd_c'][(cd(N, f['BJ']), cd(K, f['BK']), S)](Mt, C, Gt, part, K, R, N, RS, BJ=f['BJ'], BK=f['BK'], num_warps=f['num_warps'])
+            dC = (-part.sum(0)).to(C.dtype)
+        return dM, dC
+
+_TRITON_OK = {}
+
+def _interpreting()->bool: return os.environ.get('TRITON_INTERPRET', '') == '1'
+
+def triton_status(device:torch.device|str='cuda' # where the kernels would run
+                 )->str:
+    "'ok' if the Triton kernels run on `device` and match the chunked path on a small case (checked once), else why not."
+    device = torch.device(device)
+    key = (device.type, device.index)
+    if key in _TRITON_OK: return _TRITON_OK[key]
+    if os.environ.get('SMVWE_NO_TRITON', '') not in ('', '0'): msg = 'disabled by SMVWE_NO_TRITON'
+    elif device.type != 'cuda' and not _interpreting(): msg = 'needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)'
+    else:
+        try:
+            g = torch.Generator(device='cpu').manual_seed(0)
+            M, C = torch.randn(2, 19, 37, generator=g).to(device), torch.randn(70, 19, generator=g).to(device)
+            G = torch.randn(2, 70, 37, generator=g).to(device)
+            def run(f, *a):
+                m, c = M.clone().requires_grad_(), C.clone().requires_grad_()
+                D = f(m, c, *a); return [D, *torch.autograd.grad(D, (m, c), G)]
+            err = max(float((a - b).detach().abs().max()) for a, b in zip(run(L1Triton.apply), run(L1Chunked.apply, None)))
+            msg = 'ok' if err <= 1e-3 else f'disagrees with the chunked path (max abs diff {err:.2g})'
+        except Exception as e: msg = f'failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""}'
+    if msg != 'ok' and device.type == 'cuda' and not msg.startswith('disabled'):
+        warnings.warn(f'smvwe: the Triton word-distance kernel is not used on {device} ({msg}); using the chunked PyTorch path. '
+                      'Set SMVWE_NO_TRITON=1 to skip it.', RuntimeWarning)
+    _TRITON_OK[key] = msg
+    return msg
