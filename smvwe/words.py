@@ -49,7 +49,7 @@ def word_histogram(P:Tensor # (B,N,H,W) word probabilities
 # %% ../nbs/02b_words.ipynb #4bf6ee26
 @dataclass
 class WordOutput:
-    "Outputs of `VisualWordEncoder` (CONTRACT layout)."
+    "Outputs of `VisualWordEncoder`, one field per symbol of Eq. 1-4 (what `smvwe.model` and `smvwe.losses` read)."
     D: Tensor       # (B,N,H,W) L1 distances of the (standardised) features to the words, Eq. 1
     P: Tensor       # (B,N,H,W) word probabilities, Eq. 2
     Z: Tensor       # (B,H,W) long, word label of every pixel, Eq. 3 (no gradient)
