@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_fit.ipynb #eaa19357
 from __future__ import annotations
-import csv, io, json, os, random
+import csv, io, json, math, os, random
 from contextlib import contextmanager
 from dataclasses import is_dataclass, fields, replace
 from pathlib import Path
@@ -24,8 +24,8 @@ from .files import atomic_save  # every file of the run folder is written atomic
 
 # %% auto #0
 __all__ = ['PolyLR', 'to_plain', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'dist_env', 'init_distributed', 'DDPTrainer',
-           'ddp_ctx', 'read_checkpoint', 'load_checkpoint', 'fit_resumable', 'AMP', 'check_amp', 'update_json',
-           'print_epoch_log', 'write_history']
+           'ddp_ctx', 'NonFiniteLoss', 'loss_terms', 'NaNGuard', 'read_checkpoint', 'load_checkpoint', 'fit_resumable',
+           'AMP', 'check_amp', 'update_json', 'print_epoch_log', 'write_history']
 
 # %% ../nbs/06a_fit.ipynb #db01b761
 class PolyLR(Callback):
@@ -73,6 +73,7 @@ class EpochSeed(Callback):
     def __init__(self, seed:int=0, offset:int=0): self.seed,self.offset = seed,offset
     def before_epoch(self):
         self.learn.run_epoch = self.offset + self.epoch  # `fit` counts epochs from 0 again after a resume
+        self.learn.run_n_epoch = self.offset + self.n_epoch  # epochs of the whole run
         if hasattr(self.learn, 'recorder'): self.recorder.log[0] = self.run_epoch
         s = epoch_seed(self.seed, self.run_epoch)
         set_seed(s)
@@ -91,10 +92,13 @@ class EpochCheckpoint(Callback):
 
     def after_epoch(self):
         if rank_distrib(): return
+        sd = get_model(self.model).state_dict()
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad: raise NonFiniteLoss(f"epoch {self.offset + self.epoch + 1}: the model's {bad[0]} ({len(bad)} tensors) became non-finite; not saved")
         poly = next((c for c in self.learn.cbs if isinstance(c, PolyLR)), None)
         opt, rec = self.opt.state_dict(), getattr(self.learn, 'recorder', None)
         scaler = getattr(self.learn, 'scaler', None)  # fp16's GradScaler (its loss scale adapts during training)
-        atomic_save(dict(model=get_model(self.model).state_dict(),
+        atomic_save(dict(model=sd,
                          opt=dict(state=opt['state'], hypers=to_plain(opt['hypers'])),
                          epoch=self.offset + self.epoch, n_epoch=self.offset + self.n_epoch,
                          poly_t=None if poly is None else poly.t, seed=self.seed, meta=to_plain(self.meta),
@@ -150,6 +154,35 @@ def ddp_ctx(learn:Learner, # the `Learner` to train
         learn.remove_cb(cb)
         if rank_distrib(): learn.add_cbs(prog)
 
+# %% ../nbs/06a_fit.ipynb #15f31e8d
+class NonFiniteLoss(RuntimeError):
+    "The loss, one of its terms, or the weights became NaN or infinite: training stopped, that epoch was not saved"
+
+def loss_terms(learn:Learner) -> dict:
+    "The loss of the last batch by term: `loss_func.last` (active terms and 'total') of `SMVWELoss`, else {name of the loss: `learn.loss`}"
+    lf = learn.loss_func; last = getattr(lf, 'last', None)
+    if isinstance(last, dict):
+        active = tuple(getattr(lf, 'active', ()) or last)
+        return {k: v for k, v in last.items() if k in active or k == 'total'}
+    return {type(lf).__name__: learn.loss}
+
+class NaNGuard(Callback):
+    "Stop at the first non-finite loss (training or validation), before its backward pass; name the epoch, batch and loss terms"
+    order = 60  # after_loss runs after MixedPrecision's (10); `run_epoch` is set by `EpochSeed` (55)
+    def after_loss(self):
+        bad = torch.tensor(float(not torch.isfinite(self.loss.detach()).all()), device=self.loss.device)
+        if num_distrib() > 1 and torch.distributed.is_initialized(): torch.distributed.all_reduce(bad, torch.distributed.ReduceOp.MAX)
+        if not bad: return
+        terms = {k: float(torch.as_tensor(v, dtype=torch.float).mean()) for k, v in loss_terms(self.learn).items()}
+        names = [k for k, v in terms.items() if not math.isfinite(v) and k != 'total'] or [k for k, v in terms.items() if not math.isfinite(v)]
+        vals = ', '.join(f'{k} {v:.4g}' for k, v in terms.items())
+        e = getattr(self.learn, 'run_epoch', self.epoch)
+        total = getattr(self.learn, 'run_n_epoch', self.n_epoch)
+        weights = 'already non-finite (an earlier update diverged)' if any(not torch.isfinite(p).all() for p in self.model.parameters()) else 'still finite'
+        where = 'training' if self.training else 'validation'
+        raise NonFiniteLoss(f"non-finite loss at epoch {e + 1}/{total}, {where} batch {self.iter + 1}/{self.n_iter}: "
+                            f"{' and '.join(names) or 'another rank'} went non-finite ({vals}); the weights are {weights}")
+
 # %% ../nbs/06a_fit.ipynb #7fde987e
 def read_checkpoint(fname, device='cpu') -> dict:
     "The contents of an `EpochCheckpoint` file"
@@ -191,7 +224,14 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
         poly = next((c for c in learn.cbs if isinstance(c, PolyLR)), None)
         if poly is not None: poly.resume(state['poly_t'], epochs)
     if start < epochs:
-        with ddp_ctx(learn, sync_bn=sync_bn): learn.fit(epochs - start, cbs=[EpochSeed(seed, start), EpochCheckpoint(ckpt, seed, start, meta, values)] + listify(cbs))
+        guard = [] if any(isinstance(c, NaNGuard) for c in learn.cbs + listify(cbs)) else [NaNGuard()]
+        try:
+            with ddp_ctx(learn, sync_bn=sync_bn): learn.fit(epochs - start, cbs=[EpochSeed(seed, start), EpochCheckpoint(ckpt, seed, start, meta, values)] + guard + listify(cbs))
+        except NonFiniteLoss as e:  # say what survived: the last good checkpoint, never the diverged model
+            kept = (f"{ckpt} keeps the last good epoch ({read_checkpoint(ckpt)['epoch'] + 1}/{epochs})" if ckpt.exists()
+                    else f"no epoch had finished, so no checkpoint was written")
+            raise NonFiniteLoss(f"{e}. {kept}; nothing after it was saved. Lower the learning rate, train in full precision "
+                                "(no amp) or check that batch's files, then start afresh (resume=False / --no-resume, or a new folder).") from None
     if hasattr(learn, 'recorder'):  # the log of the whole run, also when it was already complete
         learn.recorder.values = list(values) + (list(learn.recorder.values) if start < epochs else [])
         if start >= epochs: learn.recorder.metric_names = L(state['metric_names'])

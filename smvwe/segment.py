@@ -25,7 +25,7 @@ from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image
 from .files import atomic_save, save_label_png
-from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log
+from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard
 from .maps import crf_refine
 from .pseudo import resolve_shard
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
@@ -66,7 +66,7 @@ def seg_learner(dls, # DataLoaders of (img, mask) batches (`smvwe.data.seg_dls`)
     model = DeepLab(n_classes, arch, backbone, weights=weights, **model_kw).to(getattr(dls, 'device', None) or default_device())
     learn = Learner(dls, model, loss_func=SegLoss(), opt_func=partial(SGD, mom=mom, decouple_wd=False),
                     lr=[lr, lr*lr_mult], wd=wd, splitter=seg_splitter, metrics=[pixel_acc],
-                    cbs=[PolyLR(power)] + list(cbs or []), path=Path(path))
+                    cbs=[PolyLR(power), NaNGuard()] + list(cbs or []), path=Path(path))
     if amp: learn.add_cb(AMP(amp))
     if channels_last: learn.add_cb(ChannelsLast())
     return learn

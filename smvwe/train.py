@@ -25,7 +25,7 @@ from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 from .files import atomic_save
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
-                       update_json, print_epoch_log, write_history)  # the shared training machinery (06a_fit)
+                       update_json, print_epoch_log, write_history, NaNGuard)  # the shared training machinery (06a_fit)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'MODEL_KEYS', 'LOSS_KEYS', 'variant_kwargs', 'cls_learner', 'save_cls_model', 'load_cls_model',
@@ -77,7 +77,7 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
     lrs = [lr] * n_groups
     if n_groups > 1: lrs[-1] = lr * lr_mult
     learn = Learner(dls, model, loss_func=loss, opt_func=partial(SGD, mom=mom, decouple_wd=False), lr=lrs, wd=wd,
-                    splitter=cls_splitter, metrics=loss_terms_metrics(loss) + [ImageMetric('map'), ImageMetric('f1')], path=Path(path or '.'), cbs=[PolyLR(power), CleanPreds()])
+                    splitter=cls_splitter, metrics=loss_terms_metrics(loss) + [ImageMetric('map'), ImageMetric('f1')], path=Path(path or '.'), cbs=[PolyLR(power), CleanPreds(), NaNGuard()])
     learn.recorder.train_metrics = True  # each loss term on the training set too
     if amp: learn.add_cb(AMP(amp))
     if channels_last: learn.add_cb(ChannelsLast())
