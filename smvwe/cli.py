@@ -18,6 +18,7 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'pseudo':    ('smvwe.pseudo',  'pseudo_cli',    'localization maps and (CRF-refined) pseudo labels'),
     'train-seg': ('smvwe.segment', 'train_seg_cli', 'train DeepLab on pseudo labels'),
     'eval':      ('smvwe.metrics', 'eval_cli',      'score a folder of label PNGs against the ground truth'),
+    'readout':   ('smvwe.readout', 'readout_cli',   'score read-outs x CRF presets from stored logits; --curve: mIoU vs background threshold'),
     'demo':      ('smvwe.demo',    'demo_cli',      'the whole method end to end on the built-in benchmark'),
     'ablate':    ('smvwe.ablate',  'ablate_cli',    'regenerate an ablation study and its figure'),
 }

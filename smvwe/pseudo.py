@@ -11,11 +11,11 @@ from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from .files import atomic_write, save_npy, save_label_png
-from .maps import model_device, localization_maps, pseudo_label
-
+from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
+                        crf_params, parse_crf)
 
 # %% auto #0
-__all__ = ['load_cams', 'resolve_shard', 'make_pseudo', 'pseudo_cli']
+__all__ = ['NEG', 'load_cams', 'compact_logits', 'load_logits', 'resolve_shard', 'make_pseudo', 'pseudo_cli']
 
 # %% ../nbs/07b_pseudo.ipynb #f5d23be8
 def load_cams(path, # cams/ID.npy written by `make_pseudo`
@@ -30,6 +30,34 @@ def load_cams(path, # cams/ID.npy written by `make_pseudo`
     full[present], full[-1] = a[:-1], a[-1]
     return full
 
+NEG = float(np.finfo(np.float16).min)  # "minus infinity" of the stored logits: exp() is 0 in float32
+
+def compact_logits(logits:np.ndarray, # (L+1,H,W) raw averaged logits of every channel
+                   label # (L,) multi-hot image label
+                  ) -> np.ndarray: # (k+2,H,W) float16: present classes, background, log-sum-exp of the absent classes
+    "What `make_pseudo` stores in logits/ID.npy: enough to rebuild every read-out, softmax over L+1 included."
+    label = np.asarray(label).reshape(-1); L = len(label)
+    present, absent = np.flatnonzero(label > 0), np.flatnonzero(label <= 0)
+    z = np.asarray(logits, np.float32)
+    if absent.size:
+        m = z[absent].max(0); rest = m + np.log(np.exp(z[absent] - m).sum(0))  # log sum_{c absent} e^{z_c}
+    else: rest = np.full(z.shape[1:], NEG, np.float32)
+    return np.concatenate([z[present], z[L:L+1], rest[None]]).clip(NEG, -NEG).astype(np.float16)
+
+def load_logits(path, # logits/ID.npy written by `make_pseudo`
+                label # (L,) multi-hot image label (the one the file was written with)
+               ) -> np.ndarray: # (L+1,H,W) float32 logits with the same softmax over present classes and background
+    "Expand stored logits to L+1 channels: the first absent class holds the absent classes' log-sum-exp, the others NEG."
+    label = np.asarray(label).reshape(-1); present, absent = np.flatnonzero(label > 0), np.flatnonzero(label <= 0)
+    a = np.load(path)
+    if a.ndim != 3 or a.shape[0] != len(present) + 2:
+        raise ValueError(f'{path}: expected ({len(present)+2},H,W) logits for {len(present)} present classes, got {a.shape}: '
+                         'was it written with another image label?')
+    full = np.full((len(label) + 1,) + a.shape[1:], NEG, np.float32)
+    full[present], full[-1] = a[:-2], a[-2]
+    if absent.size: full[absent[0]] = a[-1]
+    return full
+
 def resolve_shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
     "`(rank, world_size)`: the given values, else the launcher's `RANK` / `WORLD_SIZE` (torchrun, accelerate launch), else `(0, 1)`."
     r = int(os.environ.get('RANK', 0)) if rank is None else int(rank)
@@ -37,21 +65,23 @@ def resolve_shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, in
     if not 0 <= r < w: raise ValueError(f'rank must lie in 0..world_size-1, got rank={r}, world_size={w}')
     return r, w
 
-def _outputs_ok(cam_p:Path|None, png_p:Path, k:int, hw:tuple, L:int) -> bool:
-    "The outputs of an image exist and are valid (`cam_p=None`: only the PNG is checked)."
+def _outputs_ok(cam_p:Path|None, png_p:Path, k:int, hw:tuple, L:int, logit_p:Path|None=None) -> bool:
+    "The outputs of an image exist and are valid (`cam_p=None` / `logit_p=None`: that file is not checked)."
     try:
-        if cam_p is not None:
-            a = np.load(cam_p, mmap_mode='r')
-            if a.dtype != np.float16 or a.shape != (k + 1,) + hw: return False
+        for path, n in ((cam_p, k + 1), (logit_p, k + 2)):
+            if path is None: continue
+            a = np.load(path, mmap_mode='r')
+            if a.dtype != np.float16 or a.shape != (n,) + hw: return False
         im = Image.open(png_p)
         if im.mode not in ('P', 'L'): return False
         lab = np.array(im)
         return lab.shape == hw and bool(((lab <= L) | (lab == 255)).all())
     except Exception: return False
 
-def _pseudo_one(id, img, cams16, label, opts, cam_p, png_p, sal=None):
+def _pseudo_one(id, img, cams16, label, opts, cam_p, png_p, sal=None, logits16=None, logit_p=None):
     "The CPU stage of one image (runs in a worker): labels, CRF, atomic writes."
     if opts.get('save_cams', True): save_npy(Path(cam_p), cams16)
+    if logits16 is not None: save_npy(Path(logit_p), logits16)
     label = np.asarray(label).reshape(-1); present = np.flatnonzero(label > 0)
     full = np.zeros((len(label) + 1,) + cams16.shape[1:], np.float32)
     full[present], full[-1] = cams16[:-1], cams16[-1]
@@ -68,13 +98,14 @@ def _init_worker():
 def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 root, # VOC-layout dataset folder
                 split:str='train', # image set (ImageSets/Segmentation/SPLIT.txt)
-                out='.', # run folder: writes out/cams/ID.npy and out/pseudo/ID.png
+                out='.', # run folder: writes out/cams/ID.npy, out/logits/ID.npy and out/pseudo/ID.png
                 scales=(1.0, 0.5, 1.5, 2.0), # inference scales
                 flip:bool=True, # also the flipped image
-                mode:str='argmax', # 'argmax' (saliency-trained variants) | 'threshold' (plain CAM)
-                bg_thr:float=0.2, # background threshold of 'threshold' mode
+                mode:str='argmax', # 'argmax' (learned background) | 'eps' (EPS's read-out) | 'threshold' (plain CAM)
+                bg_thr:float=0.2, # background score of 'eps' / 'threshold' mode
                 crf:bool=True, # dense-CRF refinement
-                crf_kw:dict|None=None, # `crf_refine` arguments (default: ref_size=500)
+                crf_kw:dict|None=None, # `crf_refine` arguments overriding the preset's
+                crf_preset:str|None=None, # `CRF_PRESETS` name (None: `CRF_DEFAULT`)
                 conf_thr:float=0.0, # 255 where the top probability < conf_thr
                 ignore_disagree:bool=False, # 255 where the CRF changed the label
                 n_workers:int|None=None, # CPU-stage processes (None: os.cpu_count(); 0: in-process)
@@ -85,22 +116,24 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 rank:int|None=None, world_size:int|None=None, # process ids[rank::world_size] (None: RANK / WORLD_SIZE of torchrun, else 0, 1)
                 mp_context:str|None=None, # pool start method (None: 'fork' on Linux, like DataLoader workers; else 'spawn')
                 save_cams:bool=True, # also write cams/ID.npy
+                save_logits:bool=True, # also write logits/ID.npy (raw averaged logits, `compact_logits`): every read-out later, no model
                 progress:bool=True # show a progress bar
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
     from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image
     root, out = Path(root), Path(out)
     if not root.is_dir(): raise FileNotFoundError(f'dataset folder {root} not found')
-    if mode not in ('argmax', 'threshold'): raise ValueError(f"mode must be 'argmax' or 'threshold', got {mode!r}")
+    if mode not in MODES: raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     ids = read_split(root, split)
     labels = image_labels(root, ids, read_classes(root)) if labels is None else np.asarray(labels, np.float32)
     if len(labels) != len(ids): raise ValueError(f'labels has {len(labels)} rows but split {split!r} has {len(ids)} ids')
     rank, world_size = resolve_shard(rank, world_size)
     sel = list(range(len(ids)))[rank::world_size]
     L = labels.shape[1]
-    crf_kw = {'ref_size': 500, **(crf_kw or {})}
+    crf_kw = crf_params(crf_preset, **(crf_kw or {}))
     opts = dict(mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=crf_kw, conf_thr=conf_thr, ignore_disagree=ignore_disagree,
-                scales=[float(s) for s in scales], flip=bool(flip), sal_dir=str(sal_dir) if sal_dir else None, save_cams=save_cams)
+                scales=[float(s) for s in scales], flip=bool(flip), sal_dir=str(sal_dir) if sal_dir else None, save_cams=save_cams,
+                save_logits=save_logits)
     cfg_p = out/'pseudo_config.json'
     if resume and cfg_p.exists() and json.loads(cfg_p.read_text()) != opts:
         raise ValueError(f'{cfg_p} holds other options than this run: use another output folder or resume=False')
@@ -108,7 +141,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
     if not (cfg_p.exists() and json.loads(cfg_p.read_text()) == opts):
         atomic_write(cfg_p, lambda p: p.write_text(json.dumps(opts, indent=1)))
     sal_root = None if sal_dir is None else (Path(sal_dir) if Path(sal_dir).is_absolute() else root/sal_dir)
-    norm = 'softmax' if mode == 'argmax' else 'cam'
+    norm = NORM_OF_MODE[mode]
     cores = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # this rank's share of the machine
     n_workers = cores if n_workers is None else n_workers
     pool, old_threads = None, None
@@ -128,20 +161,22 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
     try:
         for i in (progress_bar(sel) if progress else sel):  # fastprogress draws a bar even with display=False
             id, lab = ids[i], labels[i]
-            cam_p, png_p = out/'cams'/f'{id}.npy', out/'pseudo'/f'{id}.png'
+            cam_p, png_p, logit_p = out/'cams'/f'{id}.npy', out/'pseudo'/f'{id}.png', out/'logits'/f'{id}.npy'
             k = int((lab > 0).sum())
             if resume:
                 with Image.open(image_path(root, id)) as im: hw = im.size[::-1]
-                if _outputs_ok(cam_p if save_cams else None, png_p, k, hw, L): continue
+                if _outputs_ok(cam_p if save_cams else None, png_p, k, hw, L, logit_p if save_logits else None): continue
             img = load_image(root, id)
-            maps = localization_maps(model, img, lab, scales, flip, device, norm)
+            raw = localization_maps(model, img, np.ones_like(lab), scales, flip, device, 'raw')  # (L+1,H,W), no channel zeroed
+            maps = normalise_maps(raw, norm); maps[:-1][lab <= 0] = 0   # = localization_maps(..., lab, norm=norm)
+            logits16 = compact_logits(raw, lab) if save_logits else None
             cams16 = maps[np.r_[np.flatnonzero(lab > 0), L]].astype(np.float16)
             sal = None
             if sal_root is not None:
                 sp = sal_root/f'{id}.png'
                 if not sp.exists(): raise FileNotFoundError(f'saliency map {sp} not found')
                 sal = np.array(Image.open(sp).convert('L').resize(img.shape[1::-1], Image.BILINEAR), np.float32) / 255
-            args = (id, img, cams16, lab, opts, cam_p, png_p, sal)
+            args = (id, img, cams16, lab, opts, cam_p, png_p, sal, logits16, logit_p)
             if pool is None: _pseudo_one(*args)
             else:
                 pending[pool.submit(_pseudo_one, *args)] = i
@@ -158,9 +193,10 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
                root:str, # VOC-layout dataset folder
                split:str='train', # image set to label
                out:str=None, # output folder (default: RUN_DIR)
-               mode:str='argmax', # 'argmax' (background map) or 'threshold' (CAM + bg_thr)
-               bg_thr:float=0.2, # background threshold of --mode threshold
+               mode:str='argmax', # 'argmax' (background map), 'eps' (EPS's read-out) or 'threshold' (CAM + bg_thr)
+               bg_thr:float=0.2, # background score of --mode eps / threshold
                crf:bool=False, # refine with the dense CRF
+               crf_preset:str=None, # CRF preset and overrides, e.g. deeplab, psa or 'deeplab,bi_w=5,ref_size=none' (default: CRF_DEFAULT)
                conf_thr:float=0.0, # write 255 where the top probability is below this
                ignore_disagree:bool=False, # write 255 where the CRF changed the label
                scales:str='1.0,0.5,1.5,2.0', # comma-separated inference scales
@@ -168,11 +204,13 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
                n_workers:int=None, # CRF/PNG processes (default: all cores; 0: in-process)
                sal_dir:str=None, # saliency folder: background score = 1 - saliency
                resume:bool=True, # skip images already done (--no-resume to redo)
+               save_logits:bool=True, # write logits/ID.npy for scoring read-outs later (--no-save_logits to skip)
                device:str=None, # torch device of the model (default: fastai's default device, the GPU if any)
                rank:int=None, # this process's shard (default: RANK of torchrun / accelerate launch, else 0)
                world_size:int=None # number of shards (default: WORLD_SIZE of the launcher, else 1)
               ):
-    "Localization maps (cams/ID.npy) and pseudo labels (pseudo/ID.png) for a split."
+    "Localization maps (cams/ID.npy), raw logits (logits/ID.npy) and pseudo labels (pseudo/ID.png) for a split."
+    ckw = parse_crf(crf_preset) if crf_preset else {}   # a bad preset fails before the model loads
     mp = Path(run_dir)/'cls'/'model.pth'
     if not mp.exists(): raise FileNotFoundError(f'{mp} not found: train the classification stage first (smvwe train-cls)')
     from smvwe.train import load_cls_model
@@ -188,9 +226,9 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
         raise ValueError(f'{mp} was trained on classes {model.classes} but {root} has {classes}')
     try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
     except ValueError: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}') from None
-    o = make_pseudo(model, root, split, out or run_dir, scales=sc, flip=flip, mode=mode, bg_thr=bg_thr, crf=crf,
+    o = make_pseudo(model, root, split, out or run_dir, scales=sc, flip=flip, mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=ckw,
                     conf_thr=conf_thr, ignore_disagree=ignore_disagree, n_workers=n_workers, resume=resume,
-                    sal_dir=sal_dir, device=device, rank=rank, world_size=world_size)
+                    sal_dir=sal_dir, device=device, rank=rank, world_size=world_size, save_logits=save_logits)
     if launched:
         import torch.distributed as dist
         if dist.is_initialized(): dist.barrier()  # every rank's images are written

@@ -26,7 +26,7 @@ from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image
 from .files import atomic_save, save_label_png
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard
-from .maps import crf_refine
+from .maps import crf_refine, parse_crf
 from .pseudo import resolve_shard
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
@@ -114,7 +114,7 @@ def predict_folder(model:nn.Module, # segmentation model
                    n_workers:int|None=None, # CRF processes (None: CPU count; 0: in-process)
                    resume:bool=True, # skip images whose PNG exists
                    device=None, # model device (default: the model's)
-                   crf_kw:dict|None=None, # `crf_refine` arguments
+                   crf_kw:dict|None=None, # `crf_refine` arguments (None: its defaults, `CRF_DEFAULT` at ref_size 500, as for pseudo labels)
                    rank:int|None=None, world_size:int|None=None, # predict ids[rank::world_size] (None: RANK / WORLD_SIZE of torchrun, else 0, 1)
                    progress:bool=True) -> Path: # show a progress bar
     "Predict every image of `split` and write `out_dir/ID.png` (VOC palette); returns `out_dir`."
@@ -239,6 +239,7 @@ class PredictConfig(StageConfig):
     scales:tuple[float,...]=(0.5, 0.75, 1.0, 1.25, 1.5) # inference scales, comma-separated
     flip:bool=True # flip averaging at inference (--no-flip: none)
     crf:bool=False # dense-CRF post-processing of the predictions
+    crf_preset:str|None=None # CRF preset and overrides, e.g. deeplab, psa or 'deeplab,bi_w=5' (default: CRF_DEFAULT, as smvwe pseudo)
     n_workers:int|None=None # CRF processes (default: all cores; 0: in-process)
     eval:bool=True # predict and evaluate after training (--no-eval: train only)
     def __post_init__(self):
@@ -252,12 +253,13 @@ def train_seg_cli(root, pseudo_dir, out, **kw):
     "Train DeepLab-V1/V2 on pseudo labels, then predict a split and evaluate it (resumable)."
     pc = PredictConfig.make(**{f: kw.pop(f) for f in PredictConfig.__dataclass_fields__})
     cfg = SegConfig.make(**kw)
+    crf_kw = parse_crf(pc.crf_preset) if pc.crf_preset else None   # a bad preset fails before training
     dev = init_distributed(cfg.device)  # launched: this rank's device and the process group (no-op otherwise)
     cfg.device = None if dev is None else str(dev)
     path = train_seg(root, pseudo_dir, out, cfg)
     print(f'model: {path}')
     if not pc.eval: return path
-    pred = predict_folder(load_seg_model(path, cfg.device), root, pc.split, Path(out)/'pred', crf=pc.crf, scales=pc.scales, flip=pc.flip,
+    pred = predict_folder(load_seg_model(path, cfg.device), root, pc.split, Path(out)/'pred', crf=pc.crf, crf_kw=crf_kw, scales=pc.scales, flip=pc.flip,
                           n_workers=pc.n_workers, resume=cfg.resume, progress=cfg.progress)  # launched: this rank's share of the images
     distrib_barrier()  # every rank's predictions are written
     if rank_distrib(): return path  # rank 0 evaluates

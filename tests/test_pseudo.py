@@ -8,8 +8,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.script import anno_parser
 from PIL import Image
 
-from smvwe.pseudo import make_pseudo, pseudo_cli, load_cams
-from smvwe.maps import save_label_png, pseudo_label
+from smvwe.pseudo import make_pseudo, pseudo_cli, load_cams, load_logits
+from smvwe.maps import save_label_png, pseudo_label, readout_labels, crf_params
 
 
 def run_cli(f, argv):
@@ -61,7 +61,7 @@ def test_parallel_equals_serial_and_recovers_masks(voc, tmp_path, ctx):
     make_pseudo(ColourModel(), voc, 'train', tmp_path/'ser', n_workers=0, progress=False)
     make_pseudo(ColourModel(), voc, 'train', tmp_path/'par', n_workers=2, mp_context=ctx, progress=False)
     s, p = snapshot(tmp_path/'ser'), snapshot(tmp_path/'par')
-    assert len(s) == 12 and contents(s) == contents(p)
+    assert len(s) == 18 and contents(s) == contents(p)  # 6 images x (cams, logits, pseudo)
     for i in range(6):
         gt = np.array(Image.open(voc/'SegmentationClass'/f'img{i}.png'))
         pl = np.array(Image.open(tmp_path/'ser'/'pseudo'/f'img{i}.png'))
@@ -79,12 +79,13 @@ def test_resume_skips_done_and_redoes_corrupt(voc, tmp_path):
     b = (out/'cams'/'img3.npy').read_bytes(); (out/'cams'/'img3.npy').write_bytes(b[:len(b)//2])  # partial npy
     save_label_png(out/'pseudo'/'img4.png', np.full((24, 32), 9, np.uint8))             # out-of-range labels
     (out/'pseudo'/'img5.png').unlink()
+    b = (out/'logits'/'img1.npy').read_bytes(); (out/'logits'/'img1.npy').write_bytes(b[:len(b)//2])  # partial logits
     time.sleep(0.01)
     make_pseudo(ColourModel(), voc, 'train', out, n_workers=2, progress=False)
     s2 = snapshot(out)
     assert contents(s2) == contents(s1)
     redone = {k.split('/')[1].split('.')[0] for k in s1 if s1[k][0] != s2[k][0]}
-    assert redone == {'img0', 'img3', 'img4', 'img5'}
+    assert redone == {'img0', 'img1', 'img3', 'img4', 'img5'}
 
 
 def test_resume_refuses_other_options(voc, tmp_path):
@@ -99,7 +100,7 @@ def test_shards_partition_the_split(voc, tmp_path):
     for r in range(3):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/f's{r}', n_workers=0, rank=r, world_size=3, progress=False)
     names = [set(snapshot(tmp_path/f's{r}')) for r in range(3)]
-    assert all(len(n) == 4 for n in names) and not (names[0] & names[1]) and not (names[1] & names[2])
+    assert all(len(n) == 6 for n in names)  # 2 images x (cams, logits, pseudo) and not (names[0] & names[1]) and not (names[1] & names[2])
     merged = {}
     for r in range(3): merged.update(contents(snapshot(tmp_path/f's{r}')))
     assert merged == contents(snapshot(tmp_path/'full'))
@@ -116,7 +117,7 @@ def test_cams_reproduce_labels(voc, tmp_path):
 
 
 def test_bad_input(voc, tmp_path):
-    with pytest.raises(ValueError, match="'argmax' or 'threshold'"):
+    with pytest.raises(ValueError, match="'argmax', 'eps', 'threshold'"):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'x', mode='mean', n_workers=0)
     with pytest.raises(FileNotFoundError, match='val.txt'):
         make_pseudo(ColourModel(), voc, 'val', tmp_path/'x', n_workers=0)
@@ -124,6 +125,31 @@ def test_bad_input(voc, tmp_path):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'y', sal_dir='sal', n_workers=0, progress=False)
     with pytest.raises(ValueError, match='labels has 2 rows'):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'z', labels=np.ones((2, 2)), n_workers=0)
+
+
+def test_one_pass_gives_every_readout(voc, tmp_path):
+    "eps / threshold / argmax runs without CRF write the labels that `readout_labels` computes from one run's logits."
+    base = make_pseudo(ColourModel(), voc, 'train', tmp_path/'argmax', crf=False, n_workers=0, progress=False)
+    for mode in ('eps', 'threshold'):
+        o = make_pseudo(ColourModel(), voc, 'train', tmp_path/mode, mode=mode, bg_thr=0.3, crf=False, n_workers=0, progress=False)
+        for i in range(6):
+            lab = np.array([1., 1.]) if i % 2 == 0 else np.array([1., 0.])
+            z = load_logits(base/'logits'/f'img{i}.npy', lab)
+            got = readout_labels(z, lab, mode, bg_thr=0.3)
+            want = np.array(Image.open(o/'pseudo'/f'img{i}.png'))
+            assert (got == want).mean() > 0.99, (mode, i)   # float16 logits vs float32 maps: ties may flip a pixel
+            assert np.array_equal(np.load(o/'logits'/f'img{i}.npy'), np.load(base/'logits'/f'img{i}.npy'))  # mode-independent
+
+
+def test_crf_preset_recorded_and_bad_preset(voc, tmp_path, capsys):
+    out = make_pseudo(ColourModel(), voc, 'train', tmp_path/'d', crf_preset='deeplab', n_workers=0, progress=False)
+    assert json.loads((out/'pseudo_config.json').read_text())['crf_kw'] == crf_params('deeplab')
+    with pytest.raises(ValueError, match="unknown CRF preset 'dense'"):
+        make_pseudo(ColourModel(), voc, 'train', tmp_path/'e', crf_preset='dense', n_workers=0, progress=False)
+    from smvwe.cli import main
+    (tmp_path/'run'/'cls').mkdir(parents=True); (tmp_path/'run'/'cls'/'model.pth').write_bytes(b'')
+    assert main(['pseudo', str(tmp_path/'run'), str(voc), '--crf', '--crf-preset', 'psa,sigma=2']) == 1
+    assert "unknown CRF parameter 'sigma'" in capsys.readouterr().err
 
 
 def test_cli_with_a_real_model_file(tmp_path):
@@ -143,6 +169,7 @@ def test_cli_with_a_real_model_file(tmp_path):
         p = np.array(Image.open(tmp_path/'run'/'pseudo'/f'{i}.png'))
         assert p.shape == (48, 64) and set(np.unique(p)) <= {0} | set((np.flatnonzero(lab) + 1).tolist())
         assert np.load(tmp_path/'run'/'cams'/f'{i}.npy').shape == (int(lab.sum()) + 1, 48, 64)
+        assert np.load(tmp_path/'run'/'logits'/f'{i}.npy').shape == (int(lab.sum()) + 2, 48, 64)
     cfg = json.loads((tmp_path/'run'/'pseudo_config.json').read_text())
     assert cfg['crf'] is True and cfg['scales'] == [1.0, 0.5] and cfg['mode'] == 'argmax'
 

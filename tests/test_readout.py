@@ -66,3 +66,26 @@ def test_crf_preset_changes_result_and_overrides_apply():
     b = crf_refine(img, p, 'psa', return_probs=True)
     assert not np.allclose(a, b)
     np.testing.assert_allclose(crf_refine(img, p, 'psa', **CRF_PRESETS['deeplab'], return_probs=True), a)  # every value overridden
+
+
+def test_one_pass_scores_every_readout_and_curve_cli(tmp_path, capsys):
+    "make_pseudo once; `smvwe readout` scores every read-out from its logits; argmax without CRF = scoring its pseudo/ PNGs."
+    import json
+    from test_pseudo import tiny_voc, ColourModel
+    from smvwe.pseudo import make_pseudo
+    from smvwe.metrics import evaluate_folder
+    from smvwe.readout import score_readouts
+    from smvwe.cli import main
+    voc = tiny_voc(tmp_path/'voc')
+    run = make_pseudo(ColourModel(), voc, 'train', tmp_path/'run', crf=False, n_workers=0, progress=False)
+    ev = evaluate_folder(run/'pseudo', voc, 'train')
+    df = score_readouts(run, voc, 'train', ['argmax', 'eps', 'threshold'], n_workers=0)
+    assert abs(df.miou[0] - ev['miou']) < 1e-3   # float16 logits vs float32 maps
+    assert ((df.miou > 0.8) & (df.fg_recall > 0.7)).all()
+    assert main(['readout', str(run), str(voc), '--crf', 'none/deeplab', '--curve', '--out', str(tmp_path/'o'),
+                 '--n-workers', '0', '--no-progress']) == 0
+    rows = json.loads((tmp_path/'o'/'readouts.json').read_text())['rows']
+    assert [(r['readout'], r['crf']) for r in rows] == [(r, c) for c in ('none', 'deeplab') for r in ('eps', 'argmax', 'threshold')]
+    assert (tmp_path/'o'/'curve.png').exists() and 'against the background threshold' in capsys.readouterr().out
+    assert main(['readout', str(tmp_path/'nothing'), str(voc), '--no-progress']) == 1
+    assert 'smvwe pseudo' in capsys.readouterr().err
