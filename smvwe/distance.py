@@ -156,10 +156,11 @@ def word_distance(feats:Tensor, # (B,K,H,W) pixel features
     if impl == 'triton' and triton_status(feats.device) != 'ok':
         raise ValueError(f'word_distance: the Triton kernel cannot run on {feats.device} ({triton_status(feats.device)}); use impl="torch"')
     empty = M.numel() == 0 or C.numel() == 0
-    if impl == 'triton' or (impl == 'auto' and feats.device.type == 'cuda' and not empty and triton_status(feats.device) == 'ok'):
-        D = L1Triton.apply(M, C)                                         # Appendix: the CUDA kernel
-    elif impl != 'torch' and ok and load_ext() is not None: D = L1Fused.apply(M, C)
-    else: D = L1Chunked.apply(M, C, chunk)
+    with torch.profiler.record_function('smvwe.word_distance'):        # named in profiles (backward: L1*Backward)
+        if impl == 'triton' or (impl == 'auto' and feats.device.type == 'cuda' and not empty and triton_status(feats.device) == 'ok'):
+            D = L1Triton.apply(M, C)                                     # Appendix: the CUDA kernel
+        elif impl != 'torch' and ok and load_ext() is not None: D = L1Fused.apply(M, C)
+        else: D = L1Chunked.apply(M, C, chunk)
     return D.view(B, C.shape[0], H, W)
 
 # %% ../nbs/02a_distance.ipynb #a9d1e002

@@ -16,3 +16,44 @@ def test_pseudo_scaling_outputs_are_identical_across_worker_counts():
     assert [r[0] for r in pipe] == ['0', '1', '2'] and all(r[-1] == 'identical' for r in pipe)
     assert pipe[1][3] == '1.00x'  # the 1-worker row is the reference
     assert [r[0] for r in crf] == ['1', '2'] and all(r[-1] == 'identical' for r in crf) and crf[0][3] == '1.00x'
+
+
+def test_gpu_check_runs_every_check_on_the_cpu(tmp_path):
+    "`gpu_check.py --device cpu`: the same checks as on a GPU at tiny sizes; every correctness check passes."
+    import json
+    out = tmp_path / 'gpu_check.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'gpu_check.py'), '--device', 'cpu', '--json', str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    rows = json.loads(out.read_text())['rows']
+    by = lambda sec: [x for x in rows if x['section'] == sec]
+    checks = ' | '.join(x['check'] for x in by('correct'))
+    for want in ('word distance fp32', 'word distance bf16 autocast', 'SMVWE loss value', 'variant cam:', 'variant vwe:',
+                 'variant sal:', 'variant smvwe:', 'DeepLab-V1', 'DeepLab-V2', 'localization maps'):
+        assert want in checks, want
+    assert all(x['ok'] is True for x in by('correct') + by('ddp') if x['tol'] is not None), [x for x in rows if x['ok'] is False]
+    assert len([x for x in by('ddp') if x['ok']]) == 2
+    share = by('profile')[0]['value']
+    assert 0 < share < 100
+    thr = by('throughput')
+    assert len(thr) == 12 and all(x['value'] and x['value'] > 0 for x in thr), thr   # 3 models x fp32/bf16 x channels-last
+    assert 'word distance' in r.stdout and 'throughput' in r.stdout   # the printed table
+
+
+def test_gpu_check_without_a_gpu_says_so():
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'gpu_check.py'), '--device', 'cuda', '--skip', 'throughput'],
+                       capture_output=True, text=True, timeout=300, env={**__import__('os').environ, 'CUDA_VISIBLE_DEVICES': ''})
+    assert r.returncode != 0 and 'no CUDA device is visible' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_word_distance_benchmark_measures_its_ceiling_in_the_run():
+    "The word-distance benchmark prints the in-run ceiling and the fused kernel's ratio to it."
+    import re
+    from smvwe.distance import load_ext
+    if load_ext() is None: import pytest; pytest.skip('fused kernel not built')
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'word_distance.py'), '--size', 'small', '--impls', 'fused',
+                        '--broadcast-gb', '0', '--threads', '2'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rate = float(re.search(r'ceiling \(streaming .*?\) ([\d.]+) G terms/s', r.stdout).group(1))
+    ratio = float(re.search(r'fused/ceiling = ([\d.]+)', r.stdout).group(1))
+    assert rate > 0 and ratio > 0

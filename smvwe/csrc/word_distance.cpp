@@ -69,6 +69,34 @@ template <typename T, int J>
 static void bwd_tile(const T* m, int64_t ldm, const T* g, int64_t ldg, const T* c, int64_t ldc, int kn, T* dm, typename VT<T>::v* lane) {
   constexpr int R = BR, W = VT<T>::W;
   using V = typename VT<T>::v; using VI = typename VT<T>::vi;
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float>) {  // same computation, with the work spread over both kinds of FP pipes:
+    // d = m - c as an FMA (exact), t = g ^ (d & signbit) by one ternary-logic op, the mask d != 0 gives sign(0) = 0,
+    // dm's sum as a masked FMA (t * 1 + da, exact) and the codebook's as a masked add
+    const __m512i sgn = _mm512_set1_epi32(0x80000000); const __m512 neg1 = _mm512_set1_ps(-1.f), one = _mm512_set1_ps(1.f);
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 gv[J][R];
+    for (int j = 0; j < J; ++j) for (int r = 0; r < R; ++r) gv[j][r] = _mm512_loadu_ps(g + j * ldg + r * 16);
+    for (int k = 0; k < kn; ++k) {
+      __m512 mv[R], da[R];
+      for (int r = 0; r < R; ++r) { mv[r] = _mm512_loadu_ps(m + k * ldm + r * 16); da[r] = zero; }
+      for (int j = 0; j < J; ++j) {
+        const __m512 cv = _mm512_set1_ps(c[j * ldc + k]);
+        __m512 la = zero;
+        for (int r = 0; r < R; ++r) {
+          const __m512 d = _mm512_fmadd_ps(cv, neg1, mv[r]);
+          const __mmask16 nz = _mm512_cmp_ps_mask(d, zero, _CMP_NEQ_UQ);
+          const __m512 t = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(d), _mm512_castps_si512(gv[j][r]), sgn, 0x6C)); // g ^ (d & sgn)
+          da[r] = _mm512_mask3_fmadd_ps(t, one, da[r], nz);
+          la = _mm512_mask_add_ps(la, nz, la, t);
+        }
+        lane[k * BJ + j] = (V)_mm512_add_ps((__m512)lane[k * BJ + j], la);
+      }
+      for (int r = 0; r < R; ++r) { float* o = dm + k * ldm + r * 16; _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), da[r])); }
+    }
+    return;
+  }
+#endif
   const VI sgn = signbit_v<T>();
   V gv[J][R];
   for (int j = 0; j < J; ++j) for (int r = 0; r < R; ++r) gv[j][r] = vload<V>(g + j * ldg + r * W);
