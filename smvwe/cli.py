@@ -21,6 +21,7 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'readout':   ('smvwe.readout', 'readout_cli',   'score read-outs x CRF presets from stored logits; --curve: mIoU vs background threshold'),
     'demo':      ('smvwe.demo',    'demo_cli',      'the whole method end to end on the built-in benchmark'),
     'ablate':    ('smvwe.ablate',  'ablate_cli',    'regenerate an ablation study and its figure'),
+    'docs':      ('smvwe.docs',    'docs_cli',      'render the notebooks as a static HTML site (offline, one page per notebook)'),
 }
 
 # %% ../nbs/10_cli.ipynb #d6f7712a
