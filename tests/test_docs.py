@@ -1,0 +1,126 @@
+"""The docs site (`smvwe docs`, nbs/10b_docs.ipynb) in a real browser: every page opens in headless Chromium without a
+script error, a resource that fails to load, a broken image or math that does not typeset; every local link and anchor
+resolves; screenshots of the landing page and of 02b_words are taken (and refreshed in nbs/images/ when missing or
+when SMVWE_UPDATE_SCREENSHOTS=1, so a test run does not dirty the checkout).
+
+Needs Debian's `chromium` (.ci/run installs it); skipped with a message when it is missing, except under CI
+(CI=true), where a missing browser fails. No network: pages are
+opened as file:// URLs and Chromium runs with its background networking off."""
+import html.parser, json, os, re, shutil, subprocess, sys
+from pathlib import Path
+from html import unescape
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
+FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--disable-default-apps', '--disable-extensions', '--mute-audio',
+         '--hide-scrollbars', '--virtual-time-budget=30000', '--window-size=1280,900']
+SHOTS = {'index': 'docs_index.png', '02b_words': 'docs_02b_words.png'}
+
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get('CI'),
+                                    reason='Chromium is not installed (apt-get install -y chromium; .ci/run does it)')
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "The whole site, built once from the repository's notebooks with the command README gives."
+    out = tmp_path_factory.mktemp('docs') / 'site'
+    env = {**os.environ, 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    r = subprocess.run([sys.executable, '-m', 'smvwe.cli', 'docs', str(out)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def chromium(args, profile, timeout=180):
+    "Run headless Chromium with a fresh profile; returns (stdout, stderr)."
+    assert CHROMIUM, 'chromium is not installed: .ci/run installs it with apt-get (CI must run the browser test)'
+    r = subprocess.run([CHROMIUM, *FLAGS, f'--user-data-dir={profile}', '--enable-logging=stderr', '--v=0', *args],
+                       capture_output=True, text=True, timeout=timeout)
+    return r.stdout, r.stderr
+
+
+class _Refs(html.parser.HTMLParser):
+    "The ids, hrefs and img srcs of one page."
+    def __init__(self):
+        super().__init__(); self.ids, self.hrefs, self.srcs = set(), [], []
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get('id'): self.ids.add(a['id'])
+        if tag == 'a' and a.get('name'): self.ids.add(a['name'])
+        if tag == 'a' and a.get('href'): self.hrefs.append(a['href'])
+        if tag in ('img', 'script') and a.get('src'): self.srcs.append(a['src'])
+        if tag == 'link' and a.get('href'): self.srcs.append(a['href'])
+
+
+def _refs(page):
+    p = _Refs(); p.feed(page.read_text()); return p
+
+
+def test_site_has_every_notebook(site):
+    nbs = sorted(p.stem for p in (ROOT / 'nbs').glob('*.ipynb'))
+    pages = sorted(p.stem for p in site.glob('*.html'))
+    assert pages == nbs, set(nbs) ^ set(pages)
+    nav = re.search(r'<nav class="sidebar">(.*?)</nav>', (site / 'index.html').read_text(), re.S).group(1)
+    order = re.findall(r'href="([\w-]+)\.html"', nav)
+    assert order == ['index'] + [s for s in nbs if s != 'index'], order  # sidebar in pipeline (file-name) order
+
+
+def test_local_links_and_anchors_resolve(site):
+    "Every relative link and resource of every page exists in the site, and every #anchor exists on its page."
+    refs = {p.name: _refs(p) for p in site.glob('*.html')}
+    broken = []
+    for name, r in refs.items():
+        for url in r.hrefs + r.srcs:
+            u = urlparse(url)
+            if u.scheme in ('http', 'https', 'mailto', 'data') or url.startswith('javascript:'): continue
+            assert not u.scheme, f'{name}: unexpected link {url}'
+            target = name if not u.path else unquote(u.path)
+            if not (site / target).exists(): broken.append(f'{name} -> {url} (no file {target})')
+            elif u.fragment and target in refs and not {u.fragment, unquote(u.fragment)} & refs[target].ids:  # raw, then decoded (HTML spec)
+                broken.append(f'{name} -> {url} (no anchor #{u.fragment})')
+    assert not broken, '\n'.join(broken)
+    no_net = [f'{n}: {s}' for n, r in refs.items() for s in r.srcs if urlparse(s).scheme in ('http', 'https')]
+    assert not no_net, f'pages load resources from the network: {no_net}'
+
+
+@needs_chromium
+def test_pages_in_chromium(site, tmp_path):
+    "Open every page: no script error or failed load, images decoded, math typeset without error (02b_words has math)."
+    bad, math = [], {}
+    for page in sorted(site.glob('*.html')):
+        dom, log = chromium(['--dump-dom', page.as_uri()], tmp_path / 'profile')
+        m = re.search(r'<body[^>]*data-check="([^"]*)"', dom)
+        if not m: bad.append(f'{page.name}: the page never reported its state (site.js or MathJax did not run)'); continue
+        check = json.loads(unescape(m.group(1)))
+        console = [l for l in log.splitlines() if 'CONSOLE' in l and re.search(r'Uncaught|ERR_|Failed to load', l)]
+        problems = check['errors'] + check['broken_images'] + console
+        if check['math_errors']: problems.append(f"{check['math_errors']} math errors")
+        if problems: bad.append(f'{page.name}: {problems}')
+        math[page.stem] = check['math']
+    assert not bad, '\n'.join(bad)
+    assert math['02b_words'] > 20 and math['03_saliency'] > 20, math
+
+
+@needs_chromium
+def test_screenshots(site, tmp_path):
+    "Screenshots of the landing page and of 02b_words: the sidebar and typeset equations show (index.ipynb links them)."
+    from PIL import Image
+    import numpy as np
+    update = os.environ.get('SMVWE_UPDATE_SCREENSHOTS') == '1'
+    for stem, fname in SHOTS.items():
+        shot = tmp_path / fname
+        chromium([f'--screenshot={shot}', (site / f'{stem}.html').as_uri()], tmp_path / 'profile')
+        im = Image.open(shot).convert('RGB')
+        assert im.size == (1280, 900), im.size
+        a = np.asarray(im)
+        assert (a[:, :200] != a[0, 0]).any(axis=2).mean() > 0.05  # the sidebar's text
+        assert (a[:, 300:] < 100).all(axis=2).mean() > 0.01       # dark text in the page
+        dest = ROOT / 'nbs' / 'images' / fname
+        if update or not dest.exists():
+            im.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)
+    index = (ROOT / 'nbs' / 'index.ipynb').read_text()
+    assert all(f'images/{f}' in index for f in SHOTS.values()), 'index.ipynb must link the screenshots'
