@@ -10,9 +10,8 @@ import numpy as np
 import cv2
 from PIL import Image
 from fastcore.script import call_parse
-from fastprogress.fastprogress import progress_bar
 from .maps import voc_palette
-from .files import atomic_write, save_label_png
+from .files import atomic_write, save_label_png, progress_iter
 
 # %% auto #0
 __all__ = ['load_label', 'ConfusionMatrix', 'context_counts', 'confusion_ratio', 'label_edges', 'boundary_counts', 'prf',
@@ -169,7 +168,7 @@ def evaluate_folder(pred_dir, # folder of ID.png predictions (palette/index PNG,
                     context_dir:str='Context', # context masks under root (or a path)
                     contexts:dict|None=None, # {name: {'id': k, 'class': c}} (default: ROOT/contexts.json if present)
                     tol:float=2, # boundary tolerance in pixels
-                    progress:bool=False # show a progress bar
+                    progress:bool=False # progress: a bar on a terminal, else a line per 10%
                    ) -> dict:
     "mIoU, per-class IoU, boundary P/R/F1 and confusion ratios of a folder of predictions."
     from smvwe.voc import read_split, read_classes
@@ -187,7 +186,7 @@ def evaluate_folder(pred_dir, # folder of ID.png predictions (palette/index PNG,
         if c['class'] not in classes: raise ValueError(f"context {name!r}: class {c['class']!r} is not one of the classes {classes}")
     cm, bcount = ConfusionMatrix(len(classes)), np.zeros(4, np.int64)
     ccount = {name: np.zeros(2, np.int64) for name in contexts}
-    for id in (progress_bar(ids) if progress else ids):
+    for id in progress_iter(ids, progress, f'scoring {split}'):
         pp, gp = pred_dir/f'{id}.png', mdir/f'{id}.png'
         pred, gt = load_label(pp), load_label(gp)
         if pred.shape != gt.shape: raise ValueError(f'{pp} has shape {pred.shape} but the ground truth {gp} has {gt.shape}')

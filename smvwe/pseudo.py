@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from fastprogress.fastprogress import progress_bar
-from .files import atomic_write, save_npy, save_label_png
+from .files import atomic_write, save_npy, save_label_png, progress_iter
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
                         crf_params, parse_crf)
 
@@ -117,7 +116,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 mp_context:str|None=None, # pool start method (None: 'fork' on Linux, like DataLoader workers; else 'spawn')
                 save_cams:bool=True, # also write cams/ID.npy
                 save_logits:bool=True, # also write logits/ID.npy (raw averaged logits, `compact_logits`): every read-out later, no model
-                progress:bool=True # show a progress bar
+                progress:bool=True # progress: a bar on a terminal, else a line per 10%
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
     from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image
@@ -159,7 +158,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
             try: f.result()
             except Exception as e: raise RuntimeError(f'pseudo label of {ids[i]} failed: {e}') from e
     try:
-        for i in (progress_bar(sel) if progress else sel):  # fastprogress draws a bar even with display=False
+        for i in progress_iter(sel, progress, f'pseudo labels ({split})'):  # a bar on a terminal, else a line per 10%
             id, lab = ids[i], labels[i]
             cam_p, png_p, logit_p = out/'cams'/f'{id}.npy', out/'pseudo'/f'{id}.png', out/'logits'/f'{id}.npy'
             k = int((lab > 0).sum())

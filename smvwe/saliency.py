@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .files import save_gray_png
+from .files import save_gray_png, progress_iter
 
 # %% auto #0
 __all__ = ['resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss', 'saliency_folder']
@@ -106,17 +106,16 @@ def saliency_folder(root:str|Path, # VOC-layout folder with JPEGImages/ID.jpg
                     ids:list|None=None, # image ids (default: every JPEGImages/*.jpg)
                     method:str='fine_grained', # see `classical_saliency`
                     overwrite:bool=False, # recompute maps that already exist
-                    progress:bool=True, # show a progress bar
+                    progress:bool=True, # progress: a bar on a terminal, else a line per 10%
                    ) -> Path: # the output folder
     "Write `classical_saliency` maps of the images of `root` as 8-bit PNGs named by image id."
     import cv2
-    from fastprogress.fastprogress import progress_bar
     root = Path(root); img_dir = root / 'JPEGImages'
     if not img_dir.is_dir(): raise FileNotFoundError(f"{img_dir} not found: root must be a VOC-layout folder")
     if ids is None: ids = sorted(p.stem for p in img_dir.glob('*.jpg'))
     out = Path(out) if Path(out).is_absolute() else root / out
     out.mkdir(parents=True, exist_ok=True)
-    for i in (progress_bar(ids) if progress and len(ids) > 1 else ids):
+    for i in progress_iter(ids, progress and len(ids) > 1, 'saliency maps'):
         dst = out / f'{i}.png'
         if dst.exists() and not overwrite: continue
         bgr = cv2.imread(str(img_dir / f'{i}.jpg'), cv2.IMREAD_COLOR)

@@ -19,12 +19,11 @@ from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import SGD
 from fastai.torch_core import set_seed, default_device, rank_distrib, distrib_barrier
 from dataclasses import dataclass
-from fastprogress.fastprogress import progress_bar
 
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image
-from .files import atomic_save, save_label_png
+from .files import atomic_save, save_label_png, progress_iter, use_bars
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard
 from .maps import crf_refine, parse_crf
 from .pseudo import resolve_shard
@@ -116,7 +115,7 @@ def predict_folder(model:nn.Module, # segmentation model
                    device=None, # model device (default: the model's)
                    crf_kw:dict|None=None, # `crf_refine` arguments (None: its defaults, `CRF_DEFAULT` at ref_size 500, as for pseudo labels)
                    rank:int|None=None, world_size:int|None=None, # predict ids[rank::world_size] (None: RANK / WORLD_SIZE of torchrun, else 0, 1)
-                   progress:bool=True) -> Path: # show a progress bar
+                   progress:bool=True) -> Path: # progress: a bar on a terminal, else a line per 10%
     "Predict every image of `split` and write `out_dir/ID.png` (VOC palette); returns `out_dir`."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"dataset folder '{root}' not found")
@@ -131,7 +130,7 @@ def predict_folder(model:nn.Module, # segmentation model
         pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context('spawn'), initializer=_init_worker)
     pending = []
     try:
-        for i in (progress_bar(ids, leave=False) if progress else ids):
+        for i in progress_iter(ids, progress, f'predictions ({split})', leave=False):
             img = load_image(root, i)
             probs = predict(model, img, scales, flip, device)
             if not crf: save_label_png(out/f'{i}.png', probs.argmax(0).astype(np.uint8))
@@ -174,7 +173,7 @@ class SegConfig(StageConfig):
     device:str|None=None # cpu, cuda, cuda:1 ... (default: a GPU if there is one)
     seed:int=0 # random seed
     resume:bool=True # continue from checkpoints, keep finished outputs (--no-resume: start again)
-    progress:bool=True # progress bars (--no-progress: none)
+    progress:bool=True # progress: bars on a terminal, else a line per epoch and per 10% of a loop (--no-progress: no bars)
 
     def __post_init__(self):  # bad values fail here, before any work
         if self.arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {self.arch!r}")
@@ -207,7 +206,7 @@ def train_seg(root, # VOC-layout dataset folder
                   num_workers=cfg.num_workers, device=device, seed=cfg.seed, **(dls_kw or {}))
     learn = seg_learner(dls, cfg.arch, cfg.backbone, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
                         channels_last=cfg.channels_last, weights=cfg.weights, path=seg, **cfg.model_kw())
-    if not cfg.progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
+    if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)  # off a terminal: a line per epoch
     if not rank_distrib(): update_json(Path(out)/'config.json', 'train_seg', args)
     recipe = dict(to_plain({k: args[k] for k in ('bs', 'crop', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'train', 'valid', 'pseudo_dir')}),
                   model=to_plain(learn.model.config))  # compared on resume: the same keys as ever

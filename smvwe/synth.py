@@ -8,8 +8,7 @@ import json, shutil, time
 from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
-from fastprogress.fastprogress import progress_bar
-from .files import atomic_write, save_label_png, save_gray_png, save_jpg
+from .files import atomic_write, save_label_png, save_gray_png, save_jpg, progress_iter
 from .scene import CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, render_scene, simulate_saliency, cv2_saliency
 
 # %% auto #0
@@ -87,7 +86,7 @@ def make_benchmark(out, # folder to write (created)
                    sal_clutter:float=0.05, # saliency fault: probability a clutter blob is salient
                    cv2_method:str='fine_grained', # detector for saliency_cv2/: fine_grained | spectral_residual
                    overwrite:bool=False, # replace a benchmark previously written to `out`
-                   progress:bool=True, # show a progress bar
+                   progress:bool=True, # progress: a bar on a terminal, else a line per 10%
                   ) -> Path:
     "Write the built-in benchmark to `out` in the VOC layout; files already there (same arguments) are kept."
     args = dict(n_train=n_train, n_val=n_val, size=size, seed=seed, max_objects=max_objects, cooc=cooc,
@@ -113,7 +112,7 @@ def make_benchmark(out, # folder to write (created)
     ids = {sp: [f'{sp}_{i:05d}' for i in range(n)] for sp, n in zip(SPLITS, (n_train, n_val))}
     todo = [(sp, i, id) for sp in SPLITS for i, id in enumerate(ids[sp]) if not all(f.exists() for f in _files(out, id))]
     kw = {k: v for k, v in args.items() if k not in ('n_train', 'n_val')}
-    for sp, i, id in (progress_bar(todo) if progress and todo else todo):
+    for sp, i, id in progress_iter(todo, progress and bool(todo), 'benchmark images'):
         _write_sample(out, id, make_sample(split=sp, idx=i, **kw))
     for sp in SPLITS:  # the split lists last: a folder that has them is complete
         _write_text(out / 'ImageSets' / 'Segmentation' / f'{sp}.txt', '\n'.join(ids[sp]) + '\n')

@@ -22,7 +22,7 @@ from .data import cls_dls
 from .voc import image_labels, read_split
 from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
-from .files import atomic_save
+from .files import atomic_save, use_bars
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
                        update_json, print_epoch_log, write_history, NaNGuard)  # the shared training machinery (06a_fit)
@@ -145,7 +145,7 @@ class ClsConfig(StageConfig):
     resume:bool=True # continue from OUT/cls/checkpoint.pth if it exists (--no-resume: start again)
     device:str|None=None # cpu, cuda, cuda:1 ... (default: a GPU if there is one)
     seed:int=0 # random seed (data order, augmentation, initialisation)
-    progress:bool=True # progress bars (--no-progress: none)
+    progress:bool=True # progress: bars on a terminal, else a line per epoch (--no-progress: no bars)
 
     def __post_init__(self):  # bad values fail here, before any work
         variant_kwargs(self.variant); self.amp = check_amp(self.amp)
@@ -182,7 +182,7 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
                   bs=cfg.bs, device=device, seed=cfg.seed, **dkw)
     learn = cls_learner(dls, cfg.variant, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
                         channels_last=cfg.channels_last, path=cls_dir, loss_kw=cfg.loss_kw(), model_kw=cfg.model_kw())
-    if not cfg.progress: learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)
+    if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)  # off a terminal: a line per epoch
     if not rank_distrib(): update_json(out/'config.json', 'train_cls', args)
     recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'jitter', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',
                                    'sal_dir', 'train', 'valid')}  # compared on resume (with the model config): the same keys as ever
