@@ -47,7 +47,7 @@ def test_notebooks_are_clean():
         d = json.loads(nb.read_text())
         counts = [c.get('execution_count') for c in d['cells'] if c['cell_type'] == 'code']
         assert all(c is None for c in counts), f'{nb.name}: run nbdev_clean'
-        assert nb.stat().st_size < 1_000_000, f'{nb.name} is over 1 MB: lower figure dpi'
+        assert nb.stat().st_size < 200_000, f'{nb.name} is over 200 kB: save figures under nbs/images/ and link them'
 
 
 def _is_binary(p: Path) -> bool:
