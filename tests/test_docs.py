@@ -87,6 +87,15 @@ def test_local_links_and_anchors_resolve(site):
     assert not no_net, f'pages load resources from the network: {no_net}'
 
 
+def test_equation_index_reaches_the_code(site):
+    "Every function link of index.ipynb's equation table lands on its page at the function (anchor kept): one click to the code."
+    table = re.findall(r'\]\((\w+)\.ipynb#([\w.]+)\)', (ROOT / 'nbs' / 'index.ipynb').read_text())
+    assert len(table) >= 14, table
+    index = (site / 'index.html').read_text()
+    missing = [f'{nb}#{a}' for nb, a in table if f'href="{nb}.html#{a}"' not in index]
+    assert not missing, f'links whose anchor is not on the page (fix the anchor in index.ipynb): {missing}'
+
+
 @needs_chromium
 def test_pages_in_chromium(site, tmp_path):
     "Open every page: no script error or failed load, images decoded, math typeset without error (02b_words has math)."
