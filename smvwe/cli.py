@@ -4,16 +4,17 @@
 
 # %% ../nbs/10_cli.ipynb #7a8356fa
 from __future__ import annotations
-import importlib, sys, warnings
+import errno, importlib, sys, warnings
 from fastcore.script import anno_parser
 
 # %% auto #0
-__all__ = ['COMMANDS', 'usage', 'main']
+__all__ = ['COMMANDS', 'usage', 'error_line', 'main']
 
 # %% ../nbs/10_cli.ipynb #c53dd825
 COMMANDS = {  # sub-command -> (module, function, one-line help)
     'synth':     ('smvwe.synth',   'synth_cli',     'write the built-in benchmark (VOC layout) to a folder'),
     'synth-real': ('smvwe.realbench', 'synth_real_cli', 'write the OpenMoji benchmark of real object images (VOC layout)'),
+    'doctor':    ('smvwe.voc',     'doctor_cli',    'check a dataset folder up front: layout, every file readable, sizes, labels, saliency'),
     'train-cls': ('smvwe.train',   'train_cls_cli', 'train the classification stage (CAM / VWE / saliency-only / SMVWE)'),
     'pseudo':    ('smvwe.pseudo',  'pseudo_cli',    'localization maps and (CRF-refined) pseudo labels'),
     'train-seg': ('smvwe.segment', 'train_seg_cli', 'train DeepLab on pseudo labels'),
@@ -43,6 +44,19 @@ def _dashes_to_underscores(arg:str, known:dict) -> str:
     alt = '--' + name[2:].replace('-', '_')
     return alt + eq + val if alt in known and name not in known else arg
 
+# %% ../nbs/10_cli.ipynb #262ba9f4
+def error_line(e:BaseException) -> str|None:
+    "One line naming the file or argument and the fix, for a failure the user can cause; None for a bug"
+    name = getattr(e, 'filename', None)
+    if isinstance(e, PermissionError):
+        return f"permission denied: {name or e}: choose an output folder you can write to (or change its permissions), then rerun."
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return (f"no space left on the device{' writing ' + str(name) if name else ''}: free some space or choose an output folder "
+                "on another disk, then rerun the same command (finished work is kept and resumed).")
+    if isinstance(e, (FileNotFoundError, ValueError)) or type(e).__name__ == 'NonFiniteLoss': return str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, OSError): return f"{type(e).__name__}: {e}"  # other I/O failures (a device error, a stale NFS handle)
+    return None
+
 # %% ../nbs/10_cli.ipynb #b1d33cb0
 def main(argv:list|None=None # arguments after the program name (default: sys.argv[1:])
         ) -> int:
@@ -67,8 +81,9 @@ def main(argv:list|None=None # arguments after the program name (default: sys.ar
     except SystemExit as e: return e.code or 0  # --help (0) or an argparse error (2, message printed)
     for k in ('pdb', 'xtra'): args.pop(k, None)  # fastcore's debugging extras
     try: func(**args)
-    except (FileNotFoundError, ValueError) as e:  # bad input: one line, non-zero exit
-        print(f'smvwe {cmd}: error: {e}', file=sys.stderr); return 1
+    except Exception as e:  # a failure the user can fix: one line, exit 1; anything else is a bug: the traceback
+        if (line := error_line(e)) is None: raise
+        print(f'smvwe {cmd}: error: {line}', file=sys.stderr); return 1
     return 0
 
 # %% ../nbs/10_cli.ipynb #575eea47

@@ -23,8 +23,8 @@ from .experiment import (VARIANT_NAMES, PSEUDO_MODE, get_preset, run_variant, ru
 
 
 # %% auto #0
-__all__ = ['SEG_VARIANTS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report', 'demo',
-           'demo_cli']
+__all__ = ['SEG_VARIANTS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
+           'numbers_only', 'demo', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -154,6 +154,13 @@ def write_report(run, # run folder
     L += ['## Times (s)', '', ' '.join(f'{k} {v:.0f};' for k, v in m['timings'].items()), '']
     return atomic_save('\n'.join(L), run/'report.md')
 
+# %% ../nbs/11b_demo.ipynb #aaef9d3f
+def numbers_only(m:dict) -> dict:
+    "`m` without wall-clock times (`timings`, `wall_s`, the `*_s` of each variant): what `metrics.json` holds, the same after any resume"
+    m = {k: v for k, v in m.items() if k not in ('timings', 'wall_s')}
+    for g in ('variants', 'seg'): m[g] = {v: {k: x for k, x in r.items() if not k.endswith('_s')} for v, r in m.get(g, {}).items()}
+    return m
+
 # %% ../nbs/11b_demo.ipynb #7b0f2352
 SEG_VARIANTS = ('cam', 'smvwe')  # DeepLab is trained on the pseudo labels of these
 
@@ -207,7 +214,9 @@ def demo(out='runs/demo', # run folder
              claims=check_claims(res, segres), figures=[str(f.relative_to(run)) for f in figs])
     timings['report'] = time.time() - t
     m['timings'], m['wall_s'] = timings, time.time() - t_all
-    write_json(m, run/'metrics.json')
+    write_json(numbers_only(m), run/'metrics.json')  # no times: a run resumed after kill -9 writes the same bytes
+    write_json(dict(wall_s=m['wall_s'], stages=timings, **{f'{g}_{v}': {k: x for k, x in r.items() if k.endswith('_s')}
+                                                          for g in ('variants', 'seg') for v, r in m[g].items()}), run/'timings.json')
     write_report(run, m)
     say(f"done in {m['wall_s']:.0f} s: {run/'metrics.json'}, {run/'report.md'}, {run/'figures'}", flush=True)
     return m

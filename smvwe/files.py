@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_files.ipynb #a008110d
 from __future__ import annotations
-import math, os, sys, time
+import hashlib, json, math, os, sys, time
 from pathlib import Path
 import numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['voc_colormap', 'palette', 'atomic_write', 'atomic_save', 'save_label_png', 'save_gray_png', 'save_jpg', 'save_npy',
-           'use_bars', 'progress_iter']
+__all__ = ['voc_colormap', 'palette', 'atomic_write', 'atomic_save', 'load_torch', 'save_label_png', 'save_gray_png', 'save_jpg',
+           'save_npy', 'use_bars', 'progress_iter', 'file_hash', 'state_hash', 'dataset_signature', 'fingerprint_diff',
+           'check_fingerprint']
 
 # %% ../nbs/00_files.ipynb #c1b457ee
 def voc_colormap(n:int=256 # number of entries
@@ -38,6 +39,9 @@ def atomic_write(path, # destination file (its folder is created)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')  # hidden, per process, never matches *.png
     try: save(tmp); os.replace(tmp, path)
+    except OSError as e:  # permission denied, disk full, ...: name the file the user asked for, not the temporary one
+        if e.errno is None or e.filename == str(path): raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # OSError(EACCES, ...) is a PermissionError again
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -54,6 +58,19 @@ def atomic_save(obj, # object for `torch.save`, or a `str` written as UTF-8 text
                 torch.save(obj, f)
             f.flush(); os.fsync(f.fileno())  # on disk before the rename
     return atomic_write(path, save)
+
+# %% ../nbs/00_files.ipynb #2dab2f9e
+def load_torch(path, # a file written by `atomic_save` (`torch.save`)
+               fix:str, # what the user should do when it is missing or unreadable
+               map_location='cpu'):
+    "`torch.load(path, weights_only=True)`; a missing, truncated or foreign file is a one-line error naming it and `fix`"
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path} not found: {fix}")
+    import torch
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [''])[0][:100]
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {why}): the file is truncated or not a checkpoint; {fix}") from None
 
 # %% ../nbs/00_files.ipynb #c60ca0ee
 def save_label_png(path, # file to write (atomically)
@@ -106,3 +123,53 @@ def progress_iter(it, # the loop's iterable
     for k, x in enumerate(it, 1):
         yield x
         if k % step == 0 or k == n: print(f"{desc or 'progress'}: {k}/{n} ({100 * k // max(n, 1)}%) {time.time() - t0:.1f} s", flush=True)
+
+# %% ../nbs/00_files.ipynb #528732b8
+def file_hash(path, n:int=16) -> str:
+    "The first `n` hex digits of the SHA-256 of the file's bytes"
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()[:n]
+
+def state_hash(model, n:int=16) -> str:
+    "The first `n` hex digits of the SHA-256 of a model's `state_dict` (names, shapes and values)"
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode()); h.update(v.view(-1).view(dtype=__import__('torch').uint8).numpy().tobytes() if v.numel() else b'')
+    return h.hexdigest()[:n]
+
+def dataset_signature(root, # VOC-layout dataset folder
+                      split:str, # a split name or .txt path
+                      ids:list|None=None, # the split's ids (default: read from the split file)
+                     ) -> str:
+    "'ROOT SPLIT N images #HASH': the absolute root, the split, and a hash of the split file and of each image's id and size"
+    from smvwe.voc import read_split, image_path, split_file  # imported here: 01a_voc comes after this notebook
+    ids = read_split(root, split) if ids is None else list(ids)
+    h = hashlib.sha256(Path(split_file(root, split)).read_bytes() if Path(split_file(root, split)).exists() else b'')
+    for i in ids:
+        p = image_path(root, i)
+        h.update(f'{i}:{p.stat().st_size if p.exists() else -1};'.encode())
+    return f'{Path(root).resolve()} {split} {len(ids)} images #{h.hexdigest()[:12]}'
+
+def fingerprint_diff(have:dict, want:dict) -> str:
+    "'key: A there, B now' for every key whose value differs ('' when they match)"
+    return ', '.join(f'{k}: {have.get(k)!r} there, {want.get(k)!r} now' for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+
+def check_fingerprint(path, # the JSON file kept beside an output
+                      want:dict, # this run's fingerprint
+                      resume:bool=True, # False: start afresh, overwrite the file
+                      what:str='this output', # named in the message
+                     ) -> bool:
+    "Write `want` to `path` unless it is there already; with `resume`, a different recorded fingerprint is a one-line error. True if it matched"
+    path = Path(path)
+    if resume and path.exists():
+        try: have = json.loads(path.read_text())
+        except ValueError: have = {'unreadable': str(path)}
+        if (d := fingerprint_diff(have, want)):
+            raise ValueError(f"{what} in {path.parent} was made by another run ({d[:500]}): pass --no-resume (resume=False) "
+                             "to start afresh, or use a new output folder")
+        return True
+    atomic_save(json.dumps(want, indent=1, default=str) + '\n', path)
+    return False

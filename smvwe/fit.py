@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_fit.ipynb #eaa19357
 from __future__ import annotations
-import csv, io, json, math, os, random
+import csv, io, json, math, os, random, sys
 from contextlib import contextmanager
 from dataclasses import is_dataclass, fields, replace
 from pathlib import Path
@@ -20,12 +20,12 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed, rank_distrib, num_distrib, distrib_barrier, get_model
 
 import smvwe
-from .files import atomic_save  # every file of the run folder is written atomically (00_files)
+from .files import atomic_save, load_torch  # every file of the run folder is written atomically (00_files)
 
 # %% auto #0
 __all__ = ['PolyLR', 'to_plain', 'epoch_seed', 'EpochSeed', 'EpochCheckpoint', 'dist_env', 'init_distributed', 'DDPTrainer',
            'ddp_ctx', 'NonFiniteLoss', 'loss_terms', 'NaNGuard', 'read_checkpoint', 'load_checkpoint', 'fit_resumable',
-           'AMP', 'check_amp', 'update_json', 'print_epoch_log', 'write_history']
+           'AMP', 'check_amp', 'update_json', 'print_epoch_log', 'report_skipped', 'write_history']
 
 # %% ../nbs/06a_fit.ipynb #db01b761
 class PolyLR(Callback):
@@ -186,7 +186,7 @@ class NaNGuard(Callback):
 # %% ../nbs/06a_fit.ipynb #7fde987e
 def read_checkpoint(fname, device='cpu') -> dict:
     "The contents of an `EpochCheckpoint` file"
-    return torch.load(fname, map_location=device, weights_only=True)
+    return load_torch(fname, "delete it, or pass --no-resume (resume=False) to start the stage again", map_location=device)
 
 def load_checkpoint(learn:Learner, fname_or_state) -> dict:
     "Load model and optimizer state from an `EpochCheckpoint` file (or its contents) into `learn`; return the checkpoint"
@@ -279,6 +279,13 @@ def update_json(path, key, value):
 def print_epoch_log(learn, log):
     "One readable line per epoch when there is no progress-bar table"
     print('  '.join(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(learn.recorder.metric_names, log)))
+
+def report_skipped(dls):
+    "List the images the loaders skipped (`skip_bad`), one line each, on stderr"
+    bad = getattr(dls, 'bad', None) or []
+    if bad and not rank_distrib():
+        print(f'skipped {len(bad)} image(s):', file=sys.stderr)
+        for split, i, why in bad: print(f'  {split}/{i}: {why}', file=sys.stderr)
 
 def write_history(learn, fname):
     "Write the recorder's per-epoch losses and metrics to the CSV file `fname`, atomically"

@@ -23,7 +23,8 @@ def load_label(path # a label PNG: palette/index (values 0..255) or RGB in VOC c
     "Read a label map as class indices."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'label map {path} not found')
-    im = Image.open(path)
+    try: im = Image.open(path); im.load()
+    except Exception as e: raise ValueError(f'label map {path} is unreadable ({type(e).__name__}): re-save or regenerate it') from None
     if im.mode in ('P', 'L'): return np.array(im)
     if im.mode in ('RGB', 'RGBA'):
         rgb = np.array(im.convert('RGB')).astype(np.int64)
@@ -190,6 +191,8 @@ def evaluate_folder(pred_dir, # folder of ID.png predictions (palette/index PNG,
         pp, gp = pred_dir/f'{id}.png', mdir/f'{id}.png'
         pred, gt = load_label(pp), load_label(gp)
         if pred.shape != gt.shape: raise ValueError(f'{pp} has shape {pred.shape} but the ground truth {gp} has {gt.shape}')
+        bad = np.setdiff1d(np.unique(gt), np.r_[np.arange(len(classes)), 255])  # a ground-truth fault is named under its own path
+        if bad.size: raise ValueError(f'ground truth {gp} has labels {bad.tolist()[:8]} outside 0..{len(classes) - 1} (and 255): fix the mask or the class list ({len(classes)} classes)')
         try: cm.update(pred, gt)
         except ValueError as e: raise ValueError(f'{pp}: {e}') from None
         bcount += boundary_counts(pred, gt, tol)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from .files import atomic_write, save_npy, save_label_png, progress_iter
+from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, dataset_signature
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
                         crf_params, parse_crf)
 
@@ -64,6 +64,26 @@ def resolve_shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, in
     if not 0 <= r < w: raise ValueError(f'rank must lie in 0..world_size-1, got rank={r}, world_size={w}')
     return r, w
 
+def _read_json(p:Path) -> dict:
+    try: return json.loads(Path(p).read_text())
+    except ValueError: return {}  # unreadable: treated as another run's
+
+def _image_hw(p:Path) -> tuple:
+    "(H,W) of the image file `p`, or a one-line error naming it"
+    if not p.exists(): raise FileNotFoundError(f'image {p} is missing: add it, fix the split file, or pass --skip-bad to skip it')
+    try:
+        with Image.open(p) as im: return im.size[::-1]
+    except Exception as e: raise ValueError(f'image {p} is unreadable ({type(e).__name__}): re-save it, or pass --skip-bad to skip it') from None
+
+def _saliency(sal_root:Path, id:str, hw:tuple, img_p:Path) -> np.ndarray:
+    "Saliency map `id` as float32 (H,W) in [0,1]; refused (as in training) when its size is not the image's"
+    from smvwe.voc import load_saliency_u8
+    s = load_saliency_u8(sal_root, id, None)
+    if s.shape != tuple(hw):
+        raise ValueError(f"saliency map {sal_root/f'{id}.png'} is {s.shape[1]}x{s.shape[0]} (WxH) but image {img_p} is {hw[1]}x{hw[0]}: "
+                         "regenerate the map at the image size (training refuses it too), or pass --skip-bad to skip it")
+    return s.astype(np.float32) / 255
+
 def _outputs_ok(cam_p:Path|None, png_p:Path, k:int, hw:tuple, L:int, logit_p:Path|None=None) -> bool:
     "The outputs of an image exist and are valid (`cam_p=None` / `logit_p=None`: that file is not checked)."
     try:
@@ -116,15 +136,22 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 mp_context:str|None=None, # pool start method (None: 'fork' on Linux, like DataLoader workers; else 'spawn')
                 save_cams:bool=True, # also write cams/ID.npy
                 save_logits:bool=True, # also write logits/ID.npy (raw averaged logits, `compact_logits`): every read-out later, no model
-                progress:bool=True # progress: a bar on a terminal, else a line per 10%
+                progress:bool=True, # progress: a bar on a terminal, else a line per 10%
+                skip_bad:bool=False, # skip images that cannot be read or whose saliency map is missing or of another size (listed)
+                source:dict|None=None, # what made the maps (e.g. the classifier file's hash): kept in pseudo_config.json, compared on resume
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
-    from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image
+    from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image, validate_voc
     root, out = Path(root), Path(out)
     if not root.is_dir(): raise FileNotFoundError(f'dataset folder {root} not found')
     if mode not in MODES: raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    ids = read_split(root, split)
-    labels = image_labels(root, ids, read_classes(root)) if labels is None else np.asarray(labels, np.float32)
+    sal_root = None if sal_dir is None else (Path(sal_dir) if Path(sal_dir).is_absolute() else root/sal_dir)
+    skipped = []
+    if skip_bad and labels is None:  # the loaders' checks, every file up front: bad ids dropped and listed
+        v = validate_voc(root, split, sal_dir=sal_root, labels=True, skip_bad=True); ids, labels, skipped = v.ids, v.labels, list(v.bad)
+    else:
+        ids = read_split(root, split)
+        labels = image_labels(root, ids, read_classes(root)) if labels is None else np.asarray(labels, np.float32)
     if len(labels) != len(ids): raise ValueError(f'labels has {len(labels)} rows but split {split!r} has {len(ids)} ids')
     rank, world_size = resolve_shard(rank, world_size)
     sel = list(range(len(ids)))[rank::world_size]
@@ -132,14 +159,14 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
     crf_kw = crf_params(crf_preset, **(crf_kw or {}))
     opts = dict(mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=crf_kw, conf_thr=conf_thr, ignore_disagree=ignore_disagree,
                 scales=[float(s) for s in scales], flip=bool(flip), sal_dir=str(sal_dir) if sal_dir else None, save_cams=save_cams,
-                save_logits=save_logits)
+                save_logits=save_logits, source=source or {}, data=dataset_signature(root, split, ids))
     cfg_p = out/'pseudo_config.json'
-    if resume and cfg_p.exists() and json.loads(cfg_p.read_text()) != opts:
-        raise ValueError(f'{cfg_p} holds other options than this run: use another output folder or resume=False')
+    if resume and cfg_p.exists() and (have := _read_json(cfg_p)) != opts:
+        diff = ', '.join(f'{k}: {have.get(k)!r} there, {opts.get(k)!r} now' for k in sorted(set(have) | set(opts)) if have.get(k) != opts.get(k))
+        raise ValueError(f'{cfg_p} was written by another run ({diff[:400]}): pass --no-resume (resume=False) to redo every image, or use another output folder')
     out.mkdir(parents=True, exist_ok=True)
     if not (cfg_p.exists() and json.loads(cfg_p.read_text()) == opts):
         atomic_write(cfg_p, lambda p: p.write_text(json.dumps(opts, indent=1)))
-    sal_root = None if sal_dir is None else (Path(sal_dir) if Path(sal_dir).is_absolute() else root/sal_dir)
     norm = NORM_OF_MODE[mode]
     cores = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # this rank's share of the machine
     n_workers = cores if n_workers is None else n_workers
@@ -162,19 +189,17 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
             id, lab = ids[i], labels[i]
             cam_p, png_p, logit_p = out/'cams'/f'{id}.npy', out/'pseudo'/f'{id}.png', out/'logits'/f'{id}.npy'
             k = int((lab > 0).sum())
-            if resume:
-                with Image.open(image_path(root, id)) as im: hw = im.size[::-1]
-                if _outputs_ok(cam_p if save_cams else None, png_p, k, hw, L, logit_p if save_logits else None): continue
-            img = load_image(root, id)
+            try:
+                if resume and _outputs_ok(cam_p if save_cams else None, png_p, k, _image_hw(image_path(root, id)), L, logit_p if save_logits else None): continue
+                img = load_image(root, id)
+                sal = None if sal_root is None else _saliency(sal_root, id, img.shape[:2], image_path(root, id))
+            except (FileNotFoundError, ValueError) as e:
+                if not skip_bad: raise
+                skipped.append((id, str(e))); continue
             raw = localization_maps(model, img, np.ones_like(lab), scales, flip, device, 'raw')  # (L+1,H,W), no channel zeroed
             maps = normalise_maps(raw, norm); maps[:-1][lab <= 0] = 0   # = localization_maps(..., lab, norm=norm)
             logits16 = compact_logits(raw, lab) if save_logits else None
             cams16 = maps[np.r_[np.flatnonzero(lab > 0), L]].astype(np.float16)
-            sal = None
-            if sal_root is not None:
-                sp = sal_root/f'{id}.png'
-                if not sp.exists(): raise FileNotFoundError(f'saliency map {sp} not found')
-                sal = np.array(Image.open(sp).convert('L').resize(img.shape[1::-1], Image.BILINEAR), np.float32) / 255
             args = (id, img, cams16, lab, opts, cam_p, png_p, sal, logits16, logit_p)
             if pool is None: _pseudo_one(*args)
             else:
@@ -184,6 +209,9 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
     finally:
         if pool is not None: pool.shutdown(cancel_futures=True)
         if old_threads: torch.set_num_threads(old_threads)
+    if skipped:
+        print(f'skipped {len(skipped)} image(s) of {split!r}:', file=sys.stderr)
+        for id, why in skipped: print(f'  {id}: {why}', file=sys.stderr)
     return out
 
 # %% ../nbs/07b_pseudo.ipynb #f4567304
@@ -206,7 +234,8 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
                save_logits:bool=True, # write logits/ID.npy for scoring read-outs later (--no-save_logits to skip)
                device:str=None, # torch device of the model (default: fastai's default device, the GPU if any)
                rank:int=None, # this process's shard (default: RANK of torchrun / accelerate launch, else 0)
-               world_size:int=None # number of shards (default: WORLD_SIZE of the launcher, else 1)
+               world_size:int=None, # number of shards (default: WORLD_SIZE of the launcher, else 1)
+               skip_bad:bool=False, # skip unreadable images and missing or wrong-size saliency maps, listed (default: stop at the first)
               ):
     "Localization maps (cams/ID.npy), raw logits (logits/ID.npy) and pseudo labels (pseudo/ID.png) for a split."
     ckw = parse_crf(crf_preset) if crf_preset else {}   # a bad preset fails before the model loads
@@ -227,7 +256,8 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
     except ValueError: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}') from None
     o = make_pseudo(model, root, split, out or run_dir, scales=sc, flip=flip, mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=ckw,
                     conf_thr=conf_thr, ignore_disagree=ignore_disagree, n_workers=n_workers, resume=resume,
-                    sal_dir=sal_dir, device=device, rank=rank, world_size=world_size, save_logits=save_logits)
+                    sal_dir=sal_dir, device=device, rank=rank, world_size=world_size, save_logits=save_logits, skip_bad=skip_bad,
+                    source=dict(classifier=str(mp.resolve()), classifier_sha256=file_hash(mp), classes=classes))  # which classifier made the labels
     if launched:
         import torch.distributed as dist
         if dist.is_initialized(): dist.barrier()  # every rank's images are written

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09b_segment.ipynb #ad6b4047
 from __future__ import annotations
-import json, os
+import hashlib, json, os
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
-from .voc import read_split, load_image
-from .files import atomic_save, save_label_png, progress_iter, use_bars
-from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard
+from .voc import read_split, load_image, read_classes
+from .files import (atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, dataset_signature,
+                         check_fingerprint)
+from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
 from .maps import crf_refine, parse_crf
 from .pseudo import resolve_shard
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
 # %% auto #0
-__all__ = ['SEG_MODEL_KEYS', 'pixel_acc', 'seg_learner', 'predict', 'predict_folder', 'SegConfig', 'train_seg', 'load_seg_model',
-           'PredictConfig', 'train_seg_cli']
+__all__ = ['SEG_MODEL_KEYS', 'pixel_acc', 'seg_learner', 'predict', 'predict_folder', 'SegConfig', 'label_signature', 'train_seg',
+           'load_seg_model', 'PredictConfig', 'train_seg_cli']
 
 # %% ../nbs/09b_segment.ipynb #b260126a
 def pixel_acc(logits:Tensor, mask:Tensor, ignore_index:int=255) -> Tensor:
@@ -122,6 +123,9 @@ def predict_folder(model:nn.Module, # segmentation model
     out = Path(out_dir) if out_dir is not None else root/'pred'
     out.mkdir(parents=True, exist_ok=True)
     rank, world_size = resolve_shard(rank, world_size)
+    want = dict(model=state_hash(model), data=dataset_signature(root, split), scales=[float(s) for s in scales], flip=bool(flip),
+                crf=bool(crf), crf_kw=crf_kw or {})  # what makes the PNGs: existing ones are kept only when it matches
+    check_fingerprint(out/'predict_config.json', want, resume, 'predictions')
     ids = [i for i in read_split(root, split)[rank::world_size] if not (resume and (out/f'{i}.png').exists())]
     n_workers = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))) if n_workers is None else n_workers
     pool = None
@@ -174,6 +178,7 @@ class SegConfig(StageConfig):
     seed:int=0 # random seed
     resume:bool=True # continue from checkpoints, keep finished outputs (--no-resume: start again)
     progress:bool=True # progress: bars on a terminal, else a line per epoch and per 10% of a loop (--no-progress: no bars)
+    skip_bad:bool=False # skip images whose image or label PNG is unreadable or of the wrong size, listed (default: stop at the first)
 
     def __post_init__(self):  # bad values fail here, before any work
         if self.arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {self.arch!r}")
@@ -183,6 +188,18 @@ class SegConfig(StageConfig):
         self.rates = tuple(int(r) for r in self.rates)
 
     def model_kw(self) -> dict: return {k: getattr(self, k) for k in SEG_MODEL_KEYS}  # more `DeepLab` arguments
+
+# %% ../nbs/09b_segment.ipynb #c7536f78
+def _read_json(p) -> dict:
+    try: return json.loads(Path(p).read_text())
+    except (OSError, ValueError): return {}
+
+def label_signature(pseudo_dir) -> str:
+    "What made a folder of pseudo labels: its `pseudo_config.json` (options, classifier, dataset) hashed, else the hash of its PNGs' names and sizes"
+    pseudo_dir = Path(pseudo_dir); cfg = pseudo_dir.parent/'pseudo_config.json'
+    if cfg.exists(): return f'pseudo_config.json #{file_hash(cfg, 12)}'
+    h = hashlib.sha256(''.join(f'{p.name}:{p.stat().st_size};' for p in sorted(pseudo_dir.glob('*.png'))).encode())
+    return f'{pseudo_dir.resolve()} #{h.hexdigest()[:12]}' 
 
 # %% ../nbs/09b_segment.ipynb #aac80e76
 def train_seg(root, # VOC-layout dataset folder
@@ -198,18 +215,24 @@ def train_seg(root, # VOC-layout dataset folder
     root, pseudo_dir, seg = Path(root), Path(pseudo_dir), Path(out)/'seg'
     if not root.is_dir(): raise FileNotFoundError(f"dataset folder '{root}' not found")
     if not pseudo_dir.is_dir(): raise FileNotFoundError(f"pseudo-label folder '{pseudo_dir}' not found: make it with `smvwe pseudo`")
-    final = seg/'model.pth'
-    if cfg.resume and final.exists(): return final
+    final = seg/'model.pth'  # a finished run is not returned at once: `fit_resumable` first checks the fingerprint below
+    classes = read_classes(root)
+    made_by = _read_json(pseudo_dir.parent/'pseudo_config.json').get('source', {}).get('classes')  # written by `smvwe pseudo`
+    if made_by and list(made_by) != classes:
+        raise ValueError(f"the pseudo labels in {pseudo_dir} were made for classes {made_by} but {root} has {classes}: "
+                         "make them from this dataset (smvwe pseudo) or train on the dataset they came from")
     device = init_distributed(cfg.device)  # under torchrun / accelerate launch: this rank's device, the process group
     set_seed(cfg.seed)
     dls = seg_dls(root, train=cfg.train, valid=cfg.valid, mask_dir=str(pseudo_dir.resolve()), crop=cfg.crop, bs=cfg.bs,
-                  num_workers=cfg.num_workers, device=device, seed=cfg.seed, **(dls_kw or {}))
+                  num_workers=cfg.num_workers, device=device, seed=cfg.seed, skip_bad=cfg.skip_bad, **(dls_kw or {}))
+    report_skipped(dls)
     learn = seg_learner(dls, cfg.arch, cfg.backbone, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
                         channels_last=cfg.channels_last, weights=cfg.weights, path=seg, **cfg.model_kw())
     if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)  # off a terminal: a line per epoch
     if not rank_distrib(): update_json(Path(out)/'config.json', 'train_seg', args)
     recipe = dict(to_plain({k: args[k] for k in ('bs', 'crop', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'train', 'valid', 'pseudo_dir')}),
-                  model=to_plain(learn.model.config))  # compared on resume: the same keys as ever
+                  model=to_plain(learn.model.config),  # compared on resume, with what it learnt from:
+                  classes=list(dls.classes), data=[dataset_signature(root, s) for s in (cfg.train, cfg.valid)], labels=label_signature(pseudo_dir))
     fit_resumable(learn, cfg.epochs, seg/'checkpoint.pth', seed=cfg.seed, resume=cfg.resume, meta=recipe, cbs=cbs)
     if not rank_distrib():
         write_history(learn, seg/'history.csv')
@@ -224,7 +247,7 @@ def load_seg_model(path, # OUT/seg/model.pth written by `train_seg`
     "Rebuild the DeepLab saved by `train_seg`, in eval mode, `.classes` attached."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"segmentation model '{path}' not found: train it with `smvwe train-seg ROOT PSEUDO_DIR OUT`")
-    ck = torch.load(path, map_location='cpu', weights_only=True)
+    ck = load_torch(path, "train it again with `smvwe train-seg ROOT PSEUDO_DIR OUT --no-resume` or restore the file")
     if not isinstance(ck, dict) or not {'model', 'config'} <= set(ck): raise ValueError(f"'{path}' is not a model file written by train_seg")
     m = DeepLab(**ck['config']); m.load_state_dict(ck['model'])
     m.classes = ck.get('classes')
@@ -258,7 +281,10 @@ def train_seg_cli(root, pseudo_dir, out, **kw):
     path = train_seg(root, pseudo_dir, out, cfg)
     print(f'model: {path}')
     if not pc.eval: return path
-    pred = predict_folder(load_seg_model(path, cfg.device), root, pc.split, Path(out)/'pred', crf=pc.crf, crf_kw=crf_kw, scales=pc.scales, flip=pc.flip,
+    model = load_seg_model(path, cfg.device)
+    if model.classes and list(model.classes) != read_classes(root):
+        raise ValueError(f"{path} was trained on classes {model.classes} but {root} has {read_classes(root)}: predict with a model of this dataset")
+    pred = predict_folder(model, root, pc.split, Path(out)/'pred', crf=pc.crf, crf_kw=crf_kw, scales=pc.scales, flip=pc.flip,
                           n_workers=pc.n_workers, resume=cfg.resume, progress=cfg.progress)  # launched: this rank's share of the images
     distrib_barrier()  # every rank's predictions are written
     if rank_distrib(): return path  # rank 0 evaluates

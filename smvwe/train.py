@@ -22,10 +22,10 @@ from .data import cls_dls
 from .voc import image_labels, read_split
 from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
-from .files import atomic_save, use_bars
+from .files import atomic_save, use_bars, load_torch, dataset_signature
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
-                       update_json, print_epoch_log, write_history, NaNGuard)  # the shared training machinery (06a_fit)
+                       update_json, print_epoch_log, write_history, NaNGuard, report_skipped)  # the shared training machinery (06a_fit)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'MODEL_KEYS', 'LOSS_KEYS', 'variant_kwargs', 'cls_learner', 'save_cls_model', 'load_cls_model',
@@ -97,7 +97,7 @@ def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_mode
     "Rebuild the classification model from `path` alone, in eval mode; `.classes` and `.variant` attached"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path} does not exist: train it with `smvwe train-cls ROOT OUT` (writes OUT/cls/model.pth).")
-    ck = torch.load(path, map_location='cpu', weights_only=True)
+    ck = load_torch(path, "train it again with `smvwe train-cls ROOT OUT --no-resume` or restore the file")
     if not {'model', 'config'} <= set(ck): raise ValueError(f"{path} is not a model file written by train_cls (keys {sorted(ck)}).")
     model = SMVWENet.from_config(ck['config'])  # no pretrained weights are read: the file has them all
     model.load_state_dict(ck['model'])
@@ -146,6 +146,7 @@ class ClsConfig(StageConfig):
     device:str|None=None # cpu, cuda, cuda:1 ... (default: a GPU if there is one)
     seed:int=0 # random seed (data order, augmentation, initialisation)
     progress:bool=True # progress: bars on a terminal, else a line per epoch (--no-progress: no bars)
+    skip_bad:bool=False # skip images whose image, saliency map or mask is unreadable or of the wrong size, listed (default: stop at the first)
 
     def __post_init__(self):  # bad values fail here, before any work
         variant_kwargs(self.variant); self.amp = check_amp(self.amp)
@@ -179,7 +180,8 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     args = dict(root=str(root), out=str(out), **cfg.to_dict()) | dict(resize_long=list(resize_long))
     dkw = {} if cfg.num_workers is None else dict(num_workers=cfg.num_workers)
     dls = cls_dls(root, train=cfg.train, valid=cfg.valid, sal_dir=cfg.sal_dir, crop=cfg.crop, resize_long=resize_long, jitter=cfg.jitter,
-                  bs=cfg.bs, device=device, seed=cfg.seed, **dkw)
+                  bs=cfg.bs, device=device, seed=cfg.seed, skip_bad=cfg.skip_bad, **dkw)
+    report_skipped(dls)
     learn = cls_learner(dls, cfg.variant, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
                         channels_last=cfg.channels_last, path=cls_dir, loss_kw=cfg.loss_kw(), model_kw=cfg.model_kw())
     if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)  # off a terminal: a line per epoch
@@ -187,6 +189,7 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'jitter', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',
                                    'sal_dir', 'train', 'valid')}  # compared on resume (with the model config): the same keys as ever
     recipe['model'] = learn.model_config
+    recipe['data'] = [dataset_signature(root, s) for s in (cfg.train, cfg.valid)]  # the dataset it learnt from: another one is another run
     fit_resumable(learn, cfg.epochs, cls_dir/'checkpoint.pth', seed=cfg.seed, resume=cfg.resume, meta=recipe, cbs=cbs)
     learn.valid_chance = chance_map(image_labels(root, read_split(root, cfg.valid), dls.classes))  # also when the run was complete
     learn.diagnostics = learner_verdict(learn)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image
+from fastcore.script import call_parse
 from .files import voc_colormap, save_label_png, save_gray_png, save_jpg
 
 voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the file writers (00_files)
@@ -19,7 +20,7 @@ voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined wit
 __all__ = ['voc_palette', 'VOC_CLASSES', 'read_classes', 'under_root', 'split_file', 'read_split', 'image_path',
            'resolve_mask_dir', 'load_image', 'load_mask', 'saliency_path', 'load_saliency_u8', 'load_saliency',
            'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit', 'validate_voc',
-           'make_tiny_voc']
+           'make_tiny_voc', 'doctor', 'doctor_cli']
 
 # %% ../nbs/01a_voc.ipynb #5398862d
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -60,10 +61,10 @@ def read_split(root, split:str='train') -> list[str]:
 
 # %% ../nbs/01a_voc.ipynb #cf2821e4
 def _open(p:Path, what:str) -> Image.Image:
-    if not p.exists(): raise FileNotFoundError(f"{what} {p} is missing: add it, fix the id in the split file, or pass skip_bad=True.")
+    if not p.exists(): raise FileNotFoundError(f"{what} {p} is missing: add it, fix the id in the split file, or pass --skip-bad (skip_bad=True in Python) to skip it.")
     try: im = Image.open(p); im.load()
     except Exception as e:
-        raise ValueError(f"{what} {p} is unreadable ({type(e).__name__}: {e}): re-save it, or pass skip_bad=True.") from None
+        raise ValueError(f"{what} {p} is unreadable ({type(e).__name__}: {e}): re-save it, or pass --skip-bad (skip_bad=True in Python) to skip it.") from None
     return im
 
 def image_path(root, id:str) -> Path:
@@ -194,7 +195,7 @@ def validate_voc(root, split='train', sal_dir='saliency', mask_dir=None, classes
     errs = [(i, e) for i, _, e in res if e is not None]
     if errs and not skip_bad:
         i, e = errs[0]
-        more = f" ({len(errs)-1} more bad ids in split '{split}'; pass skip_bad=True to skip them with a warning)" if len(errs) > 1 else ''
+        more = f" ({len(errs)-1} more bad ids in split '{split}'; pass --skip-bad (skip_bad=True in Python) to skip them, listed)" if len(errs) > 1 else ''
         raise type(e)(f"{e}{more}")
     bad = [(i, str(e)) for i, e in errs]
     for i, r in bad: warnings.warn(f"skipping {split}/{i}: {r}")
@@ -240,3 +241,55 @@ def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n
             labels[i] = mask_labels(m_out, len(classes))
     if cls_labels: np.save(root/'cls_labels.npy', labels, allow_pickle=True)
     return root
+
+# %% ../nbs/01a_voc.ipynb #4412efed
+def doctor(root, # VOC-layout dataset folder
+           splits:list|None=None, # split names (default: every ImageSets/Segmentation/*.txt)
+           sal_dir:str|None='saliency', # saliency folder to check (None: none)
+           mask_dir='auto', # masks: 'auto' (SegmentationClassAug, else SegmentationClass) or a folder
+           show:bool=True, # print the report
+          ) -> dict: # {'problems': [...], 'splits': {name: {...}}}
+    "Check a dataset folder the way the loaders do, every split at once; report (and return) what is wrong"
+    root = Path(root); lines, problems, rep = [], [], {}
+    if not root.is_dir(): raise FileNotFoundError(f"dataset root {root} is not a folder: pass the folder holding JPEGImages/.")
+    try: classes = read_classes(root); lines.append(f"{root}: {len(classes)} classes ({'classes.txt' if (root/'classes.txt').exists() else 'the VOC default'}): {', '.join(classes)}")
+    except ValueError as e: classes = None; problems.append(str(e))
+    for d in ('JPEGImages', 'ImageSets/Segmentation'):
+        if not (root/d).is_dir(): problems.append(f"{root/d} is missing: a VOC-layout dataset needs it.")
+    lab_file = (root/'cls_labels.npy').exists()
+    mdir = resolve_mask_dir(root, mask_dir)
+    sal = None if sal_dir is None else under_root(root, sal_dir)
+    if sal is not None and not sal.is_dir(): problems.append(f"saliency folder {sal} is missing: add the maps (8-bit PNGs named by image id) or pass --sal_dir to name the folder."); sal = None
+    lines.append(f"  image labels from {'cls_labels.npy' if lab_file else mdir.name + '/'}; saliency {'in ' + sal.name + '/' if sal else 'not checked'}")
+    names = splits or sorted(p.stem for p in (root/'ImageSets'/'Segmentation').glob('*.txt'))
+    if not names and (root/'ImageSets'/'Segmentation').is_dir(): problems.append(f"{root/'ImageSets'/'Segmentation'} has no split file (NAME.txt, one image id per line).")
+    for s in names if classes else []:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                v = validate_voc(root, s, sal_dir=sal, mask_dir=None if lab_file else mdir, classes=classes, labels=True, skip_bad=True)
+            ids, bad = v.ids, v.bad
+        except (FileNotFoundError, ValueError) as e:
+            n = len(read_split(root, s)) if split_file(root, s).exists() else 0
+            ids, bad = [], [('*', str(e))] if 'no usable images' not in str(e) else [('*', f'none of its {n} images is usable')]
+        sizes = sorted({Image.open(image_path(root, i)).size for i in ids})
+        rep[s] = dict(n=len(ids) + len([b for b in bad if b[0] != '*']), ok=len(ids), bad=bad, sizes=sizes)
+        sz = (f"{sizes[0][0]}x{sizes[0][1]}" + (f" .. {sizes[-1][0]}x{sizes[-1][1]} ({len(sizes)} sizes)" if len(sizes) > 1 else '')) if sizes else '-'
+        lines.append(f"  split {s}: {rep[s]['ok']} of {rep[s]['n']} images usable, WxH {sz}")
+        for i, why in bad[:10]: lines.append(f"    {s}/{i}: {why}"); problems.append(f"{s}/{i}: {why}")
+        if len(bad) > 10: lines.append(f"    ... {len(bad) - 10} more"); problems += [f"{s}/{i}: {why}" for i, why in bad[10:]]
+    lines += [f"  problem: {p}" for p in problems if not any(p.startswith(f'{s}/') for s in names)]
+    lines.append('ok: every file the loaders read is usable' if not problems else
+                 f"{len(problems)} problem(s): fix them, or pass --skip-bad to the commands that read the dataset to leave those images out")
+    if show: print('\n'.join(lines))
+    return dict(problems=problems, splits=rep, classes=classes)
+
+@call_parse
+def doctor_cli(root:str, # VOC-layout dataset folder
+               splits:str=None, # comma-separated split names (default: every ImageSets/Segmentation/*.txt)
+               sal_dir:str='saliency', # saliency folder to check, relative to ROOT or absolute ('none': skip)
+               mask_dir:str='auto', # masks: auto (SegmentationClassAug, else SegmentationClass) or a folder
+              ):
+    "Check a dataset folder up front, the way the loaders will (layout, every file readable, sizes, labels, saliency)"
+    r = doctor(root, splits.split(',') if splits else None, None if str(sal_dir).lower() == 'none' else sal_dir, mask_dir)
+    if r['problems']: raise ValueError(f"{root}: {len(r['problems'])} problem(s), listed above: the first is {r['problems'][0]}")
