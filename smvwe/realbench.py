@@ -19,7 +19,7 @@ from .emoji import (EMOJI_CLASSES, EMOJI_CONTEXTS, EMOJI_VERSION, OPENMOJI_VERSI
 # %% auto #0
 __all__ = ['SPLITS', 'LAYOUT', 'detector_scene', 'torch_threads', 'saliency_net', 'train_detector', 'detect_saliency',
            'simulate_detector', 'saliency_quality', 'make_real_sample', 'load_or_train_detector', 'make_real_benchmark',
-           'benchmark_stats', 'synth_real_cli']
+           'benchmark_stats', 'sim_sweep', 'synth_real_cli']
 
 # %% ../nbs/00d_realbench.ipynb #ddd63808
 def detector_scene(rng:np.random.Generator, size:int=64, hue:float=1., rot:float=15.) -> tuple:
@@ -51,9 +51,9 @@ def saliency_net(width:int=16) -> nn.Sequential:
     return nn.Sequential(*cbr(3, w, 2), *cbr(w, 2 * w, 2), *cbr(2 * w, 2 * w, 1, 2), *cbr(2 * w, 2 * w, 1, 4), nn.Conv2d(2 * w, 1, 1))
 
 def train_detector(seed:int=0, # seeds the training images, the initial weights and the batches
-                   n_images:int=384, # training composites
+                   n_images:int=768, # training composites
                    size:int=64, # their side in pixels (benchmark images are resized to it for the detector)
-                   epochs:int=8, bs:int=32, lr:float=3e-3, width:int=16,
+                   epochs:int=10, bs:int=32, lr:float=1e-2, width:int=16,
                    progress:bool=False) -> nn.Sequential:
     "Train the class-agnostic saliency detector on composites of glyphs disjoint from the benchmark's; returns it in eval mode."
     with torch_threads(1): return _train_detector(seed, n_images, size, epochs, bs, lr, width, progress)
@@ -216,8 +216,8 @@ def make_real_benchmark(out, # folder to write (created)
                         hue:float=.5, # hue rotation of every glyph, U(-180, 180) * hue degrees: colour is no class cue
                         occlude:float=.35, # P(an object gets a distractor in front of it)
                         sal_sim:float=.5, # strength of the simulated detector faults in saliency_sim/ (0 = exact mask)
-                        det_images:int=384, # training composites of the saliency detector
-                        det_epochs:int=8, # its training epochs
+                        det_images:int=768, # training composites of the saliency detector
+                        det_epochs:int=10, # its training epochs
                         det_size:int=64, # its input side in pixels
                         cv2_method:str='fine_grained', # detector for saliency_cv2/: fine_grained | spectral_residual
                         overwrite:bool=False, # replace a benchmark previously written to `out`
@@ -270,7 +270,23 @@ def benchmark_stats(root, # a folder written by `make_real_benchmark` (or `make_
                 objects_per_image=float(present.sum(1).mean()), ignore_share=float(np.mean([(g == 255).mean() for g in gts])),
                 foreground_share=float(np.mean([((g > 0) & (g < 255)).mean() for g in gts])), contexts=rates, saliency=sal)
 
-# %% ../nbs/00d_realbench.ipynb #2d177ae6
+# %% ../nbs/00d_realbench.ipynb #d3a6a9c3
+def sim_sweep(root, # a folder written by `make_real_benchmark`
+              strengths:tuple=(0., .25, .5, .75, 1.), # fault strengths to score
+              split:str|None=None, # one split, or None for all
+             ) -> dict: # strength -> `saliency_quality`
+    "Quality of the simulated saliency maps of a written benchmark at several fault strengths."
+    root = Path(root); a = json.loads((root / 'meta.json').read_text())['args']
+    sals, gts = {k: [] for k in strengths}, []
+    for sp in ([split] if split else SPLITS):
+        for i in range(a['n_train' if sp == 'train' else 'n_val']):
+            draw, noise = np.random.SeedSequence([a['seed'], SPLITS.index(sp), i]).spawn(2)
+            sc = render_emoji_scene(np.random.default_rng(draw), a['size'], a['max_objects'], a['cooc'], a['ctx_alone'], hue=a['hue'], occlude=a['occlude'])
+            gts.append(sc['gt'])
+            for k in strengths: sals[k].append(simulate_detector(np.random.default_rng(noise), sc, k))
+    return {str(k): saliency_quality(sals[k], gts) for k in strengths}
+
+# %% ../nbs/00d_realbench.ipynb #fd17d079
 @call_parse
 def synth_real_cli(out:str, # folder to write the benchmark to
                    n_train:int=600, # training images
@@ -283,8 +299,8 @@ def synth_real_cli(out:str, # folder to write the benchmark to
                    hue:float=.5, # hue rotation of the glyphs, U(-180, 180) * hue degrees
                    occlude:float=.35, # P(an object gets a distractor in front of it)
                    sal_sim:float=.5, # strength of the simulated faults in saliency_sim/ (0 = exact mask, 1 = strong)
-                   det_images:int=384, # training composites of the saliency detector (saliency/)
-                   det_epochs:int=8, # its training epochs
+                   det_images:int=768, # training composites of the saliency detector (saliency/)
+                   det_epochs:int=10, # its training epochs
                    det_size:int=64, # its input side in pixels
                    cv2_method:str='fine_grained', # cv2.saliency detector for saliency_cv2/ (fine_grained|spectral_residual)
                    overwrite:bool=False, # replace a benchmark written to OUT with other arguments
@@ -294,7 +310,7 @@ def synth_real_cli(out:str, # folder to write the benchmark to
     t0 = time.time()
     out = make_real_benchmark(out, n_train, n_val, size, seed, max_objects, cooc, ctx_alone, hue, occlude, sal_sim,
                               det_images, det_epochs, det_size, cv2_method, overwrite, progress=not quiet)
-    t1 = time.time(); st = benchmark_stats(out); st['seconds'] = round(t1 - t0, 1)
+    t1 = time.time(); st = benchmark_stats(out); st['seconds'] = round(t1 - t0, 1); st['saliency_sim_by_strength'] = sim_sweep(out)
     atomic_save(json.dumps(st, indent=1) + '\n', out / 'stats.json')
     print(f'wrote {n_train} train + {n_val} val images ({size}x{size}) to {out} in {t1 - t0:.1f} s')
     print('images per class: ' + ', '.join(f'{k} {v}' for k, v in st['images_per_class'].items()))
@@ -302,4 +318,5 @@ def synth_real_cli(out:str, # folder to write the benchmark to
     for n, c in st['contexts'].items():
         print(f"{n}: P({n} | {c['cls']}) = {f2(c['with_class'])}, P({n} | no {c['cls']}) = {f2(c['without_class'])}")
     for d, q in st['saliency'].items(): print(f"{d + '/':14s} MAE {q['mae']:.3f}  F_beta {q['f_beta']:.3f}")
+    print('saliency_sim at strength ' + ', '.join(f"{k}: MAE {q['mae']:.3f} F_beta {q['f_beta']:.3f}" for k, q in st['saliency_sim_by_strength'].items()))
     return out
