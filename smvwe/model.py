@@ -31,6 +31,7 @@ class SMVWENet(nn.Module):
                  dropout:float|None=None, # Dropout2d before the map classifier (None: 0.5 for ResNets as EPS, 0 for 'small')
                  freeze_bn:bool|None=None, # frozen BatchNorm in the backbone (None: iff weights are given)
                  backbone_kwargs:dict|None=None, # more backbone constructor arguments (e.g. width)
+                 w2i_scale:float|None=None, # p_w2i = W^w2i (w2i_scale * e_word); None: N, so a uniform histogram gives ones
                 ):
         super().__init__()
         if n_classes < 1: raise ValueError(f'n_classes (L, foreground classes) must be >= 1, not {n_classes}')
@@ -43,6 +44,8 @@ class SMVWENet(nn.Module):
                            word_kwargs=dict(word_kwargs or {}), word_dim=word_dim, dropout=dropout,
                            freeze_bn=self.backbone.bn_frozen, backbone_kwargs=dict(backbone_kwargs or {}))
         self.n_classes, self.use_words = n_classes, use_words
+        self.w2i_scale = float(n_words if w2i_scale is None else w2i_scale)
+        if use_words: self.config['w2i_scale'] = self.w2i_scale  # a word model's key only: CAM / saliency-only configs are unchanged
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(C, n_classes + 1, 1, bias=False)  # L+1 localization maps (EPS)
         new = [self.classifier]
@@ -59,7 +62,7 @@ class SMVWENet(nn.Module):
     @classmethod
     def from_config(cls, cfg:dict, **overrides):
         "Rebuild a model from its `config` (no pretrained weights are loaded: a checkpoint will overwrite them)."
-        return cls(**(dict(cfg) | {'weights': None} | overrides))
+        return cls(**({'w2i_scale': 1.} | dict(cfg) | {'weights': None} | overrides))  # files without w2i_scale fed e_word as is
 
     def forward(self, img:torch.Tensor # (B,3,H,W) ImageNet-normalised images
                ) -> dict:
@@ -71,7 +74,7 @@ class SMVWENet(nn.Module):
             w = self.words(M)
             out['words'] = w
             out['s_word'] = self.word_cls(M.mean((2, 3), keepdim=True)).flatten(1)
-            out['p_w2i'] = self.w2i(w.e_word[..., None, None].to(self.w2i.weight.dtype)).flatten(1)
+            out['p_w2i'] = self.w2i((self.w2i_scale * w.e_word)[..., None, None].to(self.w2i.weight.dtype)).flatten(1)  # W^w2i (N e_word), (B,L)
         return out
 
 # %% ../nbs/05c_model.ipynb #7ecc39ff

@@ -106,7 +106,7 @@ def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_mode
     return model.to(device or default_device()).eval()
 
 # %% ../nbs/06b_train.ipynb #fcdea726
-MODEL_KEYS = ('backbone', 'n_words', 'weights', 'tau', 'output_stride', 'word_dim', 'dropout', 'freeze_bn', 'word_kwargs', 'backbone_kwargs')
+MODEL_KEYS = ('backbone', 'n_words', 'weights', 'tau', 'output_stride', 'word_dim', 'dropout', 'freeze_bn', 'word_kwargs', 'backbone_kwargs', 'w2i_scale')
 LOSS_KEYS = ('w_cls', 'delta', 'mu')
 
 @dataclass
@@ -136,6 +136,7 @@ class ClsConfig(StageConfig):
     freeze_bn:bool|None=None # frozen BatchNorm in the backbone (default: when weights are given)
     word_kwargs:dict|None=None # more VisualWordEncoder arguments as JSON, e.g. '{"sign": 1}'
     backbone_kwargs:dict|None=None # more backbone arguments as JSON, e.g. '{"width": 32}'
+    w2i_scale:float|None=None # p_w2i = W^w2i (w2i_scale * e_word) (default: N; 1: the printed form, which barely learns)
     sal_dir:str='saliency' # folder of saliency PNGs (relative to ROOT, or absolute)
     train:str='train' # training split (ImageSets/Segmentation/NAME.txt)
     valid:str='val' # validation split
