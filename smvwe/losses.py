@@ -70,21 +70,21 @@ class SMVWELoss:
         if not isinstance(pred, Mapping):
             raise TypeError(f"SMVWELoss expects the model's output dict (maps, logits, words, s_word, p_w2i), got {type(pred).__name__}")
         w, out = self.weights, {}
-        if w['cls'] and pred.get('logits') is not None: out['cls'] = soft_margin_loss(pred['logits'], label, 'none')
+        if w['cls'] and pred.get('logits') is not None: out['cls'] = soft_margin_loss(pred['logits'], label, 'none')  # Eq. 10' deviation: 4th term, (B,)
         z_word, s_word = _field(pred.get('words'), 'z_word'), pred.get('s_word')
         if w['word'] and s_word is not None and z_word is not None:
-            out['word'] = soft_margin_loss(s_word, z_word.detach(), 'none')
-        if w['w2i'] and pred.get('p_w2i') is not None: out['w2i'] = soft_margin_loss(pred['p_w2i'], label, 'none')
+            out['word'] = soft_margin_loss(s_word, z_word.detach(), 'none')  # Eq. 8 on words, (B,)
+        if w['w2i'] and pred.get('p_w2i') is not None: out['w2i'] = soft_margin_loss(pred['p_w2i'], label, 'none')  # L_cls(p_w2i, z_img), (B,)
         if w['sal'] and pred.get('maps') is not None and sal is not None:
-            o = saliency_map(pred['maps'].softmax(1), label, sal, self.delta, self.mu, self.thr, clamp=self.clamp)
-            out['sal'] = saliency_loss(o.F_s, o.sal, 'none')
+            o = saliency_map(pred['maps'].softmax(1), label, sal, self.delta, self.mu, self.thr, clamp=self.clamp)  # Eq. 5-7 on softmax maps (unspecified: EPS)
+            out['sal'] = saliency_loss(o.F_s, o.sal, 'none')  # Eq. 9, (B,)
         if not out: raise ValueError("SMVWELoss: no active term (every weight is 0 or the model returned none of "
                                      "'logits', 's_word'+'words', 'p_w2i', 'maps')")
         return out
 
     def __call__(self, pred:Mapping, sal:Tensor, label:Tensor) -> Tensor:
         per = self.terms(pred, sal, label)
-        total = sum(self.weights[k] * v for k, v in per.items())
+        total = sum(self.weights[k] * v for k, v in per.items())  # Eq. 10 (+ the cls term), (B,)
         self.active = tuple(per)
         self.last = {k: per[k].detach().mean() if k in per else 0. for k in LOSS_TERMS}
         self.last['total'] = total.detach().mean()

@@ -66,14 +66,14 @@ class SMVWENet(nn.Module):
 
     def forward(self, img:torch.Tensor # (B,3,H,W) ImageNet-normalised images
                ) -> dict:
-        f = self.backbone(img)
-        maps = self.classifier(self.dropout(f))
+        f = self.backbone(img)                                  # M, (B,C,h,w), h = H/8
+        maps = self.classifier(self.dropout(f))                 # L+1 localization maps, (B,L+1,h,w)
         out = dict(maps=maps, logits=maps[:, :self.n_classes].mean((2, 3)), words=None, s_word=None, p_w2i=None)
         if self.use_words:
-            M = self.proj(f)
-            w = self.words(M)
+            M = self.proj(f)                                    # (B,K,h,w); K = C unless word_dim
+            w = self.words(M)                                   # Eq. 1-4: D, P (B,N,h,w), Z (B,h,w), z_word, e_word (B,N)
             out['words'] = w
-            out['s_word'] = self.word_cls(M.mean((2, 3), keepdim=True)).flatten(1)
+            out['s_word'] = self.word_cls(M.mean((2, 3), keepdim=True)).flatten(1)  # s_word = W^word f_gap, (B,N)
             out['p_w2i'] = self.w2i((self.w2i_scale * w.e_word)[..., None, None].to(self.w2i.weight.dtype)).flatten(1)  # W^w2i (N e_word), (B,L)
         return out
 

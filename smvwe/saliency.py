@@ -40,9 +40,9 @@ def overlap_ratio(maps:Tensor, # (B,L,H,W) foreground localization maps in [0,1]
     "Overlap ratio phi = |C_i & C_s| / |C_i| of each binarised map with the binarised saliency map (detached)."
     if maps.dim() != 4: raise ValueError(f"maps must have shape (B,L,H,W), got {tuple(maps.shape)}")
     sal = resize_saliency(sal, maps.shape[-2:])
-    C = (maps.detach() > thr).to(maps.dtype)
-    Cs = (sal.detach() > thr).to(maps.dtype)
-    inter, area = (C * Cs).flatten(2).sum(-1), C.flatten(2).sum(-1)
+    C = (maps.detach() > thr).to(maps.dtype)                         # C_i, (B,L,H,W) binarised maps (EPS: detached, 0.5)
+    Cs = (sal.detach() > thr).to(maps.dtype)                         # C_s, (B,1,H,W)
+    inter, area = (C * Cs).flatten(2).sum(-1), C.flatten(2).sum(-1)  # |C_i & C_s|, |C_i|: (B,L)
     return torch.where(area > 0, inter / area.clamp_min(1), torch.zeros_like(area))
 
 # %% ../nbs/03_saliency.ipynb #1dbb06f4
@@ -73,15 +73,15 @@ def saliency_map(maps:Tensor, # (B,L+1,H,W) normalised maps (softmax over L+1; c
     if not 0 <= mu <= 1: raise ValueError(f"mu must lie in [0,1], got {mu}")
     sal = resize_saliency(sal, (H, W)).to(maps.dtype)
     if sal.shape[0] != B: raise ValueError(f"sal has batch size {sal.shape[0]}, maps {B}")
-    fg_maps, bg_map = maps[:, :L], maps[:, L:]
+    fg_maps, bg_map = maps[:, :L], maps[:, L:]                        # F_1..F_L (B,L,H,W), F_{L+1} (B,1,H,W)
     z = label.to(maps.dtype)
     present = z > 0
-    if is_fg is None: is_fg = overlap_ratio(fg_maps, sal, thr) > delta
+    if is_fg is None: is_fg = overlap_ratio(fg_maps, sal, thr) > delta  # phi_i > delta, (B,L)
     is_fg = is_fg.to(present.device).bool() & present
     w_fg, w_bg = z * is_fg, z * (present & ~is_fg)
-    F_fg = torch.einsum('bl,blhw->bhw', w_fg, fg_maps)[:, None]
-    F_bg = bg_map + torch.einsum('bl,blhw->bhw', w_bg, fg_maps)[:, None]
-    F_s = (1 - mu) * F_fg + mu * (1 - F_bg)
+    F_fg = torch.einsum('bl,blhw->bhw', w_fg, fg_maps)[:, None]                 # Eq. 6, (B,1,H,W)
+    F_bg = bg_map + torch.einsum('bl,blhw->bhw', w_bg, fg_maps)[:, None]        # Eq. 7' deviation: + background map, (B,1,H,W)
+    F_s = (1 - mu) * F_fg + mu * (1 - F_bg)                                     # Eq. 5, (B,1,H,W)
     if clamp: F_s = F_s.clamp(0, 1)
     return SalOut(F_s, F_fg, F_bg, is_fg, sal)
 
@@ -92,7 +92,7 @@ def saliency_loss(F_s:Tensor, # (B,1,H,W) generated saliency map
                  ) -> Tensor:
     "Saliency loss (Eq. 9): mean squared error between F_s and the saliency map."
     sal = resize_saliency(sal, F_s.shape[-2:]).to(F_s.dtype)
-    err = (F_s - sal).pow(2).flatten(1).mean(1)
+    err = (F_s - sal).pow(2).flatten(1).mean(1)  # Eq. 9 per image, (B,)
     if reduction == 'mean': return err.mean()
     if reduction == 'none': return err
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")

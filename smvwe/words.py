@@ -30,7 +30,7 @@ def word_probs(D:Tensor, # (B,N,H,W) distances (Eq. 1)
               )->Tensor: # (B,N,H,W) P, sums to 1 over words
     "Eq. 2: P = softmax over words of sign * D / tau."
     if sign not in (-1, 1): raise ValueError(f'word_probs: sign must be -1 or +1, got {sign}')
-    return (D * (sign / tau)).softmax(1)
+    return (D * (sign / tau)).softmax(1)  # Eq. 2 deviation: sign -1 and temperature tau, (B,N,H,W)
 
 # %% ../nbs/02b_words.ipynb #985ea156
 def word_labels(P:Tensor # (B,N,H,W) word probabilities
@@ -81,7 +81,7 @@ class VisualWordEncoder(nn.Module):
         if feats.ndim != 4 or feats.shape[1] != self.dim:
             raise ValueError(f'VisualWordEncoder: expected features (B,{self.dim},H,W), got {tuple(feats.shape)}; '
                              f'set dim= to the backbone\'s channel count')
-        return standardize(feats) if self.norm == 'layer' else feats
+        return standardize(feats) if self.norm == 'layer' else feats  # deviation before Eq. 1: per-pixel standardisation, (B,K,H,W)
 
     @torch.no_grad()
     def init_from(self, feats:Tensor, # (B,K,H,W) features to sample the initial words from
@@ -96,7 +96,7 @@ class VisualWordEncoder(nn.Module):
 
     def forward(self, feats:Tensor # (B,K,H,W) features
                )->WordOutput:
-        D = word_distance(self.features(feats), self.codebook, impl=self.impl)   # Eq. 1
-        P = word_probs(D, self.tau, self.sign)                                      # Eq. 2
-        Z, z_word = word_labels(P)                                                  # Eq. 3
-        return WordOutput(D=D, P=P, Z=Z, z_word=z_word, e_word=word_histogram(P))  # Eq. 4
+        D = word_distance(self.features(feats), self.codebook, impl=self.impl)   # Eq. 1, (B,N,H,W)
+        P = word_probs(D, self.tau, self.sign)                                      # Eq. 2, (B,N,H,W)
+        Z, z_word = word_labels(P)                                                  # Eq. 3, (B,H,W) and (B,N)
+        return WordOutput(D=D, P=P, Z=Z, z_word=z_word, e_word=word_histogram(P))  # Eq. 4, e_word (B,N)

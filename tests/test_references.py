@@ -44,7 +44,7 @@ def _exists(name:str, folder:str) -> bool:
 def _bad_references() -> list:
     bad = []
     for where, folder, text in _texts():
-        for m in DOC_NAME.finditer(text):  # DESIGN.md, ../shared/notes.md, 06_train.ipynb ...
+        for m in DOC_NAME.finditer(text):  # NOTES.md, ../shared/notes.md, 06_train.ipynb ...
             n = m.group(0)
             if n.startswith(('/', '../')) or not (_exists(n, folder) or _exists('nbs/' + n, folder)
                                                  or (('/' not in n or n.split('/')[0].isupper()) and f"'{n.split('/')[-1]}'" in WRITTEN)):
@@ -78,11 +78,11 @@ def test_named_files_exist():
 
 def test_the_check_catches_missing_files(monkeypatch):
     "The check itself: a cited design note, a stale notebook, a moved function and a broken link are all caught"
-    fake = [('README.md', '.', 'see DESIGN.md §6 and ../shared/CONTRACT.md'),
+    fake = [('README.md', '.', 'see NOTES.md §6 and ../shared/PLAN.md'),
             ('nbs/x.ipynb cell 0', 'nbs', 'as in notebook 06, `06_train` and `smvwe.pseudo.crf_refine`; ![f](images/none.png); `tests/test_none.py`'),
             ('nbs/y.ipynb cell 0', 'nbs', 'fine: `04_losses`, `smvwe.maps.crf_refine`, README.md, ![f](images/ablate_sign.png), OUT/config.json')]
     monkeypatch.setattr(sys.modules[__name__], '_texts', lambda: iter(fake))
     bad = _bad_references()
-    for n in ('DESIGN.md', '../shared/CONTRACT.md', 'notebook 06 ', '`06_train`', 'smvwe.pseudo.crf_refine', 'images/none.png', 'tests/test_none.py'):
+    for n in ('NOTES.md', '../shared/PLAN.md', 'notebook 06 ', '`06_train`', 'smvwe.pseudo.crf_refine', 'images/none.png', 'tests/test_none.py'):
         assert any(n in b for b in bad), n
     assert not any(b.startswith('nbs/y.ipynb') for b in bad), bad
