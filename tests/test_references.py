@@ -1,5 +1,5 @@
 "Every file, notebook and module that the README, a notebook's text or a docstring names exists in the repository."
-import ast, importlib, json, re, subprocess, sys
+import ast, importlib, io, json, re, subprocess, sys, tokenize
 from pathlib import Path
 
 import pytest
@@ -23,9 +23,12 @@ def _texts():
         for i, c in enumerate(json.loads(p.read_text())['cells']):
             src, where = ''.join(c['source']), f'nbs/{p.name} cell {i}'
             if c['cell_type'] == 'markdown': yield where, 'nbs', src; continue
-            yield where, 'nbs', '\n'.join(m.group(1) for m in re.finditer(r'#(.*)$', src, re.M))  # comments
-            try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
-            except SyntaxError: continue
+            code = '\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!')))
+            try:
+                tree = ast.parse(code)
+                comments = [t.string for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type == tokenize.COMMENT]
+            except (SyntaxError, tokenize.TokenError): continue
+            yield where, 'nbs', '\n'.join(comments)
             for n in ast.walk(tree):
                 if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and (d := ast.get_docstring(n)):
                     yield where, 'nbs', d
