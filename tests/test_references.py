@@ -89,3 +89,14 @@ def test_the_check_catches_missing_files(monkeypatch):
     for n in ('NOTES.md', '../shared/PLAN.md', 'notebook 06 ', '`06_train`', 'smvwe.pseudo.crf_refine', 'images/none.png', 'tests/test_none.py'):
         assert any(n in b for b in bad), n
     assert not any(b.startswith('nbs/y.ipynb') for b in bad), bad
+
+
+def test_no_committed_output_shows_a_local_path():
+    "A kept output (a warning, a traceback) must not show the machine it ran on: clear it or silence its cause"
+    bad = []
+    for p in sorted((ROOT/'nbs').glob('*.ipynb')):
+        for i, c in enumerate(json.loads(p.read_text())['cells']):
+            for o in c.get('outputs', []):
+                text = ''.join(o.get('text', '')) + ''.join(''.join(v) for v in o.get('data', {}).values() if isinstance(v, (str, list)))
+                if re.search(r'site-packages|/work/|/home/\w|/root/', text): bad.append(f'nbs/{p.name} cell {i}')
+    assert not bad, 'outputs with local paths: ' + ', '.join(bad)
