@@ -104,8 +104,10 @@ def _tty(stream) -> bool:
 
 def use_bars(progress:bool=True # the caller's wish (`--no-progress` / `quiet` say no)
             ) -> bool:
-    "Progress bars only if asked for and both stdout (where fastprogress draws) and stderr are terminals"
-    return bool(progress) and _tty(sys.stdout) and _tty(sys.stderr)
+    "Progress bars only if asked for and both stdout (where fastprogress draws) and stderr are terminals, or in Jupyter (HTML bars)"
+    if not progress: return False
+    from fastprogress.core import in_notebook
+    return in_notebook() or (_tty(sys.stdout) and _tty(sys.stderr))
 
 def progress_iter(it, # the loop's iterable
                   show:bool=True, # report progress at all
