@@ -147,7 +147,7 @@ CRF_PRESETS = {  # crf_refine arguments: w_1 = compat_bilateral, theta_alpha = s
     'deeplab': dict(n_iter=10, sxy_gauss=1, compat_gauss=3, sxy_bilateral=67, srgb=3, compat_bilateral=4),
     'psa':     dict(n_iter=10, sxy_gauss=3, compat_gauss=3, sxy_bilateral=80, srgb=13, compat_bilateral=10),
 }
-CRF_DEFAULT = 'psa'  # chosen by measurement on the built-in benchmark (see the table below)
+CRF_DEFAULT = 'psa'  # chosen by measurement on the built-in benchmark (see the markdown above)
 CRF_REF_SIZE = 500   # bilateral reach is theta_alpha at a 500 px image side, in both stages
 CRF_ALIASES = {'iters': 'n_iter', 'bi_w': 'compat_bilateral', 'bi_xy_std': 'sxy_bilateral', 'bi_rgb_std': 'srgb',
                'pos_w': 'compat_gauss', 'pos_xy_std': 'sxy_gauss'}  # DeepLab's names -> ours
