@@ -23,6 +23,7 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'demo':      ('smvwe.demo',    'demo_cli',      'the whole method end to end on the built-in benchmark'),
     'ablate':    ('smvwe.ablate',  'ablate_cli',    'regenerate an ablation study and its figure'),
     'docs':      ('smvwe.docs',    'docs_cli',      'render the notebooks as a static HTML site (offline, one page per notebook)'),
+    'protocol':  ('smvwe.protocol', 'protocol_cli', 'the fair protocol: every variant under every read-out, both benchmarks; README tables'),
 }
 
 # %% ../nbs/10_cli.ipynb #d6f7712a

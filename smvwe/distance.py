@@ -11,8 +11,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 # %% auto #0
-__all__ = ['word_distance_reference', 'L1Chunked', 'load_ext', 'ext_status', 'L1Fused', 'word_distance', 'L1Triton',
-           'triton_status']
+__all__ = ['STALE_LOCK_S', 'word_distance_reference', 'L1Chunked', 'load_ext', 'ext_status', 'L1Fused', 'word_distance',
+           'L1Triton', 'triton_status']
 
 # %% ../nbs/02a_distance.ipynb #36f95c2c
 def word_distance_reference(feats:Tensor, # (B,K,H,W) pixel features
@@ -87,6 +87,17 @@ def _build_key(source:str)->str:
     "Name of the build: changes with the C++ source, the compiler flags, the CPU and the torch version."
     return hashlib.sha1('\n'.join([source, ' '.join(_CFLAGS), _cpu_tag(), torch.__version__]).encode()).hexdigest()[:12]
 
+STALE_LOCK_S = 900  # a build lock older than this was left by a build that was killed
+
+def _clear_stale_lock(name:str):
+    "torch's build lock is a plain file: a build killed midway leaves it and every later load would wait forever"
+    from torch.utils.cpp_extension import _get_build_directory
+    lock = Path(_get_build_directory(name, False))/'lock'
+    try:
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink(); warnings.warn(f'smvwe: removed a stale build lock {lock} (left by a killed build)', RuntimeWarning)
+    except OSError: pass
+
 def load_ext(verbose:bool=False # show the compiler's output
             ):
     "Build (once, cached) and return the fused C++ kernel, or None (with one warning) if it cannot be built."
@@ -100,7 +111,9 @@ def load_ext(verbose:bool=False # show the compiler's output
     try:
         from torch.utils.cpp_extension import load
         t0 = time.time()
-        _EXT = load(f'smvwe_l1_{_build_key(path.read_text())}', sources=[str(path)], extra_cflags=_CFLAGS,
+        name = f'smvwe_l1_{_build_key(path.read_text())}'
+        _clear_stale_lock(name)
+        _EXT = load(name, sources=[str(path)], extra_cflags=_CFLAGS,
                     extra_ldflags=['-fopenmp'], verbose=verbose)
         _EXT_MSG = f'loaded in {time.time() - t0:.1f} s'
     except Exception as e:

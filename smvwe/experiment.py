@@ -23,16 +23,19 @@ __all__ = ['PRESETS', 'VARIANT_NAMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'TRAIN_KEYS'
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
 PRESETS = {
-    'default': dict(n_train=300, n_val=100, size=96, epochs=25, bs=16, crop=96, resize_long=(72, 96), jitter=None, lr=0.1,
-                    n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2,
+    'default': dict(bench='synth', n_train=300, n_val=100, size=96, epochs=25, bs=16, crop=96, resize_long=(72, 96), jitter=None, lr=0.1,
+                    lr_mult=10., n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2,
                     seg_arch='v1', seg_backbone='small', seg_epochs=40, seg_bs=16, seg_lr=0.1),
-    'quick':   dict(n_train=24, n_val=12, size=64, epochs=1, bs=8, crop=64, resize_long=(48, 64), jitter=None, lr=0.1,
-                    n_words=16, backbone='small', scales=(1.0,), crf=True, n_workers=2,
+    'real':    dict(bench='emoji', n_train=500, n_val=150, size=96, epochs=15, bs=16, crop=96, resize_long=(96, 96), jitter=None,
+                    lr=0.05, lr_mult=None, n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2,
+                    seg_arch='v1', seg_backbone='small', seg_epochs=40, seg_bs=16, seg_lr=0.1),
+    'quick':   dict(bench='synth', n_train=24, n_val=12, size=64, epochs=1, bs=8, crop=64, resize_long=(48, 64), jitter=None, lr=0.1,
+                    lr_mult=10., n_words=16, backbone='small', scales=(1.0,), crf=True, n_workers=2,
                     seg_arch='v1', seg_backbone='small', seg_epochs=1, seg_bs=8, seg_lr=0.1),
 }
 VARIANT_NAMES = {'cam': 'CAM', 'vwe': 'VWE', 'sal': 'saliency-only', 'smvwe': 'SMVWE'}
 PSEUDO_MODE = {'cam': 'threshold', 'vwe': 'threshold', 'sal': 'argmax', 'smvwe': 'argmax'}  # fixed by what each variant trains
-BENCH_KEYS = ('n_train', 'n_val', 'size')
+BENCH_KEYS = ('bench', 'n_train', 'n_val', 'size')  # which benchmark, and its size
 TRAIN_KEYS = ('epochs', 'bs', 'crop', 'lr', 'n_words', 'backbone')
 PSEUDO_KEYS = ('scales', 'crf', 'n_workers', 'mode', 'bg_thr', 'flip', 'crf_kw', 'conf_thr')
 

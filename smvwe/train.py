@@ -60,7 +60,7 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
                 channels_last:bool=False, # channels-last memory format (for GPUs)
                 weights:str|None=None, # pretrained backbone weights file (`smvwe.model.load_weights`)
                 path=None, # `Learner.path` (where `learn.save` writes)
-                lr_mult:float=10., # the new layers' rate is `lr*lr_mult`
+                lr_mult:float|None=None, # the new layers' rate is `lr*lr_mult` (None: 10 with pretrained `weights`, else 1)
                 power:float=0.9, # exponent of `PolyLR`
                 loss_kw:dict|None=None, # overrides of the variant's `SMVWELoss` arguments
                 model_kw:dict|None=None, # more `SMVWENet` arguments (`ClsConfig.model_kw()`); they win over the three above
@@ -75,6 +75,7 @@ def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.cla
     loss = SMVWELoss(**{**lkw, **(loss_kw or {})})
     n_groups = len(cls_splitter(model))
     lrs = [lr] * n_groups
+    if lr_mult is None: lr_mult = 10. if weights else 1.  # from scratch every layer is new: one rate for all
     if n_groups > 1: lrs[-1] = lr * lr_mult
     learn = Learner(dls, model, loss_func=loss, opt_func=partial(SGD, mom=mom, decouple_wd=False), lr=lrs, wd=wd,
                     splitter=cls_splitter, metrics=loss_terms_metrics(loss) + [ImageMetric('map'), ImageMetric('f1')], path=Path(path or '.'), cbs=[PolyLR(power), CleanPreds(), NaNGuard()])
@@ -119,7 +120,7 @@ class ClsConfig(StageConfig):
     resize_long:tuple[int,int]|None=None # random long side 'MIN,MAX' before the crop (default: crop to crop*768/448, EPS's range)
     jitter:tuple[float,float,float,float]|None=(0.3, 0.3, 0.3, 0.1) # colour jitter 'BRIGHTNESS,CONTRAST,SATURATION,HUE' as EPS; none: off
     lr:float=0.01 # base learning rate (§4.1), polynomial decay every iteration
-    lr_mult:float=10. # learning-rate multiplier of the new layers
+    lr_mult:float|None=None # learning-rate multiplier of the new layers (default: 10 with pretrained weights as DeepLab and EPS, 1 from scratch)
     wd:float=5e-4 # weight decay (L2)
     mom:float=0.9 # SGD momentum
     power:float=0.9 # exponent of the poly decay

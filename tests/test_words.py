@@ -128,3 +128,15 @@ def test_cpp_source_ships_with_the_package_and_names_the_build():
     assert 'recursive-include smvwe/csrc *.cpp' in (ROOT / 'MANIFEST.in').read_text()
     text = src.read_text()
     assert _build_key(text) == _build_key(text) != _build_key(text + '\n// edited')
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    "A build killed midway leaves torch's lock file; without removal every later load of the kernel would wait forever"
+    import os, time
+    from smvwe import distance
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    for name, age, kept in (('old_build', distance.STALE_LOCK_S + 60, False), ('new_build', 5, True)):
+        d = tmp_path/name; d.mkdir(); lock = d/'lock'; lock.touch()
+        t = time.time() - age; os.utime(lock, (t, t))
+        distance._clear_stale_lock(name)
+        assert lock.exists() == kept, name
