@@ -116,7 +116,7 @@ def _single(root, out, cbs=None):
 def test_ddp_training_matches_single_process(root, ddp_run, tmp_path):
     out, _ = ddp_run
     cls = out/'cls'
-    assert sorted(p.name for p in cls.iterdir()) == ['checkpoint.pth', 'history.csv', 'model.pth']  # rank 0 only, no temporaries
+    assert sorted(p.name for p in cls.iterdir()) == ['checkpoint.pth', 'diagnostics.json', 'history.csv', 'model.pth']  # rank 0 only, no temporaries
     ddp = torch.load(cls/'model.pth', weights_only=True)['model']
     rows = list(csv.DictReader(open(cls/'history.csv')))
     assert len(rows) == ARGS['epochs'] and float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])  # it learns
