@@ -336,7 +336,9 @@ def write_figures(results='nbs/results', images='nbs/images') -> list:
     out = []
     for bench, title in BENCH_TITLES.items():
         df = load_results(results, bench, ('variants', 'yardstick'))
-        if df is not None: out.append(plot_protocol(df, title, Path(images)/f'protocol_{bench}.png') and Path(images)/f'protocol_{bench}.png')
+        if df is None: continue
+        f = Path(images)/f'protocol_{bench}.png'
+        plot_protocol(df, title, f); out.append(f)
     return out
 
 def report(results='nbs/results', images:str='nbs/images') -> str:
