@@ -138,25 +138,35 @@ def conv_bn_relu(cin, cout, stride=1, dilation=1):
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 class SmallCNN(BackboneMixin, nn.Sequential):
-    "A few conv-BN-ReLU blocks, output stride 8 or 16, `4·width` output channels: the CPU preset's backbone."
+    "Six conv-BN-ReLU blocks, output stride 4, 8 or 16, `4·width` output channels: the CPU preset's backbone."
     frozen_stem = ('0',)
     def __init__(self,
-                 output_stride:int=8, # 8 or 16
+                 output_stride:int=8, # 4, 8 or 16 (the `dilated` layout: 8 or 16)
                  width:int=32, # channels of the first layer; the output has 4·width
+                 layout:str='plain', # 'plain': a strided and a plain layer per stage; 'dilated': the first version (older model files)
                 ):
-        if output_stride not in (8, 16): raise ValueError(f'SmallCNN supports output_stride 8 or 16, not {output_stride}')
-        w, s16 = width, output_stride == 16
-        super().__init__(conv_bn_relu(3, w, 2), conv_bn_relu(w, 2*w, 2), conv_bn_relu(2*w, 2*w),
-                         conv_bn_relu(2*w, 4*w, 2), conv_bn_relu(4*w, 4*w, 2 if s16 else 1, 1 if s16 else 2),
-                         conv_bn_relu(4*w, 4*w, 1, 2))
-        self.out_channels, self.output_stride = 4*w, output_stride
+        w = width
+        if layout == 'plain':
+            if output_stride not in (4, 8, 16): raise ValueError(f'SmallCNN supports output_stride 4, 8 or 16, not {output_stride}')
+            s3, s4 = (2 if output_stride >= 8 else 1), (2 if output_stride == 16 else 1)
+            super().__init__(conv_bn_relu(3, w, 2), conv_bn_relu(w, w), conv_bn_relu(w, 2*w, 2), conv_bn_relu(2*w, 2*w),
+                             conv_bn_relu(2*w, 4*w, s3), conv_bn_relu(4*w, 4*w, s4))
+        elif layout == 'dilated':
+            if output_stride not in (8, 16): raise ValueError(f"SmallCNN(layout='dilated') supports output_stride 8 or 16, not {output_stride}")
+            s16 = output_stride == 16
+            super().__init__(conv_bn_relu(3, w, 2), conv_bn_relu(w, 2*w, 2), conv_bn_relu(2*w, 2*w),
+                             conv_bn_relu(2*w, 4*w, 2), conv_bn_relu(4*w, 4*w, 2 if s16 else 1, 1 if s16 else 2),
+                             conv_bn_relu(4*w, 4*w, 1, 2))
+        else: raise ValueError(f"SmallCNN layout must be 'plain' or 'dilated', not {layout!r}")
+        self.out_channels, self.output_stride, self.layout = 4*w, output_stride, layout
+
 
 # %% ../nbs/05b_backbones.ipynb #246aa568
 BACKBONES = {'small': SmallCNN, 'resnet38': ResNet38,
              'resnet50': lambda **kw: TorchvisionResNet(50, **kw), 'resnet101': lambda **kw: TorchvisionResNet(101, **kw)}
 
 def make_backbone(name:str='small', # one of BACKBONES: 'small', 'resnet38', 'resnet50', 'resnet101'
-                  output_stride:int=8, # 8 (the paper's, via dilation) or 16
+                  output_stride:int=8, # 8 (the paper's, via dilation) or 16; 'small' also 4
                   weights=None, # None (random init), a local file path, or 'imagenet' (torch cache / known file name; never downloaded)
                   freeze_bn:bool|None=None, # frozen BatchNorm (+ stem) as EPS; None: on iff weights are given
                   **kwargs, # more constructor arguments (e.g. `width`)

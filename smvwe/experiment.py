@@ -23,14 +23,14 @@ __all__ = ['PRESETS', 'VARIANT_NAMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'TRAIN_KEYS'
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
 PRESETS = {
-    'default': dict(bench='synth', n_train=300, n_val=100, size=96, epochs=25, bs=16, crop=96, resize_long=(72, 96), jitter=None, lr=0.1,
-                    lr_mult=10., n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2,
+    'default': dict(bench='synth', n_train=300, n_val=100, size=96, epochs=25, bs=16, crop=96, resize_long=(96, 96), jitter=None, lr=0.05,
+                    lr_mult=None, n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
                     seg_arch='v1', seg_backbone='small', seg_epochs=40, seg_bs=16, seg_lr=0.1),
     'real':    dict(bench='emoji', n_train=500, n_val=150, size=96, epochs=15, bs=16, crop=96, resize_long=(96, 96), jitter=None,
-                    lr=0.05, lr_mult=None, n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2,
+                    lr=0.05, lr_mult=None, n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
                     seg_arch='v1', seg_backbone='small', seg_epochs=40, seg_bs=16, seg_lr=0.1),
-    'quick':   dict(bench='synth', n_train=24, n_val=12, size=64, epochs=1, bs=8, crop=64, resize_long=(48, 64), jitter=None, lr=0.1,
-                    lr_mult=10., n_words=16, backbone='small', scales=(1.0,), crf=True, n_workers=2,
+    'quick':   dict(bench='synth', n_train=24, n_val=12, size=64, epochs=1, bs=8, crop=64, resize_long=(64, 64), jitter=None, lr=0.05,
+                    lr_mult=None, n_words=16, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
                     seg_arch='v1', seg_backbone='small', seg_epochs=1, seg_bs=8, seg_lr=0.1),
 }
 VARIANT_NAMES = {'cam': 'CAM', 'vwe': 'VWE', 'sal': 'saliency-only', 'smvwe': 'SMVWE'}
@@ -129,7 +129,8 @@ def run_seg(root, # dataset folder
     from smvwe.segment import train_seg, load_seg_model, predict_folder
     p = get_preset(preset, **overrides); out = Path(out); t0 = time.time()
     path = train_seg(root, out/'pseudo_train'/'pseudo', out, arch=p['seg_arch'], backbone=p['seg_backbone'], epochs=p['seg_epochs'],
-                     bs=p['seg_bs'], crop=p['crop'], lr=p['seg_lr'], seed=seed, progress=progress)
+                     bs=p['seg_bs'], crop=p['crop'], lr=p['seg_lr'], seed=seed, progress=progress,
+                     amp=p.get('amp'), channels_last=p.get('channels_last', False))
     t_train, t0 = time.time() - t0, time.time()
     model = load_seg_model(path, device='cpu' if not torch.cuda.is_available() else None)
     pred = predict_folder(model, root, 'val', out/'seg_pred', crf=p['crf'], scales=tuple(p['scales']), n_workers=0, progress=progress)

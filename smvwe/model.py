@@ -25,7 +25,7 @@ class SMVWENet(nn.Module):
                  use_words:bool=True, # build the visual word encoder and its heads (False: CAM / saliency-only)
                  tau:float|None=None, # temperature of the word softmax (None: the encoder's default)
                  weights=None, # backbone weights: None, a local path, or 'imagenet' (local cache only)
-                 output_stride:int=8, # backbone output stride (8 or 16)
+                 output_stride:int|None=None, # backbone output stride: 8 (the paper's) or 16; None: 8, and 4 for 'small' (24 x 24 maps at 96 px, see `05b_backbones`)
                  word_kwargs:dict|None=None, # more VisualWordEncoder arguments (e.g. sign)
                  word_dim:int|None=None, # K; None: K = C, no projection (Eq. 1 as written); else a 1×1 projection C -> K
                  dropout:float|None=None, # Dropout2d before the map classifier (None: 0.5 for ResNets as EPS, 0 for 'small')
@@ -36,13 +36,16 @@ class SMVWENet(nn.Module):
         super().__init__()
         if n_classes < 1: raise ValueError(f'n_classes (L, foreground classes) must be >= 1, not {n_classes}')
         if use_words and n_words < 2: raise ValueError(f'n_words must be >= 2, not {n_words}')
-        self.backbone = make_backbone(backbone, output_stride, weights, freeze_bn, **(backbone_kwargs or {}))
+        if output_stride is None: output_stride = 4 if backbone == 'small' else 8
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if backbone == 'small': backbone_kwargs.setdefault('layout', 'plain')  # recorded: older files name none and were 'dilated'
+        self.backbone = make_backbone(backbone, output_stride, weights, freeze_bn, **backbone_kwargs)
         C = self.backbone.out_channels
         if dropout is None: dropout = 0. if backbone == 'small' else 0.5
         self.config = dict(n_classes=n_classes, backbone=backbone, n_words=n_words, use_words=use_words, tau=tau,
                            weights=None if weights is None else str(weights), output_stride=output_stride,
                            word_kwargs=dict(word_kwargs or {}), word_dim=word_dim, dropout=dropout,
-                           freeze_bn=self.backbone.bn_frozen, backbone_kwargs=dict(backbone_kwargs or {}))
+                           freeze_bn=self.backbone.bn_frozen, backbone_kwargs=backbone_kwargs)
         self.n_classes, self.use_words = n_classes, use_words
         self.w2i_scale = float(n_words if w2i_scale is None else w2i_scale)
         if use_words: self.config['w2i_scale'] = self.w2i_scale  # a word model's key only: CAM / saliency-only configs are unchanged
@@ -62,7 +65,10 @@ class SMVWENet(nn.Module):
     @classmethod
     def from_config(cls, cfg:dict, **overrides):
         "Rebuild a model from its `config` (no pretrained weights are loaded: a checkpoint will overwrite them)."
-        return cls(**({'w2i_scale': 1.} | dict(cfg) | {'weights': None} | overrides))  # files without w2i_scale fed e_word as is
+        cfg = {'w2i_scale': 1.} | dict(cfg) | {'weights': None} | overrides  # files without w2i_scale fed e_word as is
+        if cfg.get('backbone') == 'small' and 'layout' not in (cfg.get('backbone_kwargs') or {}):  # files before the plain layout
+            cfg['backbone_kwargs'] = dict(cfg.get('backbone_kwargs') or {}, layout='dilated')
+        return cls(**cfg)
 
     def forward(self, img:torch.Tensor # (B,3,H,W) ImageNet-normalised images
                ) -> dict:

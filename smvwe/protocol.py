@@ -112,10 +112,13 @@ def write_saliency_level(root, # a benchmark folder (`smvwe synth` or `smvwe syn
 
 # %% ../nbs/12b_protocol.ipynb #6a9887db
 STUDIES = ('variants', 'yardstick', 'saliency-quality', 'recipe')
-RECIPES = {  # the recipe study: CAM with the demo's recipe, then one change at a time towards the 'real' preset
-    'demo recipe (lr 0.1, head x10, scale aug.)': dict(lr=0.1, lr_mult=10., resize_long=(72, 96)),
-    'lr 0.1, head x1, scale aug.': dict(lr=0.1, lr_mult=1., resize_long=(72, 96)),
-    'lr 0.05, head x1, scale aug.': dict(lr=0.05, lr_mult=1., resize_long=(72, 96)),
+_DILATED = dict(output_stride=8, backbone_kwargs={'layout': 'dilated'})  # the first small backbone
+RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a time towards today's preset
+    'first recipe (lr 0.1, head x10, scale aug., dilated os 8)': dict(lr=0.1, lr_mult=10., resize_long=(72, 96), **_DILATED),
+    '+ head x1': dict(lr=0.1, lr_mult=1., resize_long=(72, 96), **_DILATED),
+    '+ lr 0.05': dict(lr=0.05, lr_mult=1., resize_long=(72, 96), **_DILATED),
+    '+ no scale aug.': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), **_DILATED),
+    '+ plain backbone (os 8)': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), output_stride=8),
 }
 LEVELS = {  # bench -> saliency source label -> (folder, strength to write it with, or None for a folder the benchmark has)
     'synth': {'exact': ('saliency_exact', 0.), 'simulated (benchmark)': ('saliency', None), 'strong faults': ('saliency_strong', 2.),
@@ -286,7 +289,7 @@ BASELINE_L = ('CAM', BASELINE[1])
 def recipe_table(rec, var, split:str='train') -> str:
     "Markdown: the recipe study's CAM runs and the variants study's CAM (the preset), val mAP and mIoU % under three read-outs"
     import pandas as pd
-    d = _sel(pd.concat([rec, var[var.variant == 'cam'].assign(label='benchmark preset')], ignore_index=True), split, 'none')
+    d = _sel(pd.concat([rec, var[var.variant == 'cam'].assign(label="+ output stride 4: the benchmark's preset")], ignore_index=True), split, 'none')
     d = d[d.saliency == 'saliency']
     cols = [('threshold', 'mIoU `threshold`'), ('eps', 'mIoU `eps`'), ('threshold+sal', 'mIoU `threshold+sal`')]
     lines = ['| CAM recipe | seeds | val mAP % | skill | ' + ' | '.join(t for _, t in cols) + ' |', '|---|---|---|---|' + '---|' * len(cols)]

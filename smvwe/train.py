@@ -131,7 +131,7 @@ class ClsConfig(StageConfig):
     n_words:int=256 # number of semantic words N (§4.1)
     weights:str|None=None # pretrained backbone weights file
     tau:float|None=None # temperature of the word softmax (default: the encoder's)
-    output_stride:int=8 # backbone output stride (8 or 16)
+    output_stride:int|None=None # backbone output stride: 8 or 16 (None: 8, and 4 for the small backbone)
     word_dim:int|None=None # K, the word dimension (default: K = C, no projection, Eq. 1 as written)
     dropout:float|None=None # Dropout2d before the map classifier (default: 0.5 for ResNets as EPS, 0 for small)
     freeze_bn:bool|None=None # frozen BatchNorm in the backbone (default: when weights are given)
