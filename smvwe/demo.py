@@ -24,7 +24,7 @@ from .experiment import (VARIANT_NAMES, PSEUDO_MODE, get_preset, run_variant, ru
 
 # %% auto #0
 __all__ = ['SEG_VARIANTS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'numbers_only', 'demo', 'demo_cli']
+           'numbers_only', 'default_jobs', 'Lanes', 'demo', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -124,7 +124,8 @@ def write_report(run, # run folder
          f"({os.cpu_count()} CPU cores{', GPU' if torch.cuda.is_available() else ''}; shared machines make times vary).", '',
          f"Benchmark: {p['n_train']} train / {p['n_val']} val images of {p['size']} px (`RUN/data`). "
          f"Same recipe for every variant: backbone `{p['backbone']}` from scratch, {p['epochs']} epochs, batch {p['bs']}, "
-         f"crop {p['crop']}, random long side {tuple(p.get('resize_long') or ()) or 'train_cls default'}, SGD lr {p['lr']} (new layers x10, poly decay), "
+         f"crop {p['crop']}, random long side {tuple(p.get('resize_long') or ()) or 'train_cls default'}, SGD lr {p['lr']} (new layers x{p.get('lr_mult') or 1:g}, poly decay), "
+         f"{'bf16 autocast, ' if p.get('amp') == 'bf16' else ''}"
          f"{p['n_words']} words, colour jitter {'off' if p.get('jitter', 1) is None else p.get('jitter', 'default')}; inference scales {tuple(p['scales'])} + flip, "
          f"dense CRF {'on' if p['crf'] else 'off'}. Why this CPU recipe departs from the paper's: `nbs/11a_experiment.ipynb`.", '',
          'Pseudo-label read-out, fixed by what each variant trains: **sal** and **smvwe** have a trained background map and take '
@@ -161,6 +162,44 @@ def numbers_only(m:dict) -> dict:
     for g in ('variants', 'seg'): m[g] = {v: {k: x for k, x in r.items() if not k.endswith('_s')} for v, r in m.get(g, {}).items()}
     return m
 
+# %% ../nbs/11b_demo.ipynb #826efdb1
+def default_jobs() -> int:
+    "Trainings side by side: 1 with a GPU, else 2 (1 on a 1-core machine): a small network at 96 px keeps 2 threads far from busy"
+    return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
+
+def _lane_init(threads:int):
+    "A lane's process: `threads` torch threads, and it dies with the demo (kill -9 of the demo leaves no orphan writing files)"
+    torch.set_num_threads(threads)
+    try:
+        import ctypes, signal
+        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError): pass
+
+def _logged(log, fn, *args, **kw):
+    "fn(*args, **kw) with its printed lines appended to the file `log`"
+    import contextlib
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, 'a') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f): return fn(*args, **kw)
+
+class Lanes:
+    "Run calls in `jobs` spawned worker processes with cores/jobs threads each, their output to a log file; `jobs=1`: here, at once"
+    def __init__(self, jobs:int=1):
+        self.jobs, self.pool = jobs, None
+        if jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            from smvwe import demo as mod  # the package's functions, which a spawned process can import (not a notebook's)
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            self.pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn'), initializer=mod._lane_init, initargs=(threads,))
+            self._logged = mod._logged
+    def submit(self, log, fn, *args, **kw):
+        "Start fn(*args, **kw) (its output to `log` in a lane); `result` gives its return value"
+        return self.pool.submit(self._logged, log, fn, *args, **kw) if self.pool else fn(*args, **kw)
+    def result(self, job): return job.result() if self.pool else job
+    def close(self):
+        if self.pool: self.pool.shutdown(cancel_futures=True)
+
+
 # %% ../nbs/11b_demo.ipynb #7b0f2352
 SEG_VARIANTS = ('cam', 'smvwe')  # DeepLab is trained on the pseudo labels of these
 
@@ -171,6 +210,7 @@ def demo(out='runs/demo', # run folder
          seg:bool=True, # also train DeepLab on the CAM and SMVWE pseudo labels
          progress:bool=True, # progress bars and stage lines
          command:str|None=None, # recorded in metrics.json (default: the Python call)
+         jobs:int|None=None, # trainings run side by side, each in its own process (None: `default_jobs()`)
         ) -> dict: # the contents of RUN/metrics.json
     "The whole method on the built-in benchmark: data, four variants, pseudo labels, DeepLab, metrics, figures, report"
     t_all = time.time(); run = Path(out); name = preset if isinstance(preset, str) else 'custom'
@@ -185,19 +225,29 @@ def demo(out='runs/demo', # run folder
     t = stage(f"benchmark: {p['n_train']} train + {p['n_val']} val images of {p['size']} px -> {run/'data'}")
     root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
     timings['benchmark'] = time.time() - t
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    lanes = Lanes(jobs)
+    if jobs > 1: say(f'{jobs} trainings side by side, {max(1, (os.cpu_count() or 1) // jobs)} threads each; their logs: RUN/VARIANT/log.txt, seg_log.txt', flush=True)
     res = {}
-    for v in variants:
-        t = stage(f"{VARIANT_NAMES[v]}: train ({p['epochs']} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
-        res[v] = run_variant(root, run/v, v, p, seed=seed, splits=('train', 'val') if v in seg_vs else ('val',), progress=progress)
-        timings[f'{v}_train'], timings[f'{v}_pseudo'] = res[v]['train_s'], res[v]['pseudo_s']
-        say(f"    mIoU {fmt(res[v]['miou'])}  boundary F1 {fmt(res[v]['boundary']['f1'])}  " +
-            '  '.join(f"{n} {fmt(c['ratio'])}" for n, c in res[v]['confusion'].items()), flush=True)
-    segres = {}
-    for v in seg_vs:
-        t = stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p['seg_epochs']} epochs), predict val, score")
-        segres[v] = run_seg(root, run/v, p, seed=seed, progress=progress)
-        timings[f'{v}_seg'] = time.time() - t
-        say(f"    seg mIoU {fmt(segres[v]['miou'])}", flush=True)
+    try:
+        for v in variants:
+            t = stage(f"{VARIANT_NAMES[v]}: train ({p['epochs']} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
+            res[v] = lanes.submit(run/v/'log.txt', run_variant, root, run/v, v, p, seed=seed, splits=('train', 'val') if v in seg_vs else ('val',),
+                                  progress=progress and jobs == 1)
+        for v in variants:
+            res[v] = lanes.result(res[v])
+            timings[f'{v}_train'], timings[f'{v}_pseudo'] = res[v]['train_s'], res[v]['pseudo_s']
+            say(f"    {VARIANT_NAMES[v]}: mIoU {fmt(res[v]['miou'])}  boundary F1 {fmt(res[v]['boundary']['f1'])}  " +
+                '  '.join(f"{n} {fmt(c['ratio'])}" for n, c in res[v]['confusion'].items()), flush=True)
+        segres = {}
+        for v in seg_vs:
+            t = stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p['seg_epochs']} epochs), predict val, score")
+            segres[v] = lanes.submit(run/v/'seg_log.txt', run_seg, root, run/v, p, seed=seed, progress=progress and jobs == 1)
+        for v in seg_vs:
+            segres[v] = lanes.result(segres[v])
+            timings[f'{v}_seg'] = segres[v]['train_s'] + segres[v]['predict_s']
+            say(f"    DeepLab on {VARIANT_NAMES[v]}: seg mIoU {fmt(segres[v]['miou'])}", flush=True)
+    finally: lanes.close()
     t = stage(f"figures and report -> {run}")
     figs = [plot_bars(res, segres or None, run/'figures'/'bars.png')]
     if 'cam' in res and 'smvwe' in res:
@@ -213,7 +263,7 @@ def demo(out='runs/demo', # run folder
              seg={v: {k: x for k, x in r.items() if k not in drop} for v, r in segres.items()},
              claims=check_claims(res, segres), figures=[str(f.relative_to(run)) for f in figs])
     timings['report'] = time.time() - t
-    m['timings'], m['wall_s'] = timings, time.time() - t_all
+    m['timings'], m['wall_s'], m['jobs'] = timings, time.time() - t_all, jobs
     write_json(numbers_only(m), run/'metrics.json')  # no times: a run resumed after kill -9 writes the same bytes
     write_json(dict(wall_s=m['wall_s'], stages=timings, **{f'{g}_{v}': {k: x for k, x in r.items() if k.endswith('_s')}
                                                           for g in ('variants', 'seg') for v, r in m[g].items()}), run/'timings.json')
@@ -228,10 +278,11 @@ def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue
              seed:int=0, # seed of the benchmark and of every training
              no_seg:bool=False, # skip the DeepLab stage
              quiet:bool=False, # no progress bars
+             jobs:int=None, # trainings side by side, each in its own process (default: 2 on a CPU, 1 with a GPU)
             ):
     "Run SMVWE end to end on the built-in benchmark: data, CAM / VWE / saliency-only / SMVWE, pseudo labels, DeepLab, metrics, figures, report"
     cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}"
-    m = demo(out, 'quick' if quick else 'default', seed=seed, seg=not no_seg, progress=not quiet, command=cmd)
+    m = demo(out, 'quick' if quick else 'default', seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
     held = sum(c['holds'] is True for c in m['claims'].values())
     print(f"{held} of {len(m['claims'])} checks hold; see {Path(out)/'report.md'}")
     return m

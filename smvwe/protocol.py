@@ -19,8 +19,9 @@ from .experiment import PRESETS, VARIANT_NAMES, get_preset, _split_kw
 # %% auto #0
 __all__ = ['BENCHES', 'READOUT_SET', 'TABLE_THR', 'BASELINE', 'CURVE', 'FAULT_KNOBS', 'STUDIES', 'RECIPES', 'LEVELS', 'ORDER',
            'BASELINE_L', 'BENCH_TITLES', 'MARKERS', 'bench_root', 'train_and_maps', 'score_run', 'write_saliency_level',
-           'protocol_study', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims', 'recipe_table',
-           'plot_protocol', 'load_results', 'write_figures', 'report', 'update_readme', 'readme_block', 'protocol_cli']
+           'yardstick_verdict', 'protocol_study', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims',
+           'recipe_table', 'plot_protocol', 'load_results', 'write_figures', 'report', 'update_readme', 'readme_block',
+           'protocol_cli']
 
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
@@ -143,6 +144,16 @@ def _meta(df, **kw):
     for k, v in kw.items(): df[k] = v
     return df
 
+def yardstick_verdict(model, root, split:str='val') -> dict:
+    "The yardstick's classifier verdict on `split` (mAP, chance, skill), as `train_cls` gives every variant's"
+    from smvwe.yardstick import load_split_tensors
+    import torch
+    from smvwe.diagnose import mean_ap, chance_map, verdict
+    x, y = load_split_tensors(root, split)
+    with torch.no_grad(): s = torch.sigmoid(torch.cat([model(b)['logits'] for b in x.split(64)])).numpy()
+    y = y.numpy()
+    return verdict(mean_ap(s, y), chance_map(y))
+
 def protocol_study(study:str, # one of `STUDIES`
                    bench:str='synth', # one of `BENCHES`
                    out='runs/protocol', # runs go to OUT/BENCH/runs/, the benchmark to OUT/BENCH/data unless `root`
@@ -171,7 +182,7 @@ def protocol_study(study:str, # one of `STUDIES`
                 m = train_yardstick(root, epochs=p['epochs'], bs=p['bs'], size=p['size'], seed=seed)
                 for sp in ('train', 'val'):
                     make_pseudo(m, root, sp, rd/f'maps_{sp}', scales=p['scales'], mode='eps', crf=False, save_cams=False, n_workers=0, progress=False)
-                diag = {}
+                diag = yardstick_verdict(m, root)
             else: diag = train_and_maps(root, rd, variant, p, seed, sal_dir=sal, **(ov or {}))
             return _meta(score_run(rd, root, sal_dirs=sal_dirs), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'))
         df = _scores(rd, fn, dict(base_meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))

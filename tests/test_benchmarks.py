@@ -57,3 +57,25 @@ def test_word_distance_benchmark_measures_its_ceiling_in_the_run():
     rate = float(re.search(r'ceiling \(streaming .*?\) ([\d.]+) G terms/s', r.stdout).group(1))
     ratio = float(re.search(r'fused/ceiling = ([\d.]+)', r.stdout).group(1))
     assert rate > 0 and ratio > 0
+
+
+def test_demo_profile_quick(tmp_path):
+    "`demo_profile.py --quick`: both recipes' demos run; every stage's seconds of both runs and their ratio are printed"
+    import json
+    out = tmp_path / 'dp.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'demo_profile.py'), '--quick', '--no-seg', '--work', str(tmp_path/'w'),
+                        '--json', str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    res = json.loads(out.read_text())
+    assert set(res) == {'previous', 'current'}
+    stages = res['current']['timings']['stages']
+    for v in ('cam', 'vwe', 'sal', 'smvwe'): assert f'{v}_train' in stages and f'{v}_train' in res['previous']['timings']['stages']
+    rows = {l.split('|')[1].strip(): l for l in r.stdout.splitlines() if l.startswith('| ') and l.count('|') == 5}
+    prev, cur = res['previous']['timings']['stages']['cam_train'], stages['cam_train']
+    assert f'{prev / cur:.2f}' in rows['cam_train']   # the ratio printed is previous / current
+    # the previous run really used the first recipe: its model file names the dilated layout at output stride 8
+    import torch
+    cfg = torch.load(tmp_path/'w'/'previous'/'cam'/'cls'/'model.pth', weights_only=False)['config']
+    assert (cfg['output_stride'], cfg['backbone_kwargs']['layout']) == (8, 'dilated')
+    cfg = torch.load(tmp_path/'w'/'current'/'cam'/'cls'/'model.pth', weights_only=False)['config']
+    assert (cfg['output_stride'], cfg['backbone_kwargs']['layout']) == (4, 'plain')

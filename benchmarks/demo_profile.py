@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""`smvwe demo`, stage by stage, with the previous recipe and today's, in the same run, and where a step's time goes.
+
+The demo is run twice into WORK/previous and WORK/current (the benchmark is written once and shared), and the
+script prints each stage's seconds (from the demo's own `timings.json`) side by side with the ratio previous /
+current, then the pseudo-label mIoU of each variant under both recipes.
+
+- previous: the first demo recipe: float32, channels-first, the small backbone's dilated layout at output stride 8,
+  lr 0.1 with the new layers at 10x, random long side 72-96 px;
+- current: `smvwe.experiment.PRESETS['default']` (bf16 autocast and channels-last on the CPU, the plain layout at
+  output stride 4, lr 0.05 for every layer, no scale augmentation).
+
+The recipes differ in what they learn as well as in speed, so the mIoU columns differ; the protocol
+(`smvwe protocol`) is where the claims are measured. `--profile` adds a `torch.profiler` table of one
+classification training step (SMVWE, all four loss terms) and one DeepLab step under each setting: the operators
+with the most self CPU time.
+
+    python benchmarks/demo_profile.py                       # the default preset, about 11 minutes on an idle 2-core CPU
+    python benchmarks/demo_profile.py --quick --profile     # the smoke-test preset, seconds
+"""
+import argparse, json, os, shutil, sys, time
+from pathlib import Path
+
+import torch
+
+PREVIOUS = dict(amp=None, channels_last=False, output_stride=8, backbone_kwargs={'layout': 'dilated'},
+                lr=0.1, lr_mult=10., resize_long=None)  # resize_long None: set from the preset below
+
+
+def recipes(preset:str) -> dict:
+    from smvwe.experiment import get_preset
+    cur = get_preset(preset)
+    prev = get_preset(preset, **PREVIOUS)
+    prev['resize_long'] = (round(cur['crop'] * 0.75), cur['crop'])  # the first recipe: random long side 0.75-1x the crop
+    return {'previous': prev, 'current': cur}
+
+
+def run_demos(work:Path, preset:str, seg:bool) -> dict:
+    from smvwe.demo import demo
+    out = {}
+    for name, p in recipes(preset).items():
+        run = work/name
+        if name != 'previous' and (work/'previous'/'data').is_dir() and not (run/'data').exists():
+            run.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(work/'previous'/'data', run/'data')  # the same benchmark, not timed twice
+        for f in ('timings.json', 'metrics.json'): (run/f).unlink(missing_ok=True)
+        print(f'--- {name} recipe -> {run}', flush=True)
+        m = demo(run, p, seed=0, seg=seg, progress=False)
+        out[name] = dict(timings=json.loads((run/'timings.json').read_text()), metrics=m)
+    return out
+
+
+def stage_table(res:dict) -> str:
+    prev, cur = res['previous']['timings'], res['current']['timings']
+    keys = [k for k in cur['stages'] if k != 'benchmark'] 
+    rows = ['| stage | previous s | current s | previous / current |', '|---|---|---|---|']
+    for k in keys:
+        a, b = prev['stages'].get(k), cur['stages'][k]
+        rows.append(f'| {k} | {a:.1f} | {b:.1f} | {a / max(b, 1e-9):.2f} |' if a is not None else f'| {k} | n/a | {b:.1f} | n/a |')
+    a = sum(prev['stages'][k] for k in keys if k in prev['stages']); b = sum(cur['stages'][k] for k in keys)
+    rows.append(f'| **all but the benchmark** | {a:.1f} | {b:.1f} | {a / max(b, 1e-9):.2f} |')
+    return '\n'.join(rows)
+
+
+def miou_table(res:dict) -> str:
+    rows = ['| variant | previous mIoU | current mIoU |', '|---|---|---|']
+    for v, r in res['current']['metrics']['variants'].items():
+        rows.append(f"| {v} | {res['previous']['metrics']['variants'][v]['miou']:.3f} | {r['miou']:.3f} |")
+    for v, r in res['current']['metrics'].get('seg', {}).items():
+        rows.append(f"| DeepLab on {v} | {res['previous']['metrics']['seg'][v]['miou']:.3f} | {r['miou']:.3f} |")
+    return '\n'.join(rows)
+
+
+def profile_steps(preset:str, steps:int=5, top:int=8) -> str:
+    "torch.profiler tables of training steps under both recipes: the operators with the most self CPU time"
+    from torch.profiler import profile, ProfilerActivity
+    from smvwe.model import SMVWENet
+    from smvwe.losses import SMVWELoss
+    from smvwe.deeplab import DeepLabV1, SegLoss
+    from smvwe.fit import _to_float
+    out = []
+    for name, p in recipes(preset).items():
+        S, B = p['crop'], p['bs']
+        for stage in ('cls', 'seg'):
+            torch.manual_seed(0)
+            if stage == 'cls':  # SMVWE: visual words on, all four loss terms
+                m = SMVWENet(8, 'small', n_words=p['n_words'], output_stride=p.get('output_stride'), backbone_kwargs=p.get('backbone_kwargs'))
+                lf = SMVWELoss(); y = (torch.rand(B, 8) < 0.3).float(); y[:, 0] = 1
+                targets = (torch.rand(B, 1, S, S), y)
+            else:
+                m = DeepLabV1(9, backbone=p['seg_backbone']); lf = SegLoss()
+                targets = (torch.randint(0, 9, (B, S, S)),)
+            x = torch.randn(B, 3, S, S)
+            if p.get('channels_last'): m = m.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+            def step():
+                with torch.autocast('cpu', dtype=torch.bfloat16, enabled=p.get('amp') == 'bf16'):
+                    l = lf(_to_float(m(x)), *targets)
+                opt.zero_grad(); l.backward(); opt.step()
+            for _ in range(2): step()
+            t = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps): step()
+            ms = (time.perf_counter() - t) / steps * 1000
+            out += [f'### {stage}, {name} recipe: {ms:.1f} ms per step of {B} images at {S} px (profiled)', '',
+                    prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=top), '']
+    return '\n'.join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--work', default='runs/demo_profile', help='folder for the two demo runs (reruns from scratch)')
+    ap.add_argument('--quick', action='store_true', help="the smoke-test preset ('quick') instead of 'default'")
+    ap.add_argument('--no-seg', action='store_true', help='skip the DeepLab stage')
+    ap.add_argument('--profile', action='store_true', help='also profile training steps of both stages')
+    ap.add_argument('--json', default=None, help='write the stage timings and mIoU of both runs to this file')
+    a = ap.parse_args(argv)
+    preset = 'quick' if a.quick else 'default'
+    work = Path(a.work)
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; preset {preset!r}', flush=True)
+    if a.profile: print(profile_steps(preset, steps=2 if a.quick else 5), flush=True)
+    t = time.time(); res = run_demos(work, preset, seg=not a.no_seg)
+    print(f'\n## Stages (seconds, demo timings.json; both runs in this process, {time.time() - t:.0f} s in all)\n')
+    print(stage_table(res))
+    w = {k: v['timings']['wall_s'] for k, v in res.items()}
+    print(f"\ndemo wall time: previous {w['previous']:.0f} s, current {w['current']:.0f} s "
+          f"(previous / current {w['previous'] / max(w['current'], 1e-9):.2f})\n")
+    print(miou_table(res))
+    if a.json:
+        Path(a.json).write_text(json.dumps({k: dict(timings=v['timings'], miou={n: r['miou'] for n, r in v['metrics']['variants'].items()})
+                                            for k, v in res.items()}, indent=1))
+
+
+if __name__ == '__main__':
+    main()
