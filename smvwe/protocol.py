@@ -19,9 +19,9 @@ from .experiment import PRESETS, VARIANT_NAMES, get_preset, _split_kw
 # %% auto #0
 __all__ = ['BENCHES', 'READOUT_SET', 'TABLE_THR', 'BASELINE', 'CURVE', 'FAULT_KNOBS', 'STUDIES', 'RECIPES', 'LEVELS', 'ORDER',
            'BASELINE_L', 'BENCH_TITLES', 'MARKERS', 'bench_root', 'train_and_maps', 'score_run', 'write_saliency_level',
-           'yardstick_verdict', 'protocol_study', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims',
-           'recipe_table', 'plot_protocol', 'load_results', 'write_figures', 'report', 'update_readme', 'readme_block',
-           'protocol_cli']
+           'benchmark_record', 'yardstick_verdict', 'protocol_study', 'readout_table', 'detail_table', 'quality_table',
+           'protocol_claims', 'recipe_table', 'plot_protocol', 'load_results', 'write_figures', 'report',
+           'update_readme', 'readme_block', 'protocol_cli']
 
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
@@ -144,6 +144,18 @@ def _meta(df, **kw):
     for k, v in kw.items(): df[k] = v
     return df
 
+def benchmark_record(root, # a benchmark folder (`smvwe synth` or `smvwe synth-real`)
+                     bench:str, results='nbs/results') -> Path:
+    "Write RESULTS/BENCH_protocol_benchmark.json: the benchmark's meta.json and the quality of every saliency folder it holds"
+    from smvwe.realbench import saliency_quality
+    from smvwe.voc import load_mask, load_saliency_u8
+    root = Path(root); ids = [i for sp in ('train', 'val') for i in read_split(root, sp)]
+    gts = [load_mask(root, i) for i in ids]
+    sal = {d.name: {k: round(v, 4) for k, v in saliency_quality([load_saliency_u8(root, i, d.name) for i in ids], gts).items()}
+           for d in sorted(root.glob('saliency*')) if d.is_dir() and all((d/f'{i}.png').exists() for i in ids)}
+    rec = dict(benchmark_meta=json.loads((root/'meta.json').read_text()), images=len(ids), saliency_quality=sal)
+    return atomic_save(json.dumps(rec, indent=1) + '\n', Path(results)/f'{bench}_protocol_benchmark.json')
+
 def yardstick_verdict(model, root, split:str='val') -> dict:
     "The yardstick's classifier verdict on `split` (mAP, chance, skill), as `train_cls` gives every variant's"
     from smvwe.yardstick import load_split_tensors
@@ -173,6 +185,8 @@ def protocol_study(study:str, # one of `STUDIES`
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
     base_meta = dict(recipe=p, root=str(root.resolve()), readouts=READOUT_SET, thr=TABLE_THR, crf=CRF_DEFAULT)
+    sq = study == 'saliency-quality'  # its table reads the train split without CRF: no CRF, no curve (a third of a run's time)
+    if sq: base_meta.update(crf=None, curve=[])
     def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag=''):
         t0 = time.time(); tag = tag + ('' if sal == 'saliency' else f'-{sal}')
         rd = out/'runs'/f'{variant}{tag}-seed{seed}'
@@ -184,7 +198,8 @@ def protocol_study(study:str, # one of `STUDIES`
                     make_pseudo(m, root, sp, rd/f'maps_{sp}', scales=p['scales'], mode='eps', crf=False, save_cams=False, n_workers=0, progress=False)
                 diag = yardstick_verdict(m, root)
             else: diag = train_and_maps(root, rd, variant, p, seed, sal_dir=sal, **(ov or {}))
-            return _meta(score_run(rd, root, sal_dirs=sal_dirs), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'))
+            skw = dict(crf=None, curve=()) if sq else {}
+            return _meta(score_run(rd, root, sal_dirs=sal_dirs, **skw), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'))
         df = _scores(rd, fn, dict(base_meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))
         df = _meta(df, bench=bench, study=study, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
         if progress:
@@ -212,6 +227,7 @@ def protocol_study(study:str, # one of `STUDIES`
             add(one('cam', s, sal_dirs=tuple(f for f, _ in lv.values())).assign(level=lambda d: d.saliency.map({f: n for n, (f, _) in lv.items()})))
             for name, (folder, _) in lv.items():
                 for v in ('sal', 'smvwe'): add(one(v, s, sal=folder, sal_dirs=(folder,)).assign(level=name))
+    benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
     return pd.concat(dfs, ignore_index=True)
 
 # %% ../nbs/12b_protocol.ipynb #8092bad6
