@@ -1,51 +1,54 @@
 #!/usr/bin/env python
-"""`smvwe demo`, stage by stage, with the previous recipe and today's, in the same run, and where a step's time goes.
+"""`smvwe demo`, stage by stage, as it ran before the speed work and as it runs now, in the same run, and where a step's time goes.
 
 The demo is run twice into WORK/previous and WORK/current (the benchmark is written once and shared), and the
 script prints each stage's seconds (from the demo's own `timings.json`) side by side with the ratio previous /
-current, then the pseudo-label mIoU of each variant under both recipes.
+current, the wall time of both, and each variant's pseudo-label mIoU and the paper's checks under both.
 
-- previous: the first demo recipe: float32, channels-first, the small backbone's dilated layout at output stride 8,
-  lr 0.1 with the new layers at 10x, random long side 72-96 px;
-- current: `smvwe.experiment.PRESETS['default']` (bf16 autocast and channels-last on the CPU, the plain layout at
-  output stride 4, lr 0.05 for every layer, no scale augmentation).
+- previous (`--previous fp32`, the default): today's recipe as the demo ran it before: float32, channels-first,
+  one training at a time with every core;
+- current: `smvwe.experiment.PRESETS['default']` as the demo runs it now: bf16 autocast and channels-last on the
+  CPU, two trainings side by side (`smvwe demo --jobs`, one process each with half the cores).
+- `--previous first-recipe`: the first demo recipe instead (also float32, one at a time): the small backbone's
+  dilated layout at output stride 8, lr 0.1 with the new layers at 10x, random long side 72-96 px. It learns
+  something else, so its mIoU differ for that reason too; the protocol (`smvwe protocol`) is where claims are measured.
 
-The recipes differ in what they learn as well as in speed, so the mIoU columns differ; the protocol
-(`smvwe protocol`) is where the claims are measured. `--profile` adds a `torch.profiler` table of one
-classification training step (SMVWE, all four loss terms) and one DeepLab step under each setting: the operators
-with the most self CPU time.
+`--profile` adds a `torch.profiler` table of one classification training step (SMVWE, all four loss terms) and one
+DeepLab step under each setting: the operators with the most self CPU time.
 
-    python benchmarks/demo_profile.py                       # the default preset, about 11 minutes on an idle 2-core CPU
-    python benchmarks/demo_profile.py --quick --profile     # the smoke-test preset, seconds
+    python benchmarks/demo_profile.py                       # the default preset, about 15 minutes on an idle 2-core CPU
+    python benchmarks/demo_profile.py --quick --profile     # the smoke-test preset, about a minute
 """
 import argparse, json, os, shutil, sys, time
 from pathlib import Path
 
 import torch
 
-PREVIOUS = dict(amp=None, channels_last=False, output_stride=8, backbone_kwargs={'layout': 'dilated'},
-                lr=0.1, lr_mult=10., resize_long=None)  # resize_long None: set from the preset below
+FIRST_RECIPE = dict(output_stride=8, backbone_kwargs={'layout': 'dilated'}, lr=0.1, lr_mult=10.)
+FP32 = dict(amp=None, channels_last=False)
 
 
-def recipes(preset:str) -> dict:
+def recipes(preset:str, previous:str='fp32') -> dict:
+    "{'previous': (preset dict, jobs), 'current': (preset dict, jobs)}"
     from smvwe.experiment import get_preset
     cur = get_preset(preset)
-    prev = get_preset(preset, **PREVIOUS)
-    prev['resize_long'] = (round(cur['crop'] * 0.75), cur['crop'])  # the first recipe: random long side 0.75-1x the crop
-    return {'previous': prev, 'current': cur}
+    prev = get_preset(preset, **FP32)
+    if previous == 'first-recipe':
+        prev.update(FIRST_RECIPE, resize_long=(round(cur['crop'] * 0.75), cur['crop']))  # random long side 0.75-1x the crop
+    return {'previous': (prev, 1), 'current': (cur, None)}
 
 
-def run_demos(work:Path, preset:str, seg:bool) -> dict:
+def run_demos(work:Path, preset:str, seg:bool, previous:str='fp32') -> dict:
     from smvwe.demo import demo
     out = {}
-    for name, p in recipes(preset).items():
+    for name, (p, jobs) in recipes(preset, previous).items():
         run = work/name
         if name != 'previous' and (work/'previous'/'data').is_dir() and not (run/'data').exists():
             run.mkdir(parents=True, exist_ok=True)
             shutil.copytree(work/'previous'/'data', run/'data')  # the same benchmark, not timed twice
         for f in ('timings.json', 'metrics.json'): (run/f).unlink(missing_ok=True)
         print(f'--- {name} recipe -> {run}', flush=True)
-        m = demo(run, p, seed=0, seg=seg, progress=False)
+        m = demo(run, p, seed=0, seg=seg, progress=False, jobs=jobs)
         out[name] = dict(timings=json.loads((run/'timings.json').read_text()), metrics=m)
     return out
 
@@ -71,7 +74,14 @@ def miou_table(res:dict) -> str:
     return '\n'.join(rows)
 
 
-def profile_steps(preset:str, steps:int=5, top:int=8) -> str:
+def claims_table(res:dict) -> str:
+    c0, c1 = res['previous']['metrics']['claims'], res['current']['metrics']['claims']
+    rows = ['| check | previous | current |', '|---|---|---|']
+    for k in c1: rows.append(f"| {k} | {c0.get(k, {}).get('holds')} | {c1[k]['holds']} |")
+    return '\n'.join(rows)
+
+
+def profile_steps(preset:str, steps:int=5, top:int=8, previous:str='fp32') -> str:
     "torch.profiler tables of training steps under both recipes: the operators with the most self CPU time"
     from torch.profiler import profile, ProfilerActivity
     from smvwe.model import SMVWENet
@@ -79,7 +89,7 @@ def profile_steps(preset:str, steps:int=5, top:int=8) -> str:
     from smvwe.deeplab import DeepLabV1, SegLoss
     from smvwe.fit import _to_float
     out = []
-    for name, p in recipes(preset).items():
+    for name, (p, _) in recipes(preset, previous).items():
         S, B = p['crop'], p['bs']
         for stage in ('cls', 'seg'):
             torch.manual_seed(0)
@@ -113,21 +123,24 @@ def main(argv=None):
     ap.add_argument('--quick', action='store_true', help="the smoke-test preset ('quick') instead of 'default'")
     ap.add_argument('--no-seg', action='store_true', help='skip the DeepLab stage')
     ap.add_argument('--profile', action='store_true', help='also profile training steps of both stages')
+    ap.add_argument('--previous', default='fp32', choices=['fp32', 'first-recipe'], help='what the current demo is compared with')
     ap.add_argument('--json', default=None, help='write the stage timings and mIoU of both runs to this file')
     a = ap.parse_args(argv)
     preset = 'quick' if a.quick else 'default'
     work = Path(a.work)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; preset {preset!r}', flush=True)
-    if a.profile: print(profile_steps(preset, steps=2 if a.quick else 5), flush=True)
-    t = time.time(); res = run_demos(work, preset, seg=not a.no_seg)
+    if a.profile: print(profile_steps(preset, steps=2 if a.quick else 5, previous=a.previous), flush=True)
+    t = time.time(); res = run_demos(work, preset, seg=not a.no_seg, previous=a.previous)
     print(f'\n## Stages (seconds, demo timings.json; both runs in this process, {time.time() - t:.0f} s in all)\n')
     print(stage_table(res))
     w = {k: v['timings']['wall_s'] for k, v in res.items()}
     print(f"\ndemo wall time: previous {w['previous']:.0f} s, current {w['current']:.0f} s "
           f"(previous / current {w['previous'] / max(w['current'], 1e-9):.2f})\n")
-    print(miou_table(res))
+    print(miou_table(res)); print(); print(claims_table(res))
     if a.json:
-        Path(a.json).write_text(json.dumps({k: dict(timings=v['timings'], miou={n: r['miou'] for n, r in v['metrics']['variants'].items()})
+        Path(a.json).write_text(json.dumps({k: dict(timings=v['timings'], miou={n: r['miou'] for n, r in v['metrics']['variants'].items()},
+                                                    seg_miou={n: r['miou'] for n, r in v['metrics'].get('seg', {}).items()},
+                                                    claims={n: c['holds'] for n, c in v['metrics']['claims'].items()}, jobs=v['metrics'].get('jobs'))
                                             for k, v in res.items()}, indent=1))
 
 

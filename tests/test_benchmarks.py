@@ -73,9 +73,9 @@ def test_demo_profile_quick(tmp_path):
     rows = {l.split('|')[1].strip(): l for l in r.stdout.splitlines() if l.startswith('| ') and l.count('|') == 5}
     prev, cur = res['previous']['timings']['stages']['cam_train'], stages['cam_train']
     assert f'{prev / cur:.2f}' in rows['cam_train']   # the ratio printed is previous / current
-    # the previous run really used the first recipe: its model file names the dilated layout at output stride 8
-    import torch
-    cfg = torch.load(tmp_path/'w'/'previous'/'cam'/'cls'/'model.pth', weights_only=False)['config']
-    assert (cfg['output_stride'], cfg['backbone_kwargs']['layout']) == (8, 'dilated')
-    cfg = torch.load(tmp_path/'w'/'current'/'cam'/'cls'/'model.pth', weights_only=False)['config']
-    assert (cfg['output_stride'], cfg['backbone_kwargs']['layout']) == (4, 'plain')
+    # the previous run really ran as before the speed work: float32, one training at a time; the current one in bf16, side by side
+    from smvwe.demo import default_jobs
+    assert (res['previous']['jobs'], res['current']['jobs']) == (1, default_jobs())
+    amp = lambda run: json.loads((tmp_path/'w'/run/'cam'/'config.json').read_text())['train_cls']['amp']
+    assert (amp('previous'), amp('current')) == (None, 'bf16')
+    assert set(res['current']['claims']) == set(res['previous']['claims'])
