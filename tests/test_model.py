@@ -16,7 +16,7 @@ def _fwd_bwd(net, size, B=1):
     return f
 
 
-@pytest.mark.parametrize('os_', [8, 16])
+@pytest.mark.parametrize('os_', [4, 8, 16])
 @pytest.mark.parametrize('size', [64, 96])
 def test_small_backbone_shapes(size, os_):
     net = make_backbone('small', output_stride=os_)
@@ -50,10 +50,10 @@ def test_model_outputs(M):
     model = M.SMVWENet(4, n_words=16)
     out = model(torch.randn(2, 3, 64, 96))
     assert set(out) == {'maps', 'logits', 'words', 's_word', 'p_w2i'}
-    assert out['maps'].shape == (2, 5, 8, 12) and out['logits'].shape == (2, 4)
+    assert out['maps'].shape == (2, 5, 16, 24) and out['logits'].shape == (2, 4)   # the small backbone: output stride 4
     assert out['s_word'].shape == (2, 16) and out['p_w2i'].shape == (2, 4)
     w = out['words']
-    assert w.P.shape == w.D.shape == (2, 16, 8, 12) and w.Z.shape == (2, 8, 12) and w.e_word.shape == (2, 16)
+    assert w.P.shape == w.D.shape == (2, 16, 16, 24) and w.Z.shape == (2, 16, 24) and w.e_word.shape == (2, 16)
     assert torch.allclose(out['logits'], out['maps'][:, :4].mean((2, 3)))
     assert torch.allclose(out['p_w2i'], (16 * w.e_word) @ model.w2i.weight.flatten(1).T, atol=1e-5)  # W^w2i (N e_word)
 
@@ -70,7 +70,7 @@ def test_use_words_false(M):
     model = M.SMVWENet(3, use_words=False)
     out = model(torch.randn(1, 3, 64, 64))
     assert out['words'] is None and out['s_word'] is None and out['p_w2i'] is None
-    assert out['maps'].shape == (1, 4, 8, 8)
+    assert out['maps'].shape == (1, 4, 16, 16)
     assert not any('words' in n for n, _ in model.named_parameters())
 
 
@@ -107,7 +107,7 @@ def test_channels_last_autocast(M):
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = model(x)
-    assert out['maps'].shape == (2, 4, 8, 8)
+    assert out['maps'].shape == (2, 4, 16, 16)
     assert all(torch.isfinite(out[k].float()).all() for k in ('maps', 'logits', 's_word', 'p_w2i'))
     (out['logits'].float().sum() + out['p_w2i'].float().sum()).backward()
     assert model.classifier.weight.grad is not None
