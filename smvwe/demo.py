@@ -183,19 +183,20 @@ def _logged(log, fn, *args, **kw):
 
 class Lanes:
     "Run calls in `jobs` spawned worker processes with cores/jobs threads each, their output to a log file; `jobs=1`: here, at once"
-    def __init__(self, jobs:int=1):
-        self.jobs, self.pool = jobs, None
-        if jobs > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-            from smvwe import demo as mod  # the package's functions, which a spawned process can import (not a notebook's)
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            self.pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn'), initializer=mod._lane_init, initargs=(threads,))
-            self._logged = mod._logged
-    def submit(self, log, fn, *args, **kw):
-        "Start fn(*args, **kw) (its output to `log` in a lane); `result` gives its return value"
-        return self.pool.submit(self._logged, log, fn, *args, **kw) if self.pool else fn(*args, **kw)
-    def result(self, job): return job.result() if self.pool else job
+    def __init__(self, jobs:int=1): self.jobs, self.pool = jobs, None
+    def _start(self):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from smvwe import demo as mod  # the package's functions, which a spawned process can import (not a notebook's)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        self.pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context('spawn'), initializer=mod._lane_init, initargs=(threads,))
+        self._logged = mod._logged
+    def submit(self, log, fn, *args, here:bool=False, **kw):
+        "Start fn(*args, **kw) in a lane, its output to `log` (`here`: in this process, at once); `result` gives its return value"
+        if self.jobs == 1 or here: return ('done', fn(*args, **kw))
+        if self.pool is None: self._start()  # started at the first call that needs it: a finished run resumes without it
+        return self.pool.submit(self._logged, log, fn, *args, **kw)
+    def result(self, job): return job[1] if isinstance(job, tuple) else job.result()
     def close(self):
         if self.pool: self.pool.shutdown(cancel_futures=True)
 
@@ -233,7 +234,7 @@ def demo(out='runs/demo', # run folder
         for v in variants:
             t = stage(f"{VARIANT_NAMES[v]}: train ({p['epochs']} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
             res[v] = lanes.submit(run/v/'log.txt', run_variant, root, run/v, v, p, seed=seed, splits=('train', 'val') if v in seg_vs else ('val',),
-                                  progress=progress and jobs == 1)
+                                  progress=progress and jobs == 1, here=(run/v/'metrics.json').exists())  # finished: only re-read here
         for v in variants:
             res[v] = lanes.result(res[v])
             timings[f'{v}_train'], timings[f'{v}_pseudo'] = res[v]['train_s'], res[v]['pseudo_s']
@@ -242,7 +243,8 @@ def demo(out='runs/demo', # run folder
         segres = {}
         for v in seg_vs:
             t = stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p['seg_epochs']} epochs), predict val, score")
-            segres[v] = lanes.submit(run/v/'seg_log.txt', run_seg, root, run/v, p, seed=seed, progress=progress and jobs == 1)
+            segres[v] = lanes.submit(run/v/'seg_log.txt', run_seg, root, run/v, p, seed=seed, progress=progress and jobs == 1,
+                                     here=(run/v/'metrics_seg.json').exists())
         for v in seg_vs:
             segres[v] = lanes.result(segres[v])
             timings[f'{v}_seg'] = segres[v]['train_s'] + segres[v]['predict_s']
