@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 from .voc import VOC_CLASSES, voc_palette, under_root, read_classes, load_image, load_mask, load_saliency_u8, validate_voc
 
 # %% auto #0
-__all__ = ['to_tensor_img', 'TINY', 'normalize_img', 'denormalize', 'color_jitter', 'JointTfm', 'VOCDataset', 'VOCDataLoader',
-           'cls_dls', 'seg_dls']
+__all__ = ['to_tensor_img', 'CACHE_MB', 'TINY', 'normalize_img', 'denormalize', 'color_jitter', 'JointTfm', 'VOCDataset',
+           'VOCDataLoader', 'cls_dls', 'seg_dls']
 
 # %% ../nbs/01b_data.ipynb #2d52105f
 _MEAN, _STD = np.array(imagenet_stats[0], np.float32), np.array(imagenet_stats[1], np.float32)
@@ -102,23 +102,36 @@ class JointTfm:
                 None if mask is None else torch.from_numpy(mask.astype(np.int64)))
 
 # %% ../nbs/01b_data.ipynb #ef463b70
+CACHE_MB = 256  # decoded images (with their saliency maps / masks) a dataset keeps in memory, per process
+
 class VOCDataset(Dataset):
     "Plain dataset over a VOC-layout split: `kind='cls'` -> (img, sal, label), `kind='seg'` -> (img, mask)."
     n_inp = 1
     def __init__(self, root, ids:list, kind:str='cls', labels:np.ndarray=None, sal_dir='saliency',
-                 mask_dir='auto', tfm:JointTfm=None, seed:int=0):
+                 mask_dir='auto', tfm:JointTfm=None, seed:int=0,
+                 cache_mb:float=CACHE_MB): # keep decoded files in memory up to this many MB (0: decode every time)
         self.root, self.ids, self.kind, self.sal_dir, self.mask_dir = Path(root), list(ids), kind, sal_dir, mask_dir
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.float32)
         self.tfm, self.seed, self.epoch = tfm or JointTfm(train=False), seed, 0
+        self.cache_mb, self._cache, self._cached = cache_mb, {}, 0
     def __len__(self): return len(self.ids)
+    def _decoded(self, k) -> tuple:
+        "(uint8 image, saliency map or mask) of item k, from the cache once decoded (the transforms never write into them)"
+        if k in self._cache: return self._cache[k]
+        i = self.ids[k]; img = load_image(self.root, i)
+        aux = load_saliency_u8(self.root, i, self.sal_dir) if self.kind == 'cls' else load_mask(self.root, i, self.mask_dir)
+        if self._cached + img.nbytes + aux.nbytes <= self.cache_mb * 2**20:
+            self._cache[k] = (img, aux); self._cached += img.nbytes + aux.nbytes
+        return img, aux
     def __getitem__(self, k):
-        i = self.ids[k]; rng = np.random.default_rng([self.seed, self.epoch, k])
-        img = load_image(self.root, i)
+        rng = np.random.default_rng([self.seed, self.epoch, k])
+        img, aux = self._decoded(k)
         if self.kind == 'cls':
-            x, s, _ = self.tfm(img, load_saliency_u8(self.root, i, self.sal_dir), rng=rng)
+            x, s, _ = self.tfm(img, aux, rng=rng)
             return x, s, self.labels[k]
-        x, _, m = self.tfm(img, mask=load_mask(self.root, i, self.mask_dir), rng=rng)
+        x, _, m = self.tfm(img, mask=aux, rng=rng)
         return x, m
+
 
 # %% ../nbs/01b_data.ipynb #c1a840c7
 class VOCDataLoader(TfmdDL):

@@ -197,6 +197,13 @@ class Lanes:
         if self.pool is None: self._start()  # started at the first call that needs it: a finished run resumes without it
         return self.pool.submit(self._logged, log, fn, *args, **kw)
     def result(self, job): return job[1] if isinstance(job, tuple) else job.result()
+    def first_done(self, jobs:dict):
+        "The key of a finished job of `jobs` (waits for one)"
+        k = next((k for k, j in jobs.items() if isinstance(j, tuple)), None)
+        if k is not None: return k
+        from concurrent.futures import wait, FIRST_COMPLETED
+        done = wait(list(jobs.values()), return_when=FIRST_COMPLETED).done
+        return next(k for k, j in jobs.items() if j in done)
     def close(self):
         if self.pool: self.pool.shutdown(cancel_futures=True)
 
@@ -229,27 +236,31 @@ def demo(out='runs/demo', # run folder
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     lanes = Lanes(jobs)
     if jobs > 1: say(f'{jobs} trainings side by side, {max(1, (os.cpu_count() or 1) // jobs)} threads each; their logs: RUN/VARIANT/log.txt, seg_log.txt', flush=True)
-    res = {}
+    # the variants DeepLab needs first, and each DeepLab as soon as its pseudo labels exist: the lanes stay busy
+    todo, running, res, segres = [('train', v) for v in sorted(variants, key=lambda v: v not in seg_vs)], {}, {}, {}
+    def start(kind, v):
+        if kind == 'train':
+            stage(f"{VARIANT_NAMES[v]}: train ({p['epochs']} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
+            return lanes.submit(run/v/'log.txt', run_variant, root, run/v, v, p, seed=seed, splits=('train', 'val') if v in seg_vs else ('val',),
+                                progress=progress and jobs == 1, here=(run/v/'metrics.json').exists())  # finished: only re-read here
+        stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p['seg_epochs']} epochs), predict val, score")
+        return lanes.submit(run/v/'seg_log.txt', run_seg, root, run/v, p, seed=seed, progress=progress and jobs == 1,
+                            here=(run/v/'metrics_seg.json').exists())
+    def finished(kind, v, r):
+        if kind == 'train':
+            res[v] = r; timings[f'{v}_train'], timings[f'{v}_pseudo'] = r['train_s'], r['pseudo_s']
+            say(f"    {VARIANT_NAMES[v]}: mIoU {fmt(r['miou'])}  boundary F1 {fmt(r['boundary']['f1'])}  " +
+                '  '.join(f"{n} {fmt(c['ratio'])}" for n, c in r['confusion'].items()), flush=True)
+            if v in seg_vs: todo.insert(0, ('seg', v))  # next in line
+        else:
+            segres[v] = r; timings[f'{v}_seg'] = r['train_s'] + r['predict_s']
+            say(f"    DeepLab on {VARIANT_NAMES[v]}: seg mIoU {fmt(r['miou'])}", flush=True)
     try:
-        for v in variants:
-            t = stage(f"{VARIANT_NAMES[v]}: train ({p['epochs']} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
-            res[v] = lanes.submit(run/v/'log.txt', run_variant, root, run/v, v, p, seed=seed, splits=('train', 'val') if v in seg_vs else ('val',),
-                                  progress=progress and jobs == 1, here=(run/v/'metrics.json').exists())  # finished: only re-read here
-        for v in variants:
-            res[v] = lanes.result(res[v])
-            timings[f'{v}_train'], timings[f'{v}_pseudo'] = res[v]['train_s'], res[v]['pseudo_s']
-            say(f"    {VARIANT_NAMES[v]}: mIoU {fmt(res[v]['miou'])}  boundary F1 {fmt(res[v]['boundary']['f1'])}  " +
-                '  '.join(f"{n} {fmt(c['ratio'])}" for n, c in res[v]['confusion'].items()), flush=True)
-        segres = {}
-        for v in seg_vs:
-            t = stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p['seg_epochs']} epochs), predict val, score")
-            segres[v] = lanes.submit(run/v/'seg_log.txt', run_seg, root, run/v, p, seed=seed, progress=progress and jobs == 1,
-                                     here=(run/v/'metrics_seg.json').exists())
-        for v in seg_vs:
-            segres[v] = lanes.result(segres[v])
-            timings[f'{v}_seg'] = segres[v]['train_s'] + segres[v]['predict_s']
-            say(f"    DeepLab on {VARIANT_NAMES[v]}: seg mIoU {fmt(segres[v]['miou'])}", flush=True)
+        while todo or running:
+            while todo and len(running) < jobs: key = todo.pop(0); running[key] = start(*key)
+            key = lanes.first_done(running); finished(*key, lanes.result(running.pop(key)))
     finally: lanes.close()
+    res, segres = {v: res[v] for v in variants}, {v: segres[v] for v in seg_vs}  # in a fixed order: metrics.json's bytes
     t = stage(f"figures and report -> {run}")
     figs = [plot_bars(res, segres or None, run/'figures'/'bars.png')]
     if 'cam' in res and 'smvwe' in res:
