@@ -18,6 +18,7 @@ DeepLab step under each setting: the operators with the most self CPU time.
 
     python benchmarks/demo_profile.py                       # the default preset, about 15 minutes on an idle 2-core CPU
     python benchmarks/demo_profile.py --quick --profile     # the smoke-test preset, about a minute
+    python benchmarks/demo_profile.py --profile --no-demo   # only where a training step's time goes, both settings
 """
 import argparse, json, os, shutil, sys, time
 from pathlib import Path
@@ -124,12 +125,14 @@ def main(argv=None):
     ap.add_argument('--no-seg', action='store_true', help='skip the DeepLab stage')
     ap.add_argument('--profile', action='store_true', help='also profile training steps of both stages')
     ap.add_argument('--previous', default='fp32', choices=['fp32', 'first-recipe'], help='what the current demo is compared with')
+    ap.add_argument('--no-demo', action='store_true', help='only the profile (with --profile): no demo runs')
     ap.add_argument('--json', default=None, help='write the stage timings and mIoU of both runs to this file')
     a = ap.parse_args(argv)
     preset = 'quick' if a.quick else 'default'
     work = Path(a.work)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; preset {preset!r}', flush=True)
     if a.profile: print(profile_steps(preset, steps=2 if a.quick else 5, previous=a.previous), flush=True)
+    if a.no_demo: return
     t = time.time(); res = run_demos(work, preset, seg=not a.no_seg, previous=a.previous)
     print(f'\n## Stages (seconds, demo timings.json; both runs in this process, {time.time() - t:.0f} s in all)\n')
     print(stage_table(res))

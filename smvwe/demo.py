@@ -287,14 +287,14 @@ def demo(out='runs/demo', # run folder
 # %% ../nbs/11b_demo.ipynb #a1327565
 @call_parse
 def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue or to rebuild the report)
-             quick:bool=False, # the smoke-test preset (under 2 minutes) instead of the default (under 10 minutes on 2 CPU cores)
+             quick:bool=False, # the smoke-test preset (under 2 minutes) instead of the default (under 5 minutes on 2 CPU cores)
              seed:int=0, # seed of the benchmark and of every training
              no_seg:bool=False, # skip the DeepLab stage
              quiet:bool=False, # no progress bars
              jobs:int=None, # trainings side by side, each in its own process (default: 2 on a CPU, 1 with a GPU)
             ):
     "Run SMVWE end to end on the built-in benchmark: data, CAM / VWE / saliency-only / SMVWE, pseudo labels, DeepLab, metrics, figures, report"
-    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}"
+    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}"
     m = demo(out, 'quick' if quick else 'default', seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
     held = sum(c['holds'] is True for c in m['claims'].values())
     print(f"{held} of {len(m['claims'])} checks hold; see {Path(out)/'report.md'}")
