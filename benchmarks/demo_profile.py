@@ -25,17 +25,17 @@ from pathlib import Path
 
 import torch
 
-FIRST_RECIPE = dict(output_stride=8, backbone_kwargs={'layout': 'dilated'}, lr=0.1, lr_mult=10.)
 FP32 = dict(amp=None, channels_last=False)
 
 
 def recipes(preset:str, previous:str='fp32') -> dict:
     "{'previous': (preset dict, jobs), 'current': (preset dict, jobs)}"
     from smvwe.experiment import get_preset
+    from smvwe.protocol import FIRST_RECIPE  # the recipe study's first row
     cur = get_preset(preset)
     prev = get_preset(preset, **FP32)
     if previous == 'first-recipe':
-        prev.update(FIRST_RECIPE, resize_long=(round(cur['crop'] * 0.75), cur['crop']))  # random long side 0.75-1x the crop
+        prev.update(FIRST_RECIPE, resize_long=(round(cur['crop'] * 0.75), cur['crop']))  # its random long side, 0.75-1x the crop
     return {'previous': (prev, 1), 'current': (cur, None)}
 
 
@@ -83,30 +83,23 @@ def claims_table(res:dict) -> str:
 
 
 def profile_steps(preset:str, steps:int=5, top:int=8, previous:str='fp32') -> str:
-    "torch.profiler tables of training steps under both recipes: the operators with the most self CPU time"
+    "torch.profiler tables of training steps under both settings (the step of `throughput.py`): the operators with the most self CPU time"
     from torch.profiler import profile, ProfilerActivity
-    from smvwe.model import SMVWENet
-    from smvwe.losses import SMVWELoss
-    from smvwe.deeplab import DeepLabV1, SegLoss
     from smvwe.fit import _to_float
+    sys.path.insert(0, str(Path(__file__).resolve().parent)); import throughput  # its models, batches and training step
     out = []
     for name, (p, _) in recipes(preset, previous).items():
         S, B = p['crop'], p['bs']
-        for stage in ('cls', 'seg'):
-            torch.manual_seed(0)
-            if stage == 'cls':  # SMVWE: visual words on, all four loss terms
-                m = SMVWENet(8, 'small', n_words=p['n_words'], output_stride=p.get('output_stride'), backbone_kwargs=p.get('backbone_kwargs'))
-                lf = SMVWELoss(); y = (torch.rand(B, 8) < 0.3).float(); y[:, 0] = 1
-                targets = (torch.rand(B, 1, S, S), y)
-            else:
-                m = DeepLabV1(9, backbone=p['seg_backbone']); lf = SegLoss()
-                targets = (torch.randint(0, 9, (B, S, S)),)
-            x = torch.randn(B, 3, S, S)
+        for stage in ('cls', 'seg'):  # cls: SMVWE, visual words on, all four loss terms
+            cfg = dict(stage=stage, size=S, bs=B, n_words=p['n_words'], backbone=p['backbone'] if stage == 'cls' else p['seg_backbone'],
+                       arch=p['seg_arch'], model_kw={k: p[k] for k in ('output_stride', 'backbone_kwargs') if k in p})
+            m, lf, batch = throughput.build(cfg, torch.device('cpu'))
+            (x,), ys = batch()
             if p.get('channels_last'): m = m.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)
             opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
             def step():
                 with torch.autocast('cpu', dtype=torch.bfloat16, enabled=p.get('amp') == 'bf16'):
-                    l = lf(_to_float(m(x)), *targets)
+                    l = lf(_to_float(m(x)), *ys)
                 opt.zero_grad(); l.backward(); opt.step()
             for _ in range(2): step()
             t = time.perf_counter()

@@ -58,7 +58,7 @@ def build(cfg:dict, dev:torch.device):
     if cfg['stage'] == 'cls':
         from smvwe.model import SMVWENet
         from smvwe.losses import SMVWELoss
-        model = SMVWENet(N_CLS, backbone=cfg['backbone'], n_words=cfg.get('n_words', 256))
+        model = SMVWENet(N_CLS, backbone=cfg['backbone'], n_words=cfg.get('n_words', 256), **cfg.get('model_kw', {}))
         loss = SMVWELoss()
         def batch():
             g = torch.Generator().manual_seed(1)
