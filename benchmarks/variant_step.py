@@ -21,7 +21,8 @@ time, and the ratio of each to CAM's. Run with one thread (`--threads 1`, the de
 
 `--previous` adds a row per word variant with the encoder as it was before the speed work (standardisation in the
 features' dtype by mean/var, a float32 copy transposed to (B,K,HW) for the (B,K,HW) kernel, softmax / argmax over
-dim 1 of a channels-first D), so before and after are measured in the same run.
+dim 1 of a channels-first D, and s_word's GAP by `mean`, whose expanded gradient made the features' summed gradient
+channels-first), so before and after are measured in the same run.
 
 `--parts` times the encoder's parts one by one (forward, backward; thread CPU time, median of `--part-reps`) at both
 sizes, current and previous, beside the arithmetic floor of Eq. 1: V = B*HW*N*K terms |m - c| forward and 2V
@@ -72,16 +73,20 @@ def _prev_word_histogram(P): return P.mean((2, 3))
 PREVIOUS = dict(standardize=_prev_standardize, word_distance=_prev_word_distance, word_probs=_prev_word_probs,
                 word_labels=_prev_word_labels, word_histogram=_prev_word_histogram)
 
+def _prev_gap(x): return x.mean((2, 3), keepdim=True)   # s_word's GAP: an expanded gradient (channels-first sum below)
+
 @contextmanager
 def encoder(which:str):
-    "'current': the package as it is; 'previous': smvwe.words' functions swapped for the ones above"
-    import smvwe.words as W
-    saved = {k: getattr(W, k) for k in PREVIOUS}
+    "'current': the package as it is; 'previous': smvwe.words' functions and the model's GAP swapped for the ones above"
+    import smvwe.words as W, smvwe.model as Mo
+    saved = {k: getattr(W, k) for k in PREVIOUS}; saved_gap = Mo._gap
     if which == 'previous':
         for k, f in PREVIOUS.items(): setattr(W, k, f)
+        Mo._gap = _prev_gap
     try: yield
     finally:
         for k, f in saved.items(): setattr(W, k, f)
+        Mo._gap = saved_gap
 
 
 # ---------------------------------------------------------------- one training step per variant
