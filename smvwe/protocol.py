@@ -13,6 +13,7 @@ from .voc import read_split, load_mask
 from .metrics import word_label_miou
 from .train import train_cls, load_cls_model
 from .pseudo import make_pseudo
+from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts, CURVE_THRESHOLDS
 from .experiment import PRESETS, REGIMES, VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, _split_kw, run_variant, run_seg, word_maps
@@ -131,10 +132,11 @@ RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a
 }
 _W = PRETRAINED['weights']
 PRETRAINED_RECIPES = {  # the recipe study in the pretrained regime: from the from-scratch preset to the pretrained one, one change at a time
-    '+ openmoji-small backbone (frozen BN), head x10, lr 0.05': dict(weights=_W, lr_mult=10., lr=0.05),
-    '+ lr 0.01 (the paper\'s)': dict(weights=_W, lr_mult=10., lr=0.01),
-    '+ lr 0.002': dict(weights=_W, lr_mult=10., lr=0.002),
+    '+ openmoji-small backbone (frozen BN), head x10, lr 0.05': dict(weights=_W, lr_mult=10., lr=0.05, freeze_bn=True),
+    '+ lr 0.01 (the paper\'s)': dict(weights=_W, lr_mult=10., lr=0.01, freeze_bn=True),
+    '+ lr 0.002': dict(weights=_W, lr_mult=10., lr=0.002, freeze_bn=True),
     '+ lr 0.01, BN trained': dict(weights=_W, lr_mult=10., lr=0.01, freeze_bn=False),
+    '+ lr 0.02, BN trained': dict(weights=_W, lr_mult=10., lr=0.02, freeze_bn=False),
 }
 
 def result_name(bench:str, study:str, regime:str='scratch') -> str:
@@ -249,7 +251,13 @@ def protocol_study(study:str, # one of `STUDIES`
             for v in ('cam', 'vwe', 'sal', 'smvwe'): add(one(v, s))
     elif study == 'recipe':
         for lab, ov in (RECIPES if regime == 'scratch' else PRETRAINED_RECIPES).items():
-            for s in seeds: add(one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40]))
+            for s in seeds:
+                try: add(one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40]))
+                except NonFiniteLoss:  # a recipe that diverges is a result of the study: one row per split, no scores
+                    if progress: print(f'[{bench} {study}] {lab} seed {s}: diverged', flush=True)
+                    add(pd.DataFrame([dict(split=sp, readout=r, crf='none', bg_thr=TABLE_THR, curve=False, saliency='saliency', miou=np.nan,
+                                           diverged=True, bench=bench, study=study, regime=regime, variant='cam', label=lab, seed=s)
+                                      for sp in ('train', 'val') for r in READOUT_SET]))
     elif study == 'deeplab':
         for s in seeds:
             for v in ('cam', 'smvwe'): add(seg(v, s))
@@ -368,15 +376,21 @@ def protocol_claims(df, split:str='train', crf:str='none',
 
 BASELINE_L = ('CAM', BASELINE[1])
 
-def recipe_table(rec, var, split:str='train') -> str:
+def recipe_table(rec, var, split:str='train',
+                 last:str="+ output stride 4: the benchmark's preset", # the label of the variants study's CAM (the last step)
+                 first:tuple|None=None, # (label, variants rows) of a CAM shown first: the pretrained study starts from the from-scratch preset
+                ) -> str:
     "Markdown: the recipe study's CAM runs and the variants study's CAM (the preset), val mAP and mIoU % under three read-outs"
     import pandas as pd
-    d = _sel(pd.concat([rec, var[var.variant == 'cam'].assign(label="+ output stride 4: the benchmark's preset")], ignore_index=True), split, 'none')
+    parts = ([first[1][first[1].variant == 'cam'].assign(label=first[0])] if first else []) + [rec, var[var.variant == 'cam'].assign(label=last)]
+    d = _sel(pd.concat(parts, ignore_index=True), split, 'none')
     d = d[d.saliency == 'saliency']
     cols = [('threshold', 'mIoU `threshold`'), ('eps', 'mIoU `eps`'), ('threshold+sal', 'mIoU `threshold+sal`')]
     lines = ['| CAM recipe | seeds | val mAP % | skill | ' + ' | '.join(t for _, t in cols) + ' |', '|---|---|---|---|' + '---|' * len(cols)]
     for lab in dict.fromkeys(d.label):
         g = d[d.label == lab]; g1 = g[g.readout == 'eps']
+        if 'diverged' in g and g.diverged.fillna(False).astype(bool).all():
+            lines.append(f'| {lab} | {g.seed.nunique()} | diverged (non-finite loss) |' + ' |' * (2 + len(cols))); continue
         lines.append(f'| {lab} | {g.seed.nunique()} | {_cell(g1.valid_map)} | {_cell(g1.skill, 1, 2)} | ' +
                      ' | '.join(_cell(g[g.readout == r].miou) for r, _ in cols) + ' |')
     return '\n'.join(lines)
