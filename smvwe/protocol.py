@@ -9,19 +9,21 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
 from .files import atomic_save, atomic_write
-from .voc import read_split
+from .voc import read_split, load_mask
+from .metrics import word_label_miou
 from .train import train_cls, load_cls_model
 from .pseudo import make_pseudo
 from .maps import CRF_DEFAULT
 from .readout import score_readouts, CURVE_THRESHOLDS
-from .experiment import PRESETS, VARIANT_NAMES, get_preset, _split_kw
+from .experiment import PRESETS, REGIMES, VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, _split_kw, run_variant, run_seg, word_maps
 
 # %% auto #0
 __all__ = ['BENCHES', 'READOUT_SET', 'TABLE_THR', 'BASELINE', 'CURVE', 'FAULT_KNOBS', 'STUDIES', 'FIRST_RECIPE', 'RECIPES',
-           'LEVELS', 'ORDER', 'BASELINE_L', 'BENCH_TITLES', 'MARKERS', 'bench_root', 'train_and_maps', 'score_run',
-           'write_saliency_level', 'benchmark_record', 'yardstick_verdict', 'protocol_study', 'readout_table',
-           'detail_table', 'quality_table', 'protocol_claims', 'recipe_table', 'plot_protocol', 'load_results',
-           'write_figures', 'report', 'update_readme', 'readme_block', 'protocol_cli']
+           'PRETRAINED_RECIPES', 'LEVELS', 'ORDER', 'BASELINE_L', 'REGIME_NAMES', 'BENCH_TITLES', 'MARKERS',
+           'bench_root', 'train_and_maps', 'score_run', 'write_saliency_level', 'result_name', 'benchmark_record',
+           'yardstick_verdict', 'protocol_study', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims',
+           'recipe_table', 'regime_claims', 'regime_table', 'plot_protocol', 'load_results', 'write_figures', 'report',
+           'update_readme', 'readme_block', 'protocol_cli']
 
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
@@ -45,7 +47,7 @@ def bench_root(preset='default', # a `PRESETS` name or dict; its `bench` key say
 
 # %% ../nbs/12b_protocol.ipynb #1860bac9
 def train_and_maps(root, run_dir, variant:str, preset='default', seed:int=0, splits=('train', 'val'), **overrides) -> dict:
-    "Train `variant` into `run_dir` (resumable) and store the raw logits of `splits`; returns the classifier's verdict"
+    "Train `variant` into `run_dir` (resumable) and store the raw logits of `splits`; returns the classifier's verdict (+ `word_miou` on val for word models)"
     p = get_preset(preset, **overrides); tkw, pkw = _split_kw(p)
     tkw = {k: v for k, v in tkw.items() if k != 'bench'}
     run_dir = Path(run_dir)
@@ -54,7 +56,12 @@ def train_and_maps(root, run_dir, variant:str, preset='default', seed:int=0, spl
     for sp in splits:
         make_pseudo(model, root, sp, run_dir/f'maps_{sp}', scales=pkw['scales'], flip=True, mode='eps', crf=False,
                     save_cams=False, n_workers=0, progress=False)
-    return model.diagnostics or {}
+    diag = dict(model.diagnostics or {})
+    if getattr(model, 'use_words', False):  # Table 1's measure: the word labels Z (Eq. 3) of val, each word mapped to its majority class
+        ids = read_split(root, 'val')
+        w = word_label_miou(word_maps(model, root, ids), [load_mask(root, i) for i in ids], model.config['n_words'], len(model.classes))
+        diag['word_miou'] = w['miou']
+    return diag
 
 CURVE = (0.1, 0.15, 0.25, 0.3, 0.4, 0.5)  # the other points of the background-threshold curve (0.2 is in the table)
 
@@ -112,7 +119,7 @@ def write_saliency_level(root, # a benchmark folder (`smvwe synth` or `smvwe syn
     return d
 
 # %% ../nbs/12b_protocol.ipynb #6a9887db
-STUDIES = ('variants', 'yardstick', 'saliency-quality', 'recipe')
+STUDIES = ('variants', 'yardstick', 'saliency-quality', 'recipe', 'deeplab')
 _DILATED = dict(output_stride=8, backbone_kwargs={'layout': 'dilated'})  # the first small backbone
 FIRST_RECIPE = dict(lr=0.1, lr_mult=10., resize_long=(72, 96), **_DILATED)  # the project's first CPU recipe (96 px crops)
 RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a time towards today's preset
@@ -122,6 +129,18 @@ RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a
     '+ no scale aug.': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), **_DILATED),
     '+ plain backbone (os 8)': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), output_stride=8),
 }
+_W = PRETRAINED['weights']
+PRETRAINED_RECIPES = {  # the recipe study in the pretrained regime: from the from-scratch preset to the pretrained one, one change at a time
+    '+ openmoji-small backbone (frozen BN), head x10, lr 0.05': dict(weights=_W, lr_mult=10., lr=0.05),
+    '+ lr 0.01 (the paper\'s)': dict(weights=_W, lr_mult=10., lr=0.01),
+    '+ lr 0.002': dict(weights=_W, lr_mult=10., lr=0.002),
+    '+ lr 0.01, BN trained': dict(weights=_W, lr_mult=10., lr=0.01, freeze_bn=False),
+}
+
+def result_name(bench:str, study:str, regime:str='scratch') -> str:
+    "Stem of a study's result file: BENCH_STUDY from scratch, BENCH_REGIME_STUDY otherwise"
+    return f'{bench}_{study}' if regime == 'scratch' else f'{bench}_{regime}_{study}'
+
 LEVELS = {  # bench -> saliency source label -> (folder, strength to write it with, or None for a folder the benchmark has)
     'synth': {'exact': ('saliency_exact', 0.), 'simulated (benchmark)': ('saliency', None), 'strong faults': ('saliency_strong', 2.),
               'classical (cv2)': ('saliency_cv2', None)},
@@ -175,22 +194,26 @@ def protocol_study(study:str, # one of `STUDIES`
                    root=None, # an existing benchmark folder of the preset's kind
                    levels=None, # saliency-quality: labels of `LEVELS[bench]` to run (default: all)
                    progress:bool=True, # one line per finished run
+                   regime:str='scratch', # one of `REGIMES`: 'scratch' or 'pretrained' (the shipped openmoji-small backbone)
                    **overrides # preset keys for every run (e.g. epochs for a smoke test)
                   ):
     "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv"
     import pandas as pd
     if study not in STUDIES: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
     if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
-    preset = BENCHES[bench]; p = get_preset(preset, **overrides)
+    if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
+    if study == 'yardstick' and regime != 'scratch': raise ValueError('the yardstick is a from-scratch recipe: run it with regime scratch')
+    preset = BENCHES[bench]; p = get_preset(preset, **REGIMES[regime], **overrides)
     out = Path(out)/bench
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)
+    runs = out/('runs' if regime == 'scratch' else f'runs-{regime}')
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
     base_meta = dict(recipe=p, root=str(root.resolve()), readouts=READOUT_SET, thr=TABLE_THR, crf=CRF_DEFAULT)
     sq = study == 'saliency-quality'  # its table reads the train split without CRF: no CRF, no curve (a third of a run's time)
     if sq: base_meta.update(crf=None, curve=[])
     def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag=''):
         t0 = time.time(); tag = tag + ('' if sal == 'saliency' else f'-{sal}')
-        rd = out/'runs'/f'{variant}{tag}-seed{seed}'
+        rd = runs/f'{variant}{tag}-seed{seed}'
         def fn():
             if variant == 'yardstick':
                 from smvwe.yardstick import train_yardstick
@@ -200,14 +223,23 @@ def protocol_study(study:str, # one of `STUDIES`
                 diag = yardstick_verdict(m, root)
             else: diag = train_and_maps(root, rd, variant, p, seed, sal_dir=sal, **(ov or {}))
             skw = dict(crf=None, curve=()) if sq else {}
-            return _meta(score_run(rd, root, sal_dirs=sal_dirs, **skw), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'))
+            return _meta(score_run(rd, root, sal_dirs=sal_dirs, **skw), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'), word_miou=diag.get('word_miou'))
         df = _scores(rd, fn, dict(base_meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))
-        df = _meta(df, bench=bench, study=study, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
+        df = _meta(df, bench=bench, study=study, regime=regime, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
         if progress:
             r = df[(df.split == 'train') & (df.readout == 'eps') & (df.crf == 'none') & ~df.curve & (df.saliency == sal_dirs[0])]
             print(f'[{bench} {study}] {variant} seed {seed} sal {sal}: train eps mIoU {100 * r.miou.iloc[0]:.1f} ({time.time() - t0:.0f} s)', flush=True)
         return df
-    dfs, csv = [], Path(results)/f'{bench}_{study}.csv'
+    def seg(variant, seed):  # DeepLab on the variant's pseudo labels (its read-out, the preset's CRF); the classifier is the variants study's (trained here if missing)
+        t0, rd = time.time(), runs/f'{variant}-seed{seed}'
+        pl = run_variant(root, rd, variant, p, seed=seed, splits=('train', 'val'), progress=False, sal_dir='saliency')
+        r = run_seg(root, rd, p, seed=seed, progress=False)
+        row = dict(bench=bench, study=study, regime=regime, variant=variant, label=VARIANT_NAMES[variant], seed=seed, split='val',
+                   readout=PSEUDO_MODE[variant], pseudo_miou=pl['miou'], miou=r['miou'], boundary_f1=r['boundary']['f1'],
+                   **{f'confusion_{k}': v['ratio'] for k, v in r.get('confusion', {}).items()}, seg_train_s=r['train_s'])
+        if progress: print(f'[{bench} {regime} deeplab] {variant} seed {seed}: pseudo {100 * pl["miou"]:.1f}, DeepLab val mIoU {100 * r["miou"]:.1f} ({time.time() - t0:.0f} s)', flush=True)
+        return pd.DataFrame([row])
+    dfs, csv = [], Path(results)/f'{result_name(bench, study, regime)}.csv'
     Path(results).mkdir(parents=True, exist_ok=True)
     def add(df):  # the result file is rewritten after every run: an interrupted study keeps what it finished
         dfs.append(df); d = pd.concat(dfs, ignore_index=True)
@@ -216,8 +248,11 @@ def protocol_study(study:str, # one of `STUDIES`
         for s in seeds:  # seed-major: a study cut short still has every variant of its first seeds
             for v in ('cam', 'vwe', 'sal', 'smvwe'): add(one(v, s))
     elif study == 'recipe':
-        for lab, ov in RECIPES.items():
+        for lab, ov in (RECIPES if regime == 'scratch' else PRETRAINED_RECIPES).items():
             for s in seeds: add(one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40]))
+    elif study == 'deeplab':
+        for s in seeds:
+            for v in ('cam', 'smvwe'): add(seg(v, s))
     elif study == 'yardstick':
         for s in seeds: add(one('yardstick', s, label='yardstick CAM'))
     else:
@@ -228,7 +263,7 @@ def protocol_study(study:str, # one of `STUDIES`
             add(one('cam', s, sal_dirs=tuple(f for f, _ in lv.values())).assign(level=lambda d: d.saliency.map({f: n for n, (f, _) in lv.items()})))
             for name, (folder, _) in lv.items():
                 for v in ('sal', 'smvwe'): add(one(v, s, sal=folder, sal_dirs=(folder,)).assign(level=name))
-    benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
+    if regime == 'scratch': benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
     return pd.concat(dfs, ignore_index=True)
 
 # %% ../nbs/12b_protocol.ipynb #8092bad6
@@ -309,6 +344,13 @@ def protocol_claims(df, split:str='train', crf:str='none',
     best = max(sm, key=lambda r: np.nanmean(sm[r]) if len(sm[r]) else -1)
     put(f'SMVWE ({best}) > CAM + saliency as background (threshold+sal), mIoU', *_pair(d, 'SMVWE', best, *BASELINE_L))
     put('SMVWE > saliency-only, mIoU (eps)', *_pair(d, 'SMVWE', 'eps', 'saliency-only', 'eps'))
+    put('VWE > CAM, mIoU (eps)', *_pair(d, 'VWE', 'eps', 'CAM', 'eps'))
+    if 'word_miou' in df:  # Table 1: VWE's word labels against CAM's maps (threshold read-out), val split
+        v = _sel(df[df.saliency == 'saliency'], 'val', crf)
+        w = v[(v.label == 'VWE') & (v.readout == 'eps')].set_index('seed').word_miou
+        c = v[(v.label == 'CAM') & (v.readout == 'threshold')].set_index('seed').miou
+        s = sorted(set(w.dropna().index) & set(c.index))
+        put('VWE word labels > CAM, val mIoU (word labels vs threshold)', w.loc[s].to_numpy(float), c.loc[s].to_numpy(float))
     for c in [c for c in d.columns if c.startswith('confusion_') and d[c].notna().any()]:
         put(f'SMVWE < CAM, {c.replace("_", " ")} (eps)', *_pair(d, 'SMVWE', 'eps', 'CAM', 'eps', c), lower=True, k=1, dd=3)
     put('SMVWE > CAM, boundary F1 (eps)', *_pair(d, 'SMVWE', 'eps', 'CAM', 'eps', 'boundary_f1'))
@@ -339,6 +381,53 @@ def recipe_table(rec, var, split:str='train') -> str:
                      ' | '.join(_cell(g[g.readout == r].miou) for r, _ in cols) + ' |')
     return '\n'.join(lines)
 
+# %% ../nbs/12b_protocol.ipynb #207215e8
+REGIME_NAMES = {'scratch': 'from scratch', 'pretrained': 'pretrained'}
+
+def _seg_claim(s:'pd.DataFrame|None') -> dict:
+    "DeepLab on SMVWE's pseudo labels against DeepLab on CAM's, val mIoU per seed"
+    claim = "DeepLab on SMVWE's labels > on CAM's, val mIoU"
+    if s is None or not {'CAM', 'SMVWE'} <= set(s.label): return dict(claim=claim, holds=None, detail='not measured')
+    x, y = (s[s.label == l].set_index('seed').miou for l in ('SMVWE', 'CAM'))
+    k = sorted(set(x.index) & set(y.index)); x, y = x.loc[k].to_numpy(float), y.loc[k].to_numpy(float)
+    return dict(claim=claim, holds=bool((x - y).mean() > 0 and (x > y).all()),
+                detail=f'{100 * x.mean():.1f} vs {100 * y.mean():.1f} (mean of {len(k)} seed{"s" * (len(k) > 1)}; better on {int((x > y).sum())} of {len(k)})')
+
+def regime_claims(results='nbs/results') -> 'pd.DataFrame':
+    "Every claim per benchmark and regime: rows (bench, regime, claim, holds, detail) from the result files"
+    import pandas as pd
+    rows = []
+    for bench in BENCH_TITLES:
+        cams = {}
+        for regime in REGIMES:
+            df = load_results(results, bench, ('variants', 'yardstick'), regime)
+            if df is None: continue
+            cs = protocol_claims(df, rec=load_results(results, bench, ('recipe',), regime) if regime == 'scratch' else None)
+            cs.append(_seg_claim(load_results(results, bench, ('deeplab',), regime)))
+            rows += [dict(bench=bench, regime=regime, **c) for c in cs]
+            cams[regime] = _sel(df[(df.saliency == 'saliency') & (df.label == 'CAM')], 'train', 'none')
+        if len(cams) == 2:  # the done-when of the pretrained regime: its CAM learns and localizes better, on every seed
+            for what, r, col in (('val mAP', 'eps', 'valid_map'), ('mIoU (threshold)', 'threshold', 'miou')):
+                a, b = (cams[g][cams[g].readout == r].set_index('seed')[col] for g in ('pretrained', 'scratch'))
+                k = sorted(set(a.index) & set(b.index)); x, y = a.loc[k].to_numpy(float), b.loc[k].to_numpy(float)
+                rows.append(dict(bench=bench, regime='pretrained', claim=f'pretrained CAM > from-scratch CAM, {what}',
+                                 holds=bool(len(k) and (x - y).mean() > 0 and (x > y).all()),
+                                 detail=f'{100 * x.mean():.1f} vs {100 * y.mean():.1f} (seeds {k})'))
+    return pd.DataFrame(rows)
+
+def regime_table(claims:'pd.DataFrame') -> str:
+    "Markdown: one row per claim, one column per benchmark x regime ('holds' / 'no' and the numbers)"
+    cols = [(b, r) for b in BENCH_TITLES for r in REGIMES if ((claims.bench == b) & (claims.regime == r)).any()]
+    def cell(c):
+        if c is None: return ''
+        return ('**holds**' if c['holds'] else 'no' if c['holds'] is not None else 'not measured') + (': ' + c['detail'].split(' (')[0] if c['holds'] is not None else '')
+    names = {'synth': 'drawn', 'emoji': 'OpenMoji'}
+    lines = ['| claim | ' + ' | '.join(f'{names.get(b, b)}, {REGIME_NAMES[r]}' for b, r in cols) + ' |', '|---|' + '---|' * len(cols)]
+    for claim in dict.fromkeys(claims.claim):
+        g = {(r['bench'], r['regime']): r for r in claims[claims.claim == claim].to_dict('records')}
+        lines.append(f'| {claim} | ' + ' | '.join(cell(g.get(k)) for k in cols) + ' |')
+    return '\n'.join(lines)
+
 # %% ../nbs/12b_protocol.ipynb #e5a10d5d
 def plot_protocol(df, # variants (+ yardstick) rows of one benchmark
                   title:str='', fname=None, dpi:int=80):
@@ -365,13 +454,15 @@ BENCH_TITLES = {'synth': 'Built-in drawn benchmark (`smvwe synth`)', 'emoji': 'O
 MARKERS = ('<!-- protocol tables: generated by `smvwe protocol report --readme README.md`; do not edit by hand -->',
            '<!-- end of protocol tables -->')
 
-def load_results(results='nbs/results', bench:str='synth', studies=STUDIES):
-    "The concatenated result rows of `bench` (None when no study was run)"
+def load_results(results='nbs/results', bench:str='synth', studies=STUDIES, regime:str='scratch'):
+    "The concatenated result rows of `bench` in `regime` (None when no study was run), with a `regime` column"
     import pandas as pd
-    fs = [Path(results)/f'{bench}_{s}.csv' for s in studies if (Path(results)/f'{bench}_{s}.csv').exists()]
+    fs = [f for s in studies if (f := Path(results)/f'{result_name(bench, s, regime)}.csv').exists()]
     if not fs: return None
     df = pd.concat([pd.read_csv(f) for f in fs], ignore_index=True)
-    df['curve'] = df['curve'].astype(bool); df['crf'] = df['crf'].fillna('none')
+    if 'curve' in df: df['curve'] = df['curve'].fillna(False).astype(bool)
+    if 'crf' in df: df['crf'] = df['crf'].fillna('none')
+    df['regime'] = regime
     return df
 
 def write_figures(results='nbs/results', images='nbs/images') -> list:
@@ -423,7 +514,7 @@ def readme_block(readme='README.md') -> str:
 
 # %% ../nbs/12b_protocol.ipynb #6b04b092
 @call_parse
-def protocol_cli(study:str, # variants, yardstick, saliency-quality, or report (tables from the result files)
+def protocol_cli(study:str, # variants, yardstick, saliency-quality, recipe, deeplab, or report (tables from the result files)
                  bench:str='synth', # synth (the built-in benchmark) or emoji (OpenMoji real images)
                  out:str='runs/protocol', # runs and benchmarks go to OUT/BENCH/
                  seeds:str='0,1,2', # training seeds
@@ -433,6 +524,7 @@ def protocol_cli(study:str, # variants, yardstick, saliency-quality, or report (
                  epochs:int=None, # override the preset's epochs (smoke tests)
                  readme:str=None, # report: rewrite this README's protocol block
                  quiet:bool=False, # no progress lines
+                 regime:str='scratch', # scratch (the benchmark's preset) or pretrained (the shipped openmoji-small backbone, new layers at 10x)
                 ):
     "The fair protocol: every variant under every read-out on a benchmark, the yardstick, the saliency-quality study, the report"
     if study == 'report':
@@ -441,5 +533,5 @@ def protocol_cli(study:str, # variants, yardstick, saliency-quality, or report (
         else: print(report(results))
         return
     ov = {} if epochs is None else dict(epochs=epochs)
-    df = protocol_study(study, bench, out, seeds, results, root, None if levels is None else levels.split(','), progress=not quiet, **ov)
-    print(f'wrote {Path(results)/f"{bench}_{study}.csv"} ({len(df)} rows)')
+    df = protocol_study(study, bench, out, seeds, results, root, None if levels is None else levels.split(','), progress=not quiet, regime=regime, **ov)
+    print(f'wrote {Path(results)/(result_name(bench, study, regime) + ".csv")} ({len(df)} rows)')
