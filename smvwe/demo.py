@@ -15,6 +15,7 @@ import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
 from .files import atomic_save
+from .parallel import Lanes, default_jobs
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label
@@ -24,7 +25,7 @@ from .experiment import (VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, run
 
 # %% auto #0
 __all__ = ['SEG_VARIANTS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'numbers_only', 'default_jobs', 'Lanes', 'demo', 'demo_cli']
+           'numbers_only', 'demo', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -161,52 +162,6 @@ def numbers_only(m:dict) -> dict:
     m = {k: v for k, v in m.items() if k not in ('timings', 'wall_s')}
     for g in ('variants', 'seg'): m[g] = {v: {k: x for k, x in r.items() if not k.endswith('_s')} for v, r in m.get(g, {}).items()}
     return m
-
-# %% ../nbs/11b_demo.ipynb #826efdb1
-def default_jobs() -> int:
-    "Trainings side by side: 1 with a GPU, else 2 (1 on a 1-core machine): a small network at 96 px keeps 2 threads far from busy"
-    return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
-
-def _lane_init(threads:int):
-    "A lane's process: `threads` torch threads, and it dies with the demo (kill -9 of the demo leaves no orphan writing files)"
-    torch.set_num_threads(threads)
-    try:
-        import ctypes, signal
-        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError): pass
-
-def _logged(log, fn, *args, **kw):
-    "fn(*args, **kw) with its printed lines appended to the file `log`"
-    import contextlib
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, 'a') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f): return fn(*args, **kw)
-
-class Lanes:
-    "Run calls in `jobs` spawned worker processes with cores/jobs threads each, their output to a log file; `jobs=1`: here, at once"
-    def __init__(self, jobs:int=1): self.jobs, self.pool = jobs, None
-    def _start(self):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from smvwe import demo as mod  # the package's functions, which a spawned process can import (not a notebook's)
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        self.pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context('spawn'), initializer=mod._lane_init, initargs=(threads,))
-        self._logged = mod._logged
-    def submit(self, log, fn, *args, here:bool=False, **kw):
-        "Start fn(*args, **kw) in a lane, its output to `log` (`here`: in this process, at once); `result` gives its return value"
-        if self.jobs == 1 or here: return ('done', fn(*args, **kw))
-        if self.pool is None: self._start()  # started at the first call that needs it: a finished run resumes without it
-        return self.pool.submit(self._logged, log, fn, *args, **kw)
-    def result(self, job): return job[1] if isinstance(job, tuple) else job.result()
-    def first_done(self, jobs:dict):
-        "The key of a finished job of `jobs` (waits for one)"
-        k = next((k for k, j in jobs.items() if isinstance(j, tuple)), None)
-        if k is not None: return k
-        from concurrent.futures import wait, FIRST_COMPLETED
-        done = wait(list(jobs.values()), return_when=FIRST_COMPLETED).done
-        return next(k for k, j in jobs.items() if j in done)
-    def close(self):
-        if self.pool: self.pool.shutdown(cancel_futures=True)
-
 
 # %% ../nbs/11b_demo.ipynb #7b0f2352
 SEG_VARIANTS = ('cam', 'smvwe')  # DeepLab is trained on the pseudo labels of these

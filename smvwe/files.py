@@ -11,8 +11,7 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['voc_colormap', 'palette', 'atomic_write', 'atomic_save', 'load_torch', 'save_label_png', 'save_gray_png', 'save_jpg',
-           'save_npy', 'use_bars', 'progress_iter', 'file_hash', 'state_hash', 'dataset_signature', 'fingerprint_diff',
-           'check_fingerprint']
+           'save_npy', 'use_bars', 'progress_iter', 'file_hash', 'state_hash', 'fingerprint_diff', 'check_fingerprint']
 
 # %% ../nbs/00_files.ipynb #c1b457ee
 def voc_colormap(n:int=256 # number of entries
@@ -141,19 +140,6 @@ def state_hash(model, n:int=16) -> str:
         v = v.detach().cpu().contiguous()
         h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode()); h.update(v.view(-1).view(dtype=__import__('torch').uint8).numpy().tobytes() if v.numel() else b'')
     return h.hexdigest()[:n]
-
-def dataset_signature(root, # VOC-layout dataset folder
-                      split:str, # a split name or .txt path
-                      ids:list|None=None, # the split's ids (default: read from the split file)
-                     ) -> str:
-    "'ROOT SPLIT N images #HASH': the absolute root, the split, and a hash of the split file and of each image's id and size"
-    from smvwe.voc import read_split, image_path, split_file  # imported here: 01a_voc comes after this notebook
-    ids = read_split(root, split) if ids is None else list(ids)
-    h = hashlib.sha256(Path(split_file(root, split)).read_bytes() if Path(split_file(root, split)).exists() else b'')
-    for i in ids:
-        p = image_path(root, i)
-        h.update(f'{i}:{p.stat().st_size if p.exists() else -1};'.encode())
-    return f'{Path(root).resolve()} {split} {len(ids)} images #{h.hexdigest()[:12]}'
 
 def fingerprint_diff(have:dict, want:dict) -> str:
     "'key: A there, B now' for every key whose value differs ('' when they match)"

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
-from .voc import read_split, load_image, read_classes
-from .files import (atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, dataset_signature,
-                         check_fingerprint)
+from .voc import read_split, load_image, read_classes, dataset_signature
+from .files import (atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, check_fingerprint)
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
 from .maps import crf_refine, parse_crf
-from .pseudo import resolve_shard
+from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
 # %% auto #0
@@ -98,9 +97,6 @@ def predict(model:nn.Module, # segmentation model: forward(img) -> logits (B,C,h
     return (acc / (len(scales) * (2 if flip else 1))).cpu().numpy()
 
 # %% ../nbs/09b_segment.ipynb #8cfbe61c
-def _init_worker():
-    os.environ['OMP_NUM_THREADS'] = '1'; torch.set_num_threads(1)
-
 def _crf_save(img, probs, path, crf_kw):
     return save_label_png(path, crf_refine(img, probs, **(crf_kw or {})).astype(np.uint8))
 
@@ -127,11 +123,11 @@ def predict_folder(model:nn.Module, # segmentation model
                 crf=bool(crf), crf_kw=crf_kw or {})  # what makes the PNGs: existing ones are kept only when it matches
     check_fingerprint(out/'predict_config.json', want, resume, 'predictions')
     ids = [i for i in read_split(root, split)[rank::world_size] if not (resume and (out/f'{i}.png').exists())]
-    n_workers = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))) if n_workers is None else n_workers
+    n_workers = rank_cores() if n_workers is None else n_workers
     pool = None
     if crf and n_workers > 0 and len(ids) > 1:
         import multiprocessing as mp
-        pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context('spawn'), initializer=_init_worker)
+        pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context('spawn'), initializer=single_thread_worker)
     pending = []
     try:
         for i in progress_iter(ids, progress, f'predictions ({split})', leave=False):

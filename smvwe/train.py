@@ -22,7 +22,8 @@ from .data import cls_dls
 from .voc import image_labels, read_split
 from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
-from .files import atomic_save, use_bars, load_torch, dataset_signature
+from .files import atomic_save, use_bars, load_torch
+from .voc import dataset_signature
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
                        update_json, print_epoch_log, write_history, NaNGuard, report_skipped)  # the shared training machinery (06a_fit)

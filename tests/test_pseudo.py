@@ -90,7 +90,7 @@ def test_resume_skips_done_and_redoes_corrupt(voc, tmp_path):
 
 def test_resume_refuses_other_options(voc, tmp_path):
     make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', n_workers=0, progress=False)
-    with pytest.raises(ValueError, match='written by another run'):
+    with pytest.raises(ValueError, match='made by another run'):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', crf=False, n_workers=0, progress=False)
     make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', crf=False, resume=False, n_workers=0, progress=False)
 
