@@ -10,14 +10,15 @@ import numpy as np
 from fastcore.script import call_parse
 from .files import atomic_save
 from .protocol import (BENCH_TITLES, TABLE_THR, BASELINE, load_results, readout_table, detail_table, quality_table,
-                            protocol_claims, recipe_table, plot_protocol, _sel, _cell)
+                            protocol_claims, recipe_table, plot_protocol, result_name, _sel, _cell)
 from .demo import demo_markdown, plot_bars
 
 # %% auto #0
 __all__ = ['REGIMES', 'BENCH_NAMES', 'BASELINE_L', 'FINDINGS', 'READING', 'COMMANDS_MD', 'MARKERS', 'DEMO_MARKERS',
-           'CHECKED_CELLS', 'bench_key', 'load_frames', 'toy_rows', 'headline_table', 'all_claims', 'claims_table',
-           'findings', 'field', 'fill', 'bench_sections', 'page_cells', 'page_notebook', 'headline_block', 'demo_block',
-           'with_block', 'outputs', 'cell_outputs', 'with_outputs', 'stale_outputs', 'write_outputs', 'report_cli']
+           'CHECKED_CELLS', 'bench_key', 'load_frames', 'toy_rows', 'headline_table', 'deeplab_table', 'all_claims',
+           'claims_table', 'findings', 'field', 'fill', 'bench_sections', 'page_cells', 'page_notebook',
+           'headline_block', 'demo_block', 'with_block', 'outputs', 'cell_outputs', 'with_outputs', 'stale_outputs',
+           'write_outputs', 'report_cli']
 
 # %% ../nbs/12c_results.ipynb #ff772903
 REGIMES = {'scratch': ('', 'from scratch'), 'pretrained': ('_pretrained', 'pretrained')}  # regime -> (file-name suffix, label)
@@ -33,10 +34,10 @@ def load_frames(results='nbs/results') -> dict:
     out = {}
     for regime in REGIMES:
         for bench in BENCH_TITLES:
-            k = bench_key(bench, regime)
-            df = load_results(results, k, ('variants', 'yardstick'))
+            df = load_results(results, bench, ('variants', 'yardstick'), regime)
             if df is None or not (df.variant == 'smvwe').any(): continue
-            out[bench, regime] = dict(df=df, rec=load_results(results, k, ('recipe',)), q=load_results(results, k, ('saliency-quality',)))
+            out[bench, regime] = dict(df=df, **{k: load_results(results, bench, (s,), regime) for k, s in
+                                                (('rec', 'recipe'), ('q', 'saliency-quality'), ('dl', 'deeplab'))})
     return out
 
 # %% ../nbs/12c_results.ipynb #8ffae02a
@@ -68,7 +69,8 @@ def _verdict(h) -> str: return 'holds' if h else 'not measured' if h is None els
 
 def headline_table(frames:dict) -> str:
     "Markdown: regime x benchmark, the headline mIoU % (train split, no CRF, 3 seeds) and the claims that hold"
-    cols = ['SMVWE `eps` / `argmax`', 'CAM `eps`', 'baseline: CAM `threshold+sal`', 'saliency-only `eps` / `argmax`', 'claims that hold']
+    cols = ['SMVWE `eps` / `argmax`', 'CAM `eps`', 'baseline: CAM `threshold+sal`', 'saliency-only `eps` / `argmax`', 'claims that hold',
+            'DeepLab (val) on SMVWE / CAM labels']
     lines = ['| regime | benchmark | seeds | ' + ' | '.join(cols) + ' |', '|---|---|---|' + '---|' * len(cols)]
     for regime, (_, rname) in REGIMES.items():
         for bench, bname in BENCH_NAMES.items():
@@ -78,10 +80,23 @@ def headline_table(frames:dict) -> str:
             cl = protocol_claims(df, rec=f['rec'])
             n = _vals(df, 'SMVWE', 'eps').size
             lines.append(f'| {rname} | {bname} | {n} | {v("SMVWE", "eps")} / {v("SMVWE", "argmax")} | {v("CAM", "eps")} | {v(*BASELINE_L)} | '
-                         f'{v("saliency-only", "eps")} / {v("saliency-only", "argmax")} | {sum(c["holds"] is True for c in cl)} of {len(cl)} |')
+                         f'{v("saliency-only", "eps")} / {v("saliency-only", "argmax")} | {sum(c["holds"] is True for c in cl)} of {len(cl)} | {_deeplab(f["dl"])} |')
     return '\n'.join(lines)
 
 BASELINE_L = ('CAM', BASELINE[1])
+
+def _deeplab(dl) -> str:
+    "DeepLab's val mIoU % on SMVWE's and on CAM's pseudo labels (the DeepLab study), or 'not measured'"
+    if dl is None: return 'not measured'
+    return ' / '.join(_cell(dl[dl.label == l].miou) for l in ('SMVWE', 'CAM'))
+
+def deeplab_table(dl) -> str:
+    "Markdown: the DeepLab study, per variant whose pseudo labels it learned from: pseudo-label and DeepLab val mIoU %, boundary F1 %"
+    lines = ['| DeepLab trained on | seeds | read-out | pseudo labels, val mIoU % | DeepLab, val mIoU % | DeepLab boundary F1 % |', '|---|---|---|---|---|---|']
+    for l in dict.fromkeys(dl.label):
+        g = dl[dl.label == l]
+        lines.append(f'| {l} pseudo labels | {g.seed.nunique()} | `{g.readout.iloc[0]}` | {_cell(g.pseudo_miou)} | {_cell(g.miou)} | {_cell(g.boundary_f1)} |')
+    return '\n'.join(lines)
 
 # %% ../nbs/12c_results.ipynb #aae23d98
 def _claim_key(c:str) -> str: return re.sub(r'SMVWE \((eps|argmax)\)', 'SMVWE (its better read-out)', c)
@@ -213,7 +228,7 @@ Read from the tables below (train split, no CRF, small backbone from scratch, un
 
 # %% ../nbs/12c_results.ipynb #2e2330cb
 COMMANDS_MD = """
-Regenerate every result file, then this page (each study is resumable; `--regime pretrained` for the pretrained rows):
+Regenerate every result file, then this page (each study is resumable; add `--regime pretrained` for the pretrained rows):
 
 ```bash
 smvwe protocol variants --bench synth          # and --bench emoji: 4 variants x 3 seeds, every read-out
@@ -221,6 +236,7 @@ smvwe protocol yardstick --bench synth         # the yardstick CAM, 3 seeds
 smvwe protocol recipe --bench synth --seeds 0  # the recipe, one change at a time
 smvwe protocol saliency-quality --bench synth --levels "exact,simulated (benchmark),classical (cv2)"
 smvwe protocol saliency-quality --bench emoji --levels "exact,trained detector (benchmark),classical (cv2)"
+smvwe protocol deeplab --bench emoji           # DeepLab on CAM's and SMVWE's pseudo labels
 smvwe demo --out runs/demo                     # then copy RUN/metrics.json, RUN/timings.json to nbs/results/demo_*.json
 smvwe report                                   # this page, nbs/results/README.md, README's headline, the figures
 ```
@@ -240,6 +256,7 @@ def bench_sections(f:dict, bench:str, regime:str, images:str='images') -> str:
             detail_table(df, 'eps', 'train')]
     if r is not None: out += ['', 'The recipe, one change at a time (CAM, train split, no CRF):', '', recipe_table(r, df)]
     if q is not None: out += ['', 'Saliency quality (train split, no CRF): the baseline against learning from the same saliency maps:', '', quality_table(q)]
+    if f.get('dl') is not None: out += ['', 'DeepLab trained on the pseudo labels of the train split (each variant read out its own way, the preset\'s CRF), scored on val:', '', deeplab_table(f['dl'])]
     return '\n'.join(out)
 
 def page_cells(results='nbs/results', images:str='images') -> list[str]:
@@ -254,7 +271,7 @@ def page_cells(results='nbs/results', images:str='images') -> list[str]:
              '## Reading\n\n' + fill(READING, frames),
              '## How these were made\n\n' + COMMANDS_MD]
     cells += [bench_sections(f, b, r, images) for (b, r), f in frames.items()]
-    cells += [f'## {_regime_label(b, r)}\n\nNot measured: no `{bench_key(b, r)}_variants.csv` in `nbs/results/`.'
+    cells += [f'## {_regime_label(b, r)}\n\nNot measured: no `{result_name(b, "variants", r)}.csv` in `nbs/results/`.'
               for r in REGIMES for b in BENCH_TITLES if (b, r) not in frames]
     if (res/'demo_metrics.json').exists():
         t = res/'demo_timings.json'
