@@ -301,8 +301,8 @@ def headline_block(results='nbs/results', page:str='nbs/results/README.md') -> s
 def demo_block(m:dict, timings:dict|None=None) -> str:
     "README's demo paragraph: what `smvwe demo` prints, its table, how long it took (from the demo's metrics.json / timings.json)"
     held = sum(c['holds'] is True for c in m['claims'].values()); seg = m.get('seg', {})
-    L = ['`smvwe demo` prints a line per stage and ends with `' + f"{held} of {len(m['claims'])} checks hold; see runs/demo/report.md" + '`.' +
-         (f" It took {timings['wall_s']:.0f} s on 2 idle CPU cores (`nbs/results/demo_timings.json`; `benchmarks/README.md`)." if timings else ''),
+    L = ['`smvwe demo` prints a line per stage and ends with `' + f"{held} of {len(m['claims'])} checks hold" + '` and where its report is (`RUN/report.md`, '
+         '`RUN` = `runs/demo` by default).' + (f" It took {timings['wall_s']:.0f} s on 2 idle CPU cores (`nbs/results/demo_timings.json`; `benchmarks/README.md`)." if timings else ''),
          "The report's table (seed 0, val split, each variant read out its own way, with the CRF; `nbs/results/demo_metrics.json`):", '',
          '| variant | read-out | pseudo-label mIoU | boundary F1 | DeepLab mIoU on its labels |', '|---|---|---|---|---|']
     from smvwe.experiment import VARIANT_NAMES, fmt
