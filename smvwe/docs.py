@@ -246,7 +246,7 @@ def cli_page() -> dict:
 EXTRA_PAGES = ('README', 'cli_reference')  # after the landing page, in this order
 
 def extra_pages(nbs:Path, tmp:Path) -> list[Path]:
-    "Write the extra pages' notebooks into `tmp` (README only when `nbs/../README.md` exists); their paths"
+    "Write the extra pages' notebooks into `tmp` (README only when the repository, the folder above `nbs`, has a README.md); their paths"
     out = []
     readme = Path(nbs).resolve().parent/'README.md'
     for stem, make in (('README', lambda: readme_page(readme) if readme.exists() else None), ('cli_reference', cli_page)):
