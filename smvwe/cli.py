@@ -24,7 +24,8 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'demo':      ('smvwe.demo',    'demo_cli',      'the whole method end to end on the built-in benchmark'),
     'ablate':    ('smvwe.ablate',  'ablate_cli',    'regenerate an ablation study and its figure'),
     'docs':      ('smvwe.docs',    'docs_cli',      'render the notebooks as a static HTML site (offline, one page per notebook)'),
-    'protocol':  ('smvwe.protocol', 'protocol_cli', 'the fair protocol: every variant under every read-out, both benchmarks; README tables'),
+    'protocol':  ('smvwe.protocol', 'protocol_cli', 'the fair protocol: every variant under every read-out, both benchmarks'),
+    'report':    ('smvwe.results', 'report_cli',    'the results page, README\'s headline and the figures, from the committed result files'),
 }
 
 # %% ../nbs/10_cli.ipynb #d6f7712a

@@ -25,7 +25,7 @@ from .experiment import (VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, run
 
 # %% auto #0
 __all__ = ['SEG_VARIANTS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'numbers_only', 'demo', 'demo_cli']
+           'demo_markdown', 'numbers_only', 'demo', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -155,6 +155,25 @@ def write_report(run, # run folder
     for f in m['figures']: L += [f'![{Path(f).stem}]({f})', '']
     L += ['## Times (s)', '', ' '.join(f'{k} {v:.0f};' for k, v in m['timings'].items()), '']
     return atomic_save('\n'.join(L), run/'report.md')
+
+# %% ../nbs/11b_demo.ipynb #d3m0md01
+def demo_markdown(m:dict, # a demo's metrics (RUN/metrics.json)
+                  timings:dict|None=None, # its wall times (RUN/timings.json)
+                  level:str='##') -> str:
+    "The demo's results as markdown: recipe, pseudo-label table, DeepLab, the checks and the time"
+    p = m['recipe']; held = sum(c['holds'] is True for c in m['claims'].values())
+    L = [f"{level} The demo (`{m['command'].split(' --out')[0]}`, seed {m['seed']})", '',
+         f"The `{m['preset']}` preset: {p['n_train']} + {p['n_val']} images of {p['size']} px, backbone `{p['backbone']}` from scratch, "
+         f"{p['epochs']} epochs per variant, each variant read out its own way, scored on val with the CRF; DeepLab-{p['seg_arch'].upper()} "
+         f"(`{p['seg_backbone']}` backbone) {p['seg_epochs']} epochs on the pseudo labels of the train split."]
+    if timings: L[-1] += f" {timings['wall_s']:.0f} s inside the run ({m.get('jobs', 1)} trainings side by side)."
+    L += ['', metrics_table(m['variants'])]
+    if m.get('seg'):
+        L += ['', '| DeepLab trained on | val mIoU | boundary F1 |', '|---|---|---|']
+        L += [f"| {VARIANT_NAMES.get(v, v)} pseudo labels | {fmt(s['miou'])} | {fmt(s['boundary']['f1'])} |" for v, s in m['seg'].items()]
+    L += ['', f"Checks of the paper's claims on this run: {held} of {len(m['claims'])} hold.", '']
+    L += [f"- `{k}`: {'holds' if c['holds'] else '**does not hold**' if c['holds'] is False else 'not measured'} ({c['detail']})" for k, c in m['claims'].items()]
+    return '\n'.join(L)
 
 # %% ../nbs/11b_demo.ipynb #aaef9d3f
 def numbers_only(m:dict) -> dict:
