@@ -14,7 +14,7 @@ from fastcore.script import call_parse
 import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
-from .files import atomic_save
+from .files import atomic_save, ignore_sigint
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label
@@ -170,6 +170,7 @@ def default_jobs() -> int:
 def _lane_init(threads:int):
     "A lane's process: `threads` torch threads, and it dies with the demo (kill -9 of the demo leaves no orphan writing files)"
     torch.set_num_threads(threads)
+    ignore_sigint()  # Ctrl-C is the demo's: it stops the lanes (`Lanes.close(kill=True)`) and prints one line
     try:
         import ctypes, signal
         ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
@@ -204,8 +205,11 @@ class Lanes:
         from concurrent.futures import wait, FIRST_COMPLETED
         done = wait(list(jobs.values()), return_when=FIRST_COMPLETED).done
         return next(k for k, j in jobs.items() if j in done)
-    def close(self):
-        if self.pool: self.pool.shutdown(cancel_futures=True)
+    def close(self, kill:bool=False):
+        "Wait for the running calls; `kill`: end them now (an interrupted demo; their stages resume on the next run)"
+        if self.pool and kill:
+            for p in list((self.pool._processes or {}).values()): p.terminate()
+        if self.pool: self.pool.shutdown(wait=not kill, cancel_futures=True)
 
 
 # %% ../nbs/11b_demo.ipynb #7b0f2352
@@ -259,7 +263,8 @@ def demo(out='runs/demo', # run folder
         while todo or running:
             while todo and len(running) < jobs: key = todo.pop(0); running[key] = start(*key)
             key = lanes.first_done(running); finished(*key, lanes.result(running.pop(key)))
-    finally: lanes.close()
+    except BaseException: lanes.close(kill=True); raise
+    else: lanes.close()
     res, segres = {v: res[v] for v in variants}, {v: segres[v] for v in seg_vs}  # in a fixed order: metrics.json's bytes
     t = stage(f"figures and report -> {run}")
     figs = [plot_bars(res, segres or None, run/'figures'/'bars.png')]

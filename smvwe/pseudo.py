@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, dataset_signature
+from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, dataset_signature, ignore_sigint
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
                         crf_params, parse_crf)
 
@@ -110,6 +110,7 @@ def _pseudo_one(id, img, cams16, label, opts, cam_p, png_p, sal=None, logits16=N
     return id
 
 def _init_worker():
+    ignore_sigint()  # Ctrl-C is the parent's: one line, no traceback per worker
     os.environ['OMP_NUM_THREADS'] = '1'
     if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(1)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image, read_classes
-from .files import (atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, dataset_signature,
+from .files import (ignore_sigint, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, dataset_signature,
                          check_fingerprint)
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
 from .maps import crf_refine, parse_crf
@@ -99,6 +99,7 @@ def predict(model:nn.Module, # segmentation model: forward(img) -> logits (B,C,h
 
 # %% ../nbs/09b_segment.ipynb #8cfbe61c
 def _init_worker():
+    ignore_sigint()  # Ctrl-C is the parent's: one line, no traceback per worker
     os.environ['OMP_NUM_THREADS'] = '1'; torch.set_num_threads(1)
 
 def _crf_save(img, probs, path, crf_kw):
