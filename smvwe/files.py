@@ -13,7 +13,7 @@ from PIL import Image
 # %% auto #0
 __all__ = ['LOCK_NAME', 'voc_colormap', 'palette', 'disk_free', 'atomic_write', 'atomic_save', 'load_torch', 'save_label_png',
            'save_gray_png', 'save_jpg', 'save_npy', 'use_bars', 'progress_iter', 'file_hash', 'state_hash',
-           'dataset_signature', 'fingerprint_diff', 'check_fingerprint', 'folder_lock', 'ignore_sigint']
+           'dataset_signature', 'fingerprint_diff', 'check_fingerprint', 'folder_lock', 'ignore_sigint', 'check_range']
 
 # %% ../nbs/00_files.ipynb #c1b457ee
 def voc_colormap(n:int=256 # number of entries
@@ -233,3 +233,17 @@ def folder_lock(folder, # the output folder the caller writes (created)
 def ignore_sigint():
     "Initializer of worker processes: Ctrl-C is the parent's to handle (one message, exit 130), not each worker's traceback"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+# %% ../nbs/00_files.ipynb #9af13b7c
+def check_range(name:str, # the option, without dashes
+                value, # its value (None passes: an optional option left at its default)
+                rng:str, # the allowed interval: '[1,inf)', '(0,inf)', '[0,1]', '[0,1)' ...
+               ):
+    "A one-line ValueError naming `--name`, its value and the allowed interval when `value` lies outside it"
+    if value is None: return value
+    lo_c, hi_c = rng[0] == '[', rng[-1] == ']'
+    lo, hi = (float(v) for v in rng[1:-1].split(','))
+    v = float(value)
+    if not (math.isfinite(v) or math.isinf(hi) and v == hi) or v < lo or v > hi or (v == lo and not lo_c) or (v == hi and not hi_c):
+        raise ValueError(f"--{name} must be in {rng}, got {value}")
+    return value
