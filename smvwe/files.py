@@ -13,7 +13,8 @@ from PIL import Image
 # %% auto #0
 __all__ = ['LOCK_NAME', 'voc_colormap', 'palette', 'disk_free', 'atomic_write', 'atomic_save', 'load_torch', 'save_label_png',
            'save_gray_png', 'save_jpg', 'save_npy', 'use_bars', 'progress_iter', 'file_hash', 'state_hash',
-           'dataset_signature', 'fingerprint_diff', 'check_fingerprint', 'folder_lock', 'ignore_sigint', 'check_range']
+           'dataset_signature', 'fingerprint_diff', 'check_fingerprint', 'folder_lock', 'ignore_sigint', 'check_range',
+           'check_labels']
 
 # %% ../nbs/00_files.ipynb #c1b457ee
 def voc_colormap(n:int=256 # number of entries
@@ -234,7 +235,7 @@ def ignore_sigint():
     "Initializer of worker processes: Ctrl-C is the parent's to handle (one message, exit 130), not each worker's traceback"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-# %% ../nbs/00_files.ipynb #9af13b7c
+# %% ../nbs/00_files.ipynb #6dcf79d3
 def check_range(name:str, # the option, without dashes
                 value, # its value (None passes: an optional option left at its default)
                 rng:str, # the allowed interval: '[1,inf)', '(0,inf)', '[0,1]', '[0,1)' ...
@@ -247,3 +248,24 @@ def check_range(name:str, # the option, without dashes
     if not (math.isfinite(v) or math.isinf(hi) and v == hi) or v < lo or v > hi or (v == lo and not lo_c) or (v == hi and not hi_c):
         raise ValueError(f"--{name} must be in {rng}, got {value}")
     return value
+
+# %% ../nbs/00_files.ipynb #b8a7f1d7
+def check_labels(folder, # label PNGs, ID.png (255 = ignore)
+                 ids, # the images that will be trained on
+                 what:str='the labels', # named in the messages
+                ) -> np.ndarray: # pixel count of each label value 0..255
+    "Refuse labels that are all ignore (a one-line ValueError); warn on stderr when every labelled pixel is one class"
+    counts = np.zeros(256, np.int64)
+    for i in ids:
+        p = Path(folder)/f'{i}.png'
+        if p.exists():
+            try: counts += np.bincount(np.asarray(Image.open(p)).ravel(), minlength=256)[:256]
+            except (OSError, ValueError): pass   # unreadable: the loader names it (or --skip-bad skips it)
+    lab = counts[:255]
+    if counts.sum() and not lab.sum():
+        raise ValueError(f"{what} in {folder} label no pixel of the {len(ids)} training images (all 255 = ignore): training would learn "
+                         "nothing; lower --conf_thr, drop --ignore_disagree, or check the classifier")
+    if lab.sum() and (lab > 0).sum() == 1:
+        print(f"WARNING: every labelled pixel of {what} in {folder} is class {int(lab.argmax())}: the model can only learn that class",
+              file=sys.stderr)
+    return counts

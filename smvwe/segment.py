@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image, read_classes
-from .files import (ignore_sigint, check_range, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, dataset_signature,
+from .files import (ignore_sigint, check_range, check_labels, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, dataset_signature,
                          check_fingerprint)
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
 from .maps import crf_refine, parse_crf
@@ -224,6 +224,7 @@ def train_seg(root, # VOC-layout dataset folder
     if made_by and list(made_by) != classes:
         raise ValueError(f"the pseudo labels in {pseudo_dir} were made for classes {made_by} but {root} has {classes}: "
                          "make them from this dataset (smvwe pseudo) or train on the dataset they came from")
+    if not final.exists(): check_labels(pseudo_dir, read_split(root, cfg.train), 'the pseudo labels')  # all ignore: refused before any work
     device = init_distributed(cfg.device)  # under torchrun / accelerate launch: this rank's device, the process group
     set_seed(cfg.seed)
     dls = seg_dls(root, train=cfg.train, valid=cfg.valid, mask_dir=str(pseudo_dir.resolve()), crop=cfg.crop, bs=cfg.bs,

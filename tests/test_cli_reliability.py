@@ -158,3 +158,14 @@ def test_out_of_range_arguments_are_one_line(args, want, voc, tmp_path):
     run = tmp_path / 'run'; (run / 'cls').mkdir(parents=True); (run / 'cls' / 'model.pth').write_bytes(b'')  # never read
     r = smvwe(*[a.format(voc=voc, tmp=tmp_path, run=run) for a in args])
     assert r.returncode == 1 and one_line(r.stderr).endswith(want), r.stderr[-2000:]
+
+
+def test_train_seg_refuses_labels_that_are_all_ignore(voc, tmp_path):
+    import numpy as np
+    from smvwe.files import save_label_png
+    from smvwe.voc import read_split
+    for i in read_split(voc, 'train') + read_split(voc, 'val'): save_label_png(tmp_path / 'pl' / f'{i}.png', np.full((40, 48), 255))
+    r = smvwe('train-seg', voc, tmp_path / 'pl', tmp_path / 'seg', '--epochs', '1', '--device', 'cpu', '--num_workers', '0')
+    line = one_line(r.stderr)
+    assert r.returncode == 1 and 'label no pixel of the 8 training images (all 255 = ignore)' in line, line
+    assert not (tmp_path / 'seg' / 'seg' / 'model.pth').exists()
