@@ -18,7 +18,7 @@ from .files import atomic_save, ignore_sigint
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label
-from .experiment import (VARIANT_NAMES, PSEUDO_MODE, get_preset, run_variant, run_seg, check_claims, word_maps,
+from .experiment import (VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, run_variant, run_seg, check_claims, word_maps,
                               write_json, fmt)
 
 
@@ -297,10 +297,12 @@ def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue
              no_seg:bool=False, # skip the DeepLab stage
              quiet:bool=False, # no progress bars
              jobs:int=None, # trainings side by side, each in its own process (default: 2 on a CPU, 1 with a GPU)
+             pretrained:bool=False, # the paper's regime: the shipped openmoji-small backbone (classifier and DeepLab), new layers at 10x
             ):
     "Run SMVWE end to end on the built-in benchmark: data, CAM / VWE / saliency-only / SMVWE, pseudo labels, DeepLab, metrics, figures, report"
-    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}"
-    m = demo(out, 'quick' if quick else 'default', seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
+    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}{' --pretrained' if pretrained else ''}"
+    preset = get_preset('quick', **PRETRAINED) if quick and pretrained else 'pretrained' if pretrained else 'quick' if quick else 'default'
+    m = demo(out, preset, seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
     held = sum(c['holds'] is True for c in m['claims'].values())
     print(f"{held} of {len(m['claims'])} checks hold; see {Path(out)/'report.md'}")
     return m

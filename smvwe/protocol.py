@@ -14,14 +14,15 @@ from .train import train_cls, load_cls_model
 from .pseudo import make_pseudo
 from .maps import CRF_DEFAULT
 from .readout import score_readouts, CURVE_THRESHOLDS
-from .experiment import PRESETS, VARIANT_NAMES, get_preset, _split_kw
+from .experiment import PRESETS, REGIMES, VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, _split_kw, run_variant, run_seg
 
 # %% auto #0
 __all__ = ['BENCHES', 'READOUT_SET', 'TABLE_THR', 'BASELINE', 'CURVE', 'FAULT_KNOBS', 'STUDIES', 'FIRST_RECIPE', 'RECIPES',
-           'LEVELS', 'ORDER', 'BASELINE_L', 'BENCH_TITLES', 'MARKERS', 'bench_root', 'train_and_maps', 'score_run',
-           'write_saliency_level', 'benchmark_record', 'yardstick_verdict', 'protocol_study', 'readout_table',
-           'detail_table', 'quality_table', 'protocol_claims', 'recipe_table', 'plot_protocol', 'load_results',
-           'write_figures', 'report', 'update_readme', 'readme_block', 'protocol_cli']
+           'PRETRAINED_RECIPES', 'LEVELS', 'ORDER', 'BASELINE_L', 'BENCH_TITLES', 'MARKERS', 'bench_root',
+           'train_and_maps', 'score_run', 'write_saliency_level', 'result_name', 'benchmark_record',
+           'yardstick_verdict', 'protocol_study', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims',
+           'recipe_table', 'plot_protocol', 'load_results', 'write_figures', 'report', 'update_readme', 'readme_block',
+           'protocol_cli']
 
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
@@ -112,7 +113,7 @@ def write_saliency_level(root, # a benchmark folder (`smvwe synth` or `smvwe syn
     return d
 
 # %% ../nbs/12b_protocol.ipynb #6a9887db
-STUDIES = ('variants', 'yardstick', 'saliency-quality', 'recipe')
+STUDIES = ('variants', 'yardstick', 'saliency-quality', 'recipe', 'deeplab')
 _DILATED = dict(output_stride=8, backbone_kwargs={'layout': 'dilated'})  # the first small backbone
 FIRST_RECIPE = dict(lr=0.1, lr_mult=10., resize_long=(72, 96), **_DILATED)  # the project's first CPU recipe (96 px crops)
 RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a time towards today's preset
@@ -122,6 +123,19 @@ RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a
     '+ no scale aug.': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), **_DILATED),
     '+ plain backbone (os 8)': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), output_stride=8),
 }
+_W = PRETRAINED['weights']
+PRETRAINED_RECIPES = {  # the recipe study in the pretrained regime: from the from-scratch preset to the pretrained one, one change at a time
+    '+ openmoji-small backbone (frozen BN), head x10, lr 0.05': dict(weights=_W, lr_mult=10., lr=0.05),
+    '+ lr 0.01 (the paper\'s)': dict(weights=_W, lr_mult=10., lr=0.01),
+    '+ lr 0.002': dict(weights=_W, lr_mult=10., lr=0.002),
+    '+ lr 0.01, BN trained': dict(weights=_W, lr_mult=10., lr=0.01, freeze_bn=False),
+    '+ lr 0.01, 10 epochs': dict(weights=_W, lr_mult=10., lr=0.01, epochs=10),
+}
+
+def result_name(bench:str, study:str, regime:str='scratch') -> str:
+    "Stem of a study's result file: BENCH_STUDY from scratch, BENCH_REGIME_STUDY otherwise"
+    return f'{bench}_{study}' if regime == 'scratch' else f'{bench}_{regime}_{study}'
+
 LEVELS = {  # bench -> saliency source label -> (folder, strength to write it with, or None for a folder the benchmark has)
     'synth': {'exact': ('saliency_exact', 0.), 'simulated (benchmark)': ('saliency', None), 'strong faults': ('saliency_strong', 2.),
               'classical (cv2)': ('saliency_cv2', None)},
@@ -175,22 +189,26 @@ def protocol_study(study:str, # one of `STUDIES`
                    root=None, # an existing benchmark folder of the preset's kind
                    levels=None, # saliency-quality: labels of `LEVELS[bench]` to run (default: all)
                    progress:bool=True, # one line per finished run
+                   regime:str='scratch', # one of `REGIMES`: 'scratch' or 'pretrained' (the shipped openmoji-small backbone)
                    **overrides # preset keys for every run (e.g. epochs for a smoke test)
                   ):
     "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv"
     import pandas as pd
     if study not in STUDIES: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
     if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
-    preset = BENCHES[bench]; p = get_preset(preset, **overrides)
+    if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
+    if study == 'yardstick' and regime != 'scratch': raise ValueError('the yardstick is a from-scratch recipe: run it with regime scratch')
+    preset = BENCHES[bench]; p = get_preset(preset, **REGIMES[regime], **overrides)
     out = Path(out)/bench
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)
+    runs = out/('runs' if regime == 'scratch' else f'runs-{regime}')
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
     base_meta = dict(recipe=p, root=str(root.resolve()), readouts=READOUT_SET, thr=TABLE_THR, crf=CRF_DEFAULT)
     sq = study == 'saliency-quality'  # its table reads the train split without CRF: no CRF, no curve (a third of a run's time)
     if sq: base_meta.update(crf=None, curve=[])
     def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag=''):
         t0 = time.time(); tag = tag + ('' if sal == 'saliency' else f'-{sal}')
-        rd = out/'runs'/f'{variant}{tag}-seed{seed}'
+        rd = runs/f'{variant}{tag}-seed{seed}'
         def fn():
             if variant == 'yardstick':
                 from smvwe.yardstick import train_yardstick
@@ -202,12 +220,21 @@ def protocol_study(study:str, # one of `STUDIES`
             skw = dict(crf=None, curve=()) if sq else {}
             return _meta(score_run(rd, root, sal_dirs=sal_dirs, **skw), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'))
         df = _scores(rd, fn, dict(base_meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))
-        df = _meta(df, bench=bench, study=study, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
+        df = _meta(df, bench=bench, study=study, regime=regime, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
         if progress:
             r = df[(df.split == 'train') & (df.readout == 'eps') & (df.crf == 'none') & ~df.curve & (df.saliency == sal_dirs[0])]
             print(f'[{bench} {study}] {variant} seed {seed} sal {sal}: train eps mIoU {100 * r.miou.iloc[0]:.1f} ({time.time() - t0:.0f} s)', flush=True)
         return df
-    dfs, csv = [], Path(results)/f'{bench}_{study}.csv'
+    def seg(variant, seed):  # DeepLab on the variant's pseudo labels (its read-out, the preset's CRF); the classifier is the variants study's (trained here if missing)
+        t0, rd = time.time(), runs/f'{variant}-seed{seed}'
+        pl = run_variant(root, rd, variant, p, seed=seed, splits=('train', 'val'), progress=False, sal_dir='saliency')
+        r = run_seg(root, rd, p, seed=seed, progress=False)
+        row = dict(bench=bench, study=study, regime=regime, variant=variant, label=VARIANT_NAMES[variant], seed=seed, split='val',
+                   readout=PSEUDO_MODE[variant], pseudo_miou=pl['miou'], miou=r['miou'], boundary_f1=r['boundary']['f1'],
+                   **{f'confusion_{k}': v['ratio'] for k, v in r.get('confusion', {}).items()}, seg_train_s=r['train_s'])
+        if progress: print(f'[{bench} {regime} deeplab] {variant} seed {seed}: pseudo {100 * pl["miou"]:.1f}, DeepLab val mIoU {100 * r["miou"]:.1f} ({time.time() - t0:.0f} s)', flush=True)
+        return pd.DataFrame([row])
+    dfs, csv = [], Path(results)/f'{result_name(bench, study, regime)}.csv'
     Path(results).mkdir(parents=True, exist_ok=True)
     def add(df):  # the result file is rewritten after every run: an interrupted study keeps what it finished
         dfs.append(df); d = pd.concat(dfs, ignore_index=True)
@@ -216,8 +243,11 @@ def protocol_study(study:str, # one of `STUDIES`
         for s in seeds:  # seed-major: a study cut short still has every variant of its first seeds
             for v in ('cam', 'vwe', 'sal', 'smvwe'): add(one(v, s))
     elif study == 'recipe':
-        for lab, ov in RECIPES.items():
+        for lab, ov in (RECIPES if regime == 'scratch' else PRETRAINED_RECIPES).items():
             for s in seeds: add(one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40]))
+    elif study == 'deeplab':
+        for s in seeds:
+            for v in ('cam', 'smvwe'): add(seg(v, s))
     elif study == 'yardstick':
         for s in seeds: add(one('yardstick', s, label='yardstick CAM'))
     else:
@@ -228,7 +258,7 @@ def protocol_study(study:str, # one of `STUDIES`
             add(one('cam', s, sal_dirs=tuple(f for f, _ in lv.values())).assign(level=lambda d: d.saliency.map({f: n for n, (f, _) in lv.items()})))
             for name, (folder, _) in lv.items():
                 for v in ('sal', 'smvwe'): add(one(v, s, sal=folder, sal_dirs=(folder,)).assign(level=name))
-    benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
+    if regime == 'scratch': benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
     return pd.concat(dfs, ignore_index=True)
 
 # %% ../nbs/12b_protocol.ipynb #8092bad6
@@ -365,13 +395,15 @@ BENCH_TITLES = {'synth': 'Built-in drawn benchmark (`smvwe synth`)', 'emoji': 'O
 MARKERS = ('<!-- protocol tables: generated by `smvwe protocol report --readme README.md`; do not edit by hand -->',
            '<!-- end of protocol tables -->')
 
-def load_results(results='nbs/results', bench:str='synth', studies=STUDIES):
-    "The concatenated result rows of `bench` (None when no study was run)"
+def load_results(results='nbs/results', bench:str='synth', studies=STUDIES, regime:str='scratch'):
+    "The concatenated result rows of `bench` in `regime` (None when no study was run), with a `regime` column"
     import pandas as pd
-    fs = [Path(results)/f'{bench}_{s}.csv' for s in studies if (Path(results)/f'{bench}_{s}.csv').exists()]
+    fs = [f for s in studies if (f := Path(results)/f'{result_name(bench, s, regime)}.csv').exists()]
     if not fs: return None
     df = pd.concat([pd.read_csv(f) for f in fs], ignore_index=True)
-    df['curve'] = df['curve'].astype(bool); df['crf'] = df['crf'].fillna('none')
+    if 'curve' in df: df['curve'] = df['curve'].fillna(False).astype(bool)
+    if 'crf' in df: df['crf'] = df['crf'].fillna('none')
+    df['regime'] = regime
     return df
 
 def write_figures(results='nbs/results', images='nbs/images') -> list:
@@ -423,7 +455,7 @@ def readme_block(readme='README.md') -> str:
 
 # %% ../nbs/12b_protocol.ipynb #6b04b092
 @call_parse
-def protocol_cli(study:str, # variants, yardstick, saliency-quality, or report (tables from the result files)
+def protocol_cli(study:str, # variants, yardstick, saliency-quality, recipe, deeplab, or report (tables from the result files)
                  bench:str='synth', # synth (the built-in benchmark) or emoji (OpenMoji real images)
                  out:str='runs/protocol', # runs and benchmarks go to OUT/BENCH/
                  seeds:str='0,1,2', # training seeds
@@ -433,6 +465,7 @@ def protocol_cli(study:str, # variants, yardstick, saliency-quality, or report (
                  epochs:int=None, # override the preset's epochs (smoke tests)
                  readme:str=None, # report: rewrite this README's protocol block
                  quiet:bool=False, # no progress lines
+                 regime:str='scratch', # scratch (the benchmark's preset) or pretrained (the shipped openmoji-small backbone, new layers at 10x)
                 ):
     "The fair protocol: every variant under every read-out on a benchmark, the yardstick, the saliency-quality study, the report"
     if study == 'report':
@@ -441,5 +474,5 @@ def protocol_cli(study:str, # variants, yardstick, saliency-quality, or report (
         else: print(report(results))
         return
     ov = {} if epochs is None else dict(epochs=epochs)
-    df = protocol_study(study, bench, out, seeds, results, root, None if levels is None else levels.split(','), progress=not quiet, **ov)
-    print(f'wrote {Path(results)/f"{bench}_{study}.csv"} ({len(df)} rows)')
+    df = protocol_study(study, bench, out, seeds, results, root, None if levels is None else levels.split(','), progress=not quiet, regime=regime, **ov)
+    print(f'wrote {Path(results)/(result_name(bench, study, regime) + ".csv")} ({len(df)} rows)')

@@ -164,7 +164,7 @@ class SegConfig(StageConfig):
     wd:float=5e-4 # weight decay (L2)
     mom:float=0.9 # SGD momentum
     power:float=0.9 # exponent of the poly decay
-    weights:str|None=None # local torchvision-format backbone weights (.pth)
+    weights:str|None=None # backbone weights: a local torchvision-format .pth, or for the small backbone the shipped openmoji-small
     head_channels:int|None=None # LargeFOV fc6/fc7 channels (default: 1024, small: 256)
     dilation:int=12 # LargeFOV fc6 dilation
     rates:tuple[int,...]=(6, 12, 18, 24) # ASPP rates

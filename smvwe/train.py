@@ -129,7 +129,7 @@ class ClsConfig(StageConfig):
     mu:float=0.5 # weight of the inverted background map 1-F_bg in Eq. 5 (F_s = F_fg + mu * mass on absent classes)
     backbone:str='small' # small (CPU preset), resnet38 (the paper's), resnet50, resnet101
     n_words:int=256 # number of semantic words N (§4.1)
-    weights:str|None=None # pretrained backbone weights file
+    weights:str|None=None # pretrained backbone weights: a file, 'imagenet' (ResNets, local cache), or the shipped openmoji-small (small backbone)
     tau:float|None=None # temperature of the word softmax (default: the encoder's)
     output_stride:int|None=None # backbone output stride: 8 or 16 (None: 8, and 4 for the small backbone)
     word_dim:int|None=None # K, the word dimension (default: K = C, no projection, Eq. 1 as written)
