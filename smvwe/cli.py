@@ -64,7 +64,7 @@ def error_line(e:BaseException) -> str|None:
 
 # %% ../nbs/10_cli.ipynb #b1d33cb0
 WRITES = {'train-cls': 'out', 'train-seg': 'out', 'demo': 'out', 'ablate': 'out', 'protocol': 'out', 'readout': 'out',
-          'pseudo': 'out|run_dir'}  # the run folder each command writes, locked while it runs (datasets are not)
+          'pretrain': 'out', 'pseudo': 'out|run_dir'}  # the run folder each command writes, locked while it runs (datasets are not)
 
 def out_folder(cmd:str, args:dict) -> str|None:
     "The run folder `cmd` writes with these arguments (None: nothing to lock, or several processes share it by design)"

@@ -249,7 +249,7 @@ def check_range(name:str, # the option, without dashes
         raise ValueError(f"--{name} must be in {rng}, got {value}")
     return value
 
-# %% ../nbs/00_files.ipynb #b8a7f1d7
+# %% ../nbs/00_files.ipynb #8813ef62
 def check_labels(folder, # label PNGs, ID.png (255 = ignore)
                  ids, # the images that will be trained on
                  what:str='the labels', # named in the messages
