@@ -235,7 +235,10 @@ def demo(out='runs/demo', # run folder
     def stage(msg):
         nonlocal k; k += 1; say(f'[{k}/{n_stages}] {msg}', flush=True); return time.time()
     t = stage(f"benchmark: {p['n_train']} train + {p['n_val']} val images of {p['size']} px -> {run/'data'}")
-    root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
+    try: root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
+    except ValueError as e:  # the benchmark's own advice (--overwrite) is not an option of the demo
+        raise ValueError(str(e).replace('choose a new OUT folder or pass --overwrite (overwrite=True)',
+                                        'this run folder belongs to another demo: choose a new --out folder')) from None
     timings['benchmark'] = time.time() - t
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     lanes = Lanes(jobs)

@@ -46,6 +46,17 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
     assert rewritten == [], rewritten[:10]
 
 
+def test_demo_with_another_seed_in_a_used_folder(tmp_path, capsys):
+    "The benchmark's advice (--overwrite) is not a demo option: the demo says to choose another --out"
+    from smvwe.demo import get_preset
+    from smvwe.synth import make_benchmark
+    p = get_preset('quick')
+    make_benchmark(tmp_path/'d'/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=0, progress=False)
+    assert main(['demo', '--quick', '--out', str(tmp_path/'d'), '--seed', '1', '--quiet']) == 1
+    err = capsys.readouterr().err
+    assert 'choose a new --out folder' in err and '--overwrite' not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_demo_bad_arguments(tmp_path, capsys):
     assert main(['demo', '--out', str(tmp_path / 'x'), '--epochs', '3']) == 2      # unknown option: argparse error
     bad = tmp_path / 'taken'; (bad / 'data').mkdir(parents=True); (bad / 'data' / 'notes.txt').write_text('mine')
