@@ -34,9 +34,9 @@ def voc(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def trained(voc, tmp_path_factory):
-    "An uninterrupted 4-epoch run: the reference of the resume test, and the classifier of the pseudo tests"
+    "An uninterrupted 6-epoch run: the reference of the resume test, and the classifier of the pseudo tests"
     run = tmp_path_factory.mktemp('ref') / 'run'
-    r = smvwe('train-cls', voc, run, '--epochs', '4', *TINY)
+    r = smvwe('train-cls', voc, run, '--epochs', '6', *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     return run
 
@@ -44,7 +44,12 @@ def trained(voc, tmp_path_factory):
 def start(*args):
     "Start `smvwe ARGS` in its own process group, as a shell starts a foreground job"
     return subprocess.Popen([SMVWE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_default)
+
+
+def _sigint_default():
+    "A shell starts background jobs with SIGINT ignored, and children inherit that: give the command the terminal's default"
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(p, cond, what, timeout=1200):
@@ -64,17 +69,17 @@ def ctrl_c(p):
 
 def test_ctrl_c_train_cls_then_resume_equals_an_uninterrupted_run(voc, trained, tmp_path):
     run = tmp_path / 'run'
-    p = start('train-cls', voc, run, '--epochs', '4', *TINY)
+    p = start('train-cls', voc, run, '--epochs', '6', *TINY)
     wait_for(p, lambda: (run / 'cls' / 'checkpoint.pth').exists(), 'first epoch')
     rc, err = ctrl_c(p)
     assert rc == 130 and one_line(err) == 'smvwe train-cls: interrupted; rerun the same command to resume'
     assert not (run / '.smvwe.lock').exists() and not list(run.rglob('*.tmp'))
-    r = smvwe('train-cls', voc, run, '--epochs', '4', *TINY)
+    r = smvwe('train-cls', voc, run, '--epochs', '6', *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = (torch.load(d / 'cls' / 'model.pth', weights_only=True)['model'] for d in (trained, run))
     assert all(torch.equal(a[k], b[k]) for k in a)                               # the same weights, bit for bit
     assert (run / 'cls' / 'history.csv').read_text() == (trained / 'cls' / 'history.csv').read_text()   # and the same log
-    assert len(list(csv.reader((run / 'cls' / 'history.csv').open()))) == 1 + 4
+    assert len(list(csv.reader((run / 'cls' / 'history.csv').open()))) == 1 + 6
 
 
 def test_ctrl_c_pseudo_with_workers(voc, trained, tmp_path):
