@@ -34,13 +34,15 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
     assert 'SMVWE' in report and 'figures/bars.png' in report and 'DeepLab' in report
     assert set(m['claims']) >= {'smvwe_beats_cam_miou', 'smvwe_raises_boundary_f1', 'seg_smvwe_beats_cam'}
     assert not list(out.rglob('*.tmp'))
-    # a second run finds every stage done: same metrics, and no model, map or label file is written again
+    # a second run finds every stage done: same metrics, no epoch trained (checkpoints untouched), no map or label made again
     for p in out.rglob('*'):
         if p.is_file(): os.utime(p, ns=(10**18, 10**18))                    # a stamp no write can produce
     assert main(['demo', '--quick', '--out', str(out), '--quiet']) == 0
     m2 = json.loads((out / 'metrics.json').read_text())
     assert _scores(m2) == _scores(m)
-    stages = [p for p in out.rglob('*') if p.is_file() and p.suffix in ('.pth', '.npy', '.png') and 'figures' not in p.parts]
+    stages = [p for p in out.rglob('*') if p.is_file() and (p.suffix in ('.npy', '.png') or p.name == 'checkpoint.pth')
+              and 'figures' not in p.parts]
+    assert len([p for p in stages if p.name == 'checkpoint.pth']) == 4 + 2          # every variant's classifier, both DeepLabs
     assert len(stages) > 4 * 12 * 3
     rewritten = sorted(str(p.relative_to(out)) for p in stages if p.stat().st_mtime_ns != 10**18)
     assert rewritten == [], rewritten[:10]
