@@ -34,7 +34,7 @@ PRESETS = {
                     lr_mult=None, n_words=16, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
                     seg_arch='v1', seg_backbone='small', seg_epochs=1, seg_bs=8, seg_lr=0.1),
 }
-PRETRAINED = dict(weights='openmoji-small', lr=0.01, lr_mult=10., seg_weights='openmoji-small', seg_lr=0.01)  # the paper's regime (see below)
+PRETRAINED = dict(weights='openmoji-small', lr=0.01, lr_mult=10., freeze_bn=False, seg_weights='openmoji-small', seg_lr=0.01)  # the paper's regime (see below)
 REGIMES = {'scratch': {}, 'pretrained': PRETRAINED}  # regime -> the keys it changes in a benchmark's preset
 PRESETS['pretrained'], PRESETS['real-pretrained'] = {**PRESETS['default'], **PRETRAINED}, {**PRESETS['real'], **PRETRAINED}
 VARIANT_NAMES = {'cam': 'CAM', 'vwe': 'VWE', 'sal': 'saliency-only', 'smvwe': 'SMVWE'}

@@ -285,11 +285,12 @@ def corpus(cfg:PretrainConfig, cache=None) -> dict:
 # %% ../nbs/06d_pretrain.ipynb #bc5a2b2a
 def heldout_scores(model:nn.Module, data:dict, cfg:PretrainConfig) -> dict:
     "Top-1 / top-5 accuracy on the held-out split: `heldout` images per class on held-out backgrounds"
-    n = cfg.heldout * len(data['classes']); bs = 256
+    n = cfg.heldout * len(data['classes']); bs = min(256, n)
     dl = GlyphStream(data['bank'], data['labels'], data['held'], math.ceil(n / bs), bs, seed=cfg.seed + 9_999, fixed=True, channels_last=cfg.channels_last)
     model.eval(); hit1 = hit5 = tot = 0
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=cfg.amp == 'bf16'):
         for x, y in dl:
+            x, y = x[:n - tot], y[:n - tot]  # exactly n images
             top = model(x).float().topk(min(5, len(data['classes'])), 1).indices
             hit1 += (top[:, 0] == y).sum().item(); hit5 += (top == y[:, None]).any(1).sum().item(); tot += len(y)
     return dict(top1=hit1 / tot, top5=hit5 / tot, images=tot)
@@ -298,7 +299,13 @@ def pretrain(out, # folder: OUT/checkpoint.pth, OUT/history.csv, OUT/backbone.pt
              cfg:PretrainConfig|dict|None=None, # the recipe (default: `PretrainConfig()`); `kw` changes its fields
              **kw) -> dict: # the contents of OUT/pretrain.json
     "Train the small backbone as a classifier of the OpenMoji corpus (resumable) and write its weights and scores"
-    cfg = PretrainConfig.make(cfg, **kw); out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    cfg = PretrainConfig.make(cfg, **kw)
+    torch.set_flush_denormal(True)  # measured: without it, denormal floats (tiny momenta and gradients) made epochs up to 3x slower as training went on
+    try: return _pretrain(Path(out), cfg)
+    finally: torch.set_flush_denormal(False)  # the process-wide default again
+
+def _pretrain(out:Path, cfg:PretrainConfig) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads: torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     t0 = time.time(); data = corpus(cfg, cache=out); t_corpus = time.time() - t0
@@ -307,7 +314,7 @@ def pretrain(out, # folder: OUT/checkpoint.pth, OUT/history.csv, OUT/backbone.pt
     model = PretrainNet(len(data['classes']), cfg.width, cfg.output_stride)
     learn = Learner(GlyphLoaders(train, valid), model, loss_func=nn.CrossEntropyLoss(label_smoothing=cfg.smoothing),
                     opt_func=functools.partial(SGD, mom=cfg.mom, decouple_wd=False), lr=cfg.lr, wd=cfg.wd,
-                    metrics=[accuracy, top_k_accuracy], path=out, cbs=[PolyLR(0.9)])
+                    metrics=[accuracy, functools.partial(top_k_accuracy, k=min(5, len(data['classes'])))], path=out, cbs=[PolyLR(0.9)])
     if cfg.amp: learn.add_cb(AMP(cfg.amp))
     if cfg.channels_last: learn.add_cb(ChannelsLast())
     if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = functools.partial(print_epoch_log, learn)

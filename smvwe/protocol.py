@@ -9,20 +9,22 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
 from .files import atomic_save, atomic_write
-from .voc import read_split
+from .voc import read_split, load_mask
+from .metrics import word_label_miou
 from .train import train_cls, load_cls_model
 from .pseudo import make_pseudo
+from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts, CURVE_THRESHOLDS
-from .experiment import PRESETS, REGIMES, VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, _split_kw, run_variant, run_seg
+from .experiment import PRESETS, REGIMES, VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, _split_kw, run_variant, run_seg, word_maps
 
 # %% auto #0
 __all__ = ['BENCHES', 'READOUT_SET', 'TABLE_THR', 'BASELINE', 'CURVE', 'FAULT_KNOBS', 'STUDIES', 'FIRST_RECIPE', 'RECIPES',
-           'PRETRAINED_RECIPES', 'LEVELS', 'ORDER', 'BASELINE_L', 'BENCH_TITLES', 'MARKERS', 'bench_root',
-           'train_and_maps', 'score_run', 'write_saliency_level', 'result_name', 'benchmark_record',
+           'PRETRAINED_RECIPES', 'LEVELS', 'ORDER', 'BASELINE_L', 'REGIME_NAMES', 'BENCH_TITLES', 'MARKERS',
+           'bench_root', 'train_and_maps', 'score_run', 'write_saliency_level', 'result_name', 'benchmark_record',
            'yardstick_verdict', 'protocol_study', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims',
-           'recipe_table', 'plot_protocol', 'load_results', 'write_figures', 'report', 'update_readme', 'readme_block',
-           'protocol_cli']
+           'recipe_table', 'regime_claims', 'regime_table', 'plot_protocol', 'load_results', 'write_figures', 'report',
+           'update_readme', 'readme_block', 'protocol_cli']
 
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
@@ -46,7 +48,7 @@ def bench_root(preset='default', # a `PRESETS` name or dict; its `bench` key say
 
 # %% ../nbs/12b_protocol.ipynb #1860bac9
 def train_and_maps(root, run_dir, variant:str, preset='default', seed:int=0, splits=('train', 'val'), **overrides) -> dict:
-    "Train `variant` into `run_dir` (resumable) and store the raw logits of `splits`; returns the classifier's verdict"
+    "Train `variant` into `run_dir` (resumable) and store the raw logits of `splits`; returns the classifier's verdict (+ `word_miou` on val for word models)"
     p = get_preset(preset, **overrides); tkw, pkw = _split_kw(p)
     tkw = {k: v for k, v in tkw.items() if k != 'bench'}
     run_dir = Path(run_dir)
@@ -55,7 +57,12 @@ def train_and_maps(root, run_dir, variant:str, preset='default', seed:int=0, spl
     for sp in splits:
         make_pseudo(model, root, sp, run_dir/f'maps_{sp}', scales=pkw['scales'], flip=True, mode='eps', crf=False,
                     save_cams=False, n_workers=0, progress=False)
-    return model.diagnostics or {}
+    diag = dict(model.diagnostics or {})
+    if getattr(model, 'use_words', False):  # Table 1's measure: the word labels Z (Eq. 3) of val, each word mapped to its majority class
+        ids = read_split(root, 'val')
+        w = word_label_miou(word_maps(model, root, ids), [load_mask(root, i) for i in ids], model.config['n_words'], len(model.classes))
+        diag['word_miou'] = w['miou']
+    return diag
 
 CURVE = (0.1, 0.15, 0.25, 0.3, 0.4, 0.5)  # the other points of the background-threshold curve (0.2 is in the table)
 
@@ -125,11 +132,11 @@ RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a
 }
 _W = PRETRAINED['weights']
 PRETRAINED_RECIPES = {  # the recipe study in the pretrained regime: from the from-scratch preset to the pretrained one, one change at a time
-    '+ openmoji-small backbone (frozen BN), head x10, lr 0.05': dict(weights=_W, lr_mult=10., lr=0.05),
-    '+ lr 0.01 (the paper\'s)': dict(weights=_W, lr_mult=10., lr=0.01),
-    '+ lr 0.002': dict(weights=_W, lr_mult=10., lr=0.002),
+    '+ openmoji-small backbone (frozen BN), head x10, lr 0.05': dict(weights=_W, lr_mult=10., lr=0.05, freeze_bn=True),
+    '+ lr 0.01 (the paper\'s)': dict(weights=_W, lr_mult=10., lr=0.01, freeze_bn=True),
+    '+ lr 0.002': dict(weights=_W, lr_mult=10., lr=0.002, freeze_bn=True),
     '+ lr 0.01, BN trained': dict(weights=_W, lr_mult=10., lr=0.01, freeze_bn=False),
-    '+ lr 0.01, 10 epochs': dict(weights=_W, lr_mult=10., lr=0.01, epochs=10),
+    '+ lr 0.02, BN trained': dict(weights=_W, lr_mult=10., lr=0.02, freeze_bn=False),
 }
 
 def result_name(bench:str, study:str, regime:str='scratch') -> str:
@@ -218,7 +225,7 @@ def protocol_study(study:str, # one of `STUDIES`
                 diag = yardstick_verdict(m, root)
             else: diag = train_and_maps(root, rd, variant, p, seed, sal_dir=sal, **(ov or {}))
             skw = dict(crf=None, curve=()) if sq else {}
-            return _meta(score_run(rd, root, sal_dirs=sal_dirs, **skw), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'))
+            return _meta(score_run(rd, root, sal_dirs=sal_dirs, **skw), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'), word_miou=diag.get('word_miou'))
         df = _scores(rd, fn, dict(base_meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))
         df = _meta(df, bench=bench, study=study, regime=regime, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
         if progress:
@@ -244,7 +251,13 @@ def protocol_study(study:str, # one of `STUDIES`
             for v in ('cam', 'vwe', 'sal', 'smvwe'): add(one(v, s))
     elif study == 'recipe':
         for lab, ov in (RECIPES if regime == 'scratch' else PRETRAINED_RECIPES).items():
-            for s in seeds: add(one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40]))
+            for s in seeds:
+                try: add(one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40]))
+                except NonFiniteLoss:  # a recipe that diverges is a result of the study: one row per split, no scores
+                    if progress: print(f'[{bench} {study}] {lab} seed {s}: diverged', flush=True)
+                    add(pd.DataFrame([dict(split=sp, readout=r, crf='none', bg_thr=TABLE_THR, curve=False, saliency='saliency', miou=np.nan,
+                                           diverged=True, bench=bench, study=study, regime=regime, variant='cam', label=lab, seed=s)
+                                      for sp in ('train', 'val') for r in READOUT_SET]))
     elif study == 'deeplab':
         for s in seeds:
             for v in ('cam', 'smvwe'): add(seg(v, s))
@@ -339,6 +352,13 @@ def protocol_claims(df, split:str='train', crf:str='none',
     best = max(sm, key=lambda r: np.nanmean(sm[r]) if len(sm[r]) else -1)
     put(f'SMVWE ({best}) > CAM + saliency as background (threshold+sal), mIoU', *_pair(d, 'SMVWE', best, *BASELINE_L))
     put('SMVWE > saliency-only, mIoU (eps)', *_pair(d, 'SMVWE', 'eps', 'saliency-only', 'eps'))
+    put('VWE > CAM, mIoU (eps)', *_pair(d, 'VWE', 'eps', 'CAM', 'eps'))
+    if 'word_miou' in df:  # Table 1: VWE's word labels against CAM's maps (threshold read-out), val split
+        v = _sel(df[df.saliency == 'saliency'], 'val', crf)
+        w = v[(v.label == 'VWE') & (v.readout == 'eps')].set_index('seed').word_miou
+        c = v[(v.label == 'CAM') & (v.readout == 'threshold')].set_index('seed').miou
+        s = sorted(set(w.dropna().index) & set(c.index))
+        put('VWE word labels > CAM, val mIoU (word labels vs threshold)', w.loc[s].to_numpy(float), c.loc[s].to_numpy(float))
     for c in [c for c in d.columns if c.startswith('confusion_') and d[c].notna().any()]:
         put(f'SMVWE < CAM, {c.replace("_", " ")} (eps)', *_pair(d, 'SMVWE', 'eps', 'CAM', 'eps', c), lower=True, k=1, dd=3)
     put('SMVWE > CAM, boundary F1 (eps)', *_pair(d, 'SMVWE', 'eps', 'CAM', 'eps', 'boundary_f1'))
@@ -356,17 +376,70 @@ def protocol_claims(df, split:str='train', crf:str='none',
 
 BASELINE_L = ('CAM', BASELINE[1])
 
-def recipe_table(rec, var, split:str='train') -> str:
+def recipe_table(rec, var, split:str='train',
+                 last:str="+ output stride 4: the benchmark's preset", # the label of the variants study's CAM (the last step)
+                 first:tuple|None=None, # (label, variants rows) of a CAM shown first: the pretrained study starts from the from-scratch preset
+                ) -> str:
     "Markdown: the recipe study's CAM runs and the variants study's CAM (the preset), val mAP and mIoU % under three read-outs"
     import pandas as pd
-    d = _sel(pd.concat([rec, var[var.variant == 'cam'].assign(label="+ output stride 4: the benchmark's preset")], ignore_index=True), split, 'none')
+    parts = ([first[1][first[1].variant == 'cam'].assign(label=first[0])] if first else []) + [rec, var[var.variant == 'cam'].assign(label=last)]
+    d = _sel(pd.concat(parts, ignore_index=True), split, 'none')
     d = d[d.saliency == 'saliency']
     cols = [('threshold', 'mIoU `threshold`'), ('eps', 'mIoU `eps`'), ('threshold+sal', 'mIoU `threshold+sal`')]
     lines = ['| CAM recipe | seeds | val mAP % | skill | ' + ' | '.join(t for _, t in cols) + ' |', '|---|---|---|---|' + '---|' * len(cols)]
     for lab in dict.fromkeys(d.label):
         g = d[d.label == lab]; g1 = g[g.readout == 'eps']
+        if 'diverged' in g and g.diverged.fillna(False).astype(bool).all():
+            lines.append(f'| {lab} | {g.seed.nunique()} | diverged (non-finite loss) |' + ' |' * (2 + len(cols))); continue
         lines.append(f'| {lab} | {g.seed.nunique()} | {_cell(g1.valid_map)} | {_cell(g1.skill, 1, 2)} | ' +
                      ' | '.join(_cell(g[g.readout == r].miou) for r, _ in cols) + ' |')
+    return '\n'.join(lines)
+
+# %% ../nbs/12b_protocol.ipynb #207215e8
+REGIME_NAMES = {'scratch': 'from scratch', 'pretrained': 'pretrained'}
+
+def _seg_claim(s:'pd.DataFrame|None') -> dict:
+    "DeepLab on SMVWE's pseudo labels against DeepLab on CAM's, val mIoU per seed"
+    claim = "DeepLab on SMVWE's labels > on CAM's, val mIoU"
+    if s is None or not {'CAM', 'SMVWE'} <= set(s.label): return dict(claim=claim, holds=None, detail='not measured')
+    x, y = (s[s.label == l].set_index('seed').miou for l in ('SMVWE', 'CAM'))
+    k = sorted(set(x.index) & set(y.index)); x, y = x.loc[k].to_numpy(float), y.loc[k].to_numpy(float)
+    return dict(claim=claim, holds=bool((x - y).mean() > 0 and (x > y).all()),
+                detail=f'{100 * x.mean():.1f} vs {100 * y.mean():.1f} (mean of {len(k)} seed{"s" * (len(k) > 1)}; better on {int((x > y).sum())} of {len(k)})')
+
+def regime_claims(results='nbs/results') -> 'pd.DataFrame':
+    "Every claim per benchmark and regime: rows (bench, regime, claim, holds, detail) from the result files"
+    import pandas as pd
+    rows = []
+    for bench in BENCH_TITLES:
+        cams = {}
+        for regime in REGIMES:
+            df = load_results(results, bench, ('variants', 'yardstick'), regime)
+            if df is None: continue
+            cs = protocol_claims(df, rec=load_results(results, bench, ('recipe',), regime) if regime == 'scratch' else None)
+            cs.append(_seg_claim(load_results(results, bench, ('deeplab',), regime)))
+            rows += [dict(bench=bench, regime=regime, **c) for c in cs]
+            cams[regime] = _sel(df[(df.saliency == 'saliency') & (df.label == 'CAM')], 'train', 'none')
+        if len(cams) == 2:  # the done-when of the pretrained regime: its CAM learns and localizes better, on every seed
+            for what, r, col in (('val mAP', 'eps', 'valid_map'), ('mIoU (threshold)', 'threshold', 'miou')):
+                a, b = (cams[g][cams[g].readout == r].set_index('seed')[col] for g in ('pretrained', 'scratch'))
+                k = sorted(set(a.index) & set(b.index)); x, y = a.loc[k].to_numpy(float), b.loc[k].to_numpy(float)
+                rows.append(dict(bench=bench, regime='pretrained', claim=f'pretrained CAM > from-scratch CAM, {what}',
+                                 holds=bool(len(k) and (x - y).mean() > 0 and (x > y).all()),
+                                 detail=f'{100 * x.mean():.1f} vs {100 * y.mean():.1f} (seeds {k})'))
+    return pd.DataFrame(rows)
+
+def regime_table(claims:'pd.DataFrame') -> str:
+    "Markdown: one row per claim, one column per benchmark x regime ('holds' / 'no' and the numbers)"
+    cols = [(b, r) for b in BENCH_TITLES for r in REGIMES if ((claims.bench == b) & (claims.regime == r)).any()]
+    def cell(c):
+        if c is None: return ''
+        return ('**holds**' if c['holds'] else 'no' if c['holds'] is not None else 'not measured') + (': ' + c['detail'].split(' (')[0] if c['holds'] is not None else '')
+    names = {'synth': 'drawn', 'emoji': 'OpenMoji'}
+    lines = ['| claim | ' + ' | '.join(f'{names.get(b, b)}, {REGIME_NAMES[r]}' for b, r in cols) + ' |', '|---|' + '---|' * len(cols)]
+    for claim in dict.fromkeys(claims.claim):
+        g = {(r['bench'], r['regime']): r for r in claims[claims.claim == claim].to_dict('records')}
+        lines.append(f'| {claim} | ' + ' | '.join(cell(g.get(k)) for k in cols) + ' |')
     return '\n'.join(lines)
 
 # %% ../nbs/12b_protocol.ipynb #e5a10d5d
