@@ -14,7 +14,7 @@ from fastcore.script import call_parse
 import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
-from .files import atomic_save
+from .files import atomic_save, ignore_sigint
 from .parallel import Lanes, default_jobs
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
@@ -205,7 +205,10 @@ def demo(out='runs/demo', # run folder
     def stage(msg):
         nonlocal k; k += 1; say(f'[{k}/{n_stages}] {msg}', flush=True); return time.time()
     t = stage(f"benchmark: {p['n_train']} train + {p['n_val']} val images of {p['size']} px -> {run/'data'}")
-    root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
+    try: root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
+    except ValueError as e:  # the benchmark's own advice (--overwrite) is not an option of the demo
+        raise ValueError(str(e).replace('choose a new OUT folder or pass --overwrite (overwrite=True)',
+                                        'this run folder belongs to another demo: choose a new --out folder')) from None
     timings['benchmark'] = time.time() - t
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     lanes = Lanes(jobs)
@@ -233,7 +236,8 @@ def demo(out='runs/demo', # run folder
         while todo or running:
             while todo and len(running) < jobs: key = todo.pop(0); running[key] = start(*key)
             key = lanes.first_done(running); finished(*key, lanes.result(running.pop(key)))
-    finally: lanes.close()
+    except BaseException: lanes.close(kill=True); raise
+    else: lanes.close()
     res, segres = {v: res[v] for v in variants}, {v: segres[v] for v in seg_vs}  # in a fixed order: metrics.json's bytes
     t = stage(f"figures and report -> {run}")
     figs = [plot_bars(res, segres or None, run/'figures'/'bars.png')]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os, sys
 from pathlib import Path
+from .files import ignore_sigint
 
 # %% auto #0
 __all__ = ['resolve_shard', 'rank_cores', 'single_thread_worker', 'default_jobs', 'Lanes']
@@ -23,7 +24,8 @@ def rank_cores() -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
 
 def single_thread_worker():
-    "Initializer of a worker process: one OpenMP / torch thread (the workers share the rank's cores)"
+    "Initializer of a worker process: one OpenMP / torch thread (the workers share the rank's cores); Ctrl-C is the parent's"
+    ignore_sigint()  # the parent prints one line and stops; no traceback per worker
     os.environ['OMP_NUM_THREADS'] = '1'  # read by torch when a spawned worker imports it
     if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(1)  # a forked worker has it already
 
@@ -38,6 +40,7 @@ def _lane_init(threads:int):
     "A lane's process: `threads` torch threads, and it dies with its parent (kill -9 of the parent leaves no orphan writing files)"
     import torch
     torch.set_num_threads(threads)
+    ignore_sigint()  # Ctrl-C is the demo's: it stops the lanes (`Lanes.close(kill=True)`) and prints one line
     try:
         import ctypes, signal
         ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
@@ -72,6 +75,9 @@ class Lanes:
         from concurrent.futures import wait, FIRST_COMPLETED
         done = wait(list(jobs.values()), return_when=FIRST_COMPLETED).done
         return next(k for k, j in jobs.items() if j in done)
-    def close(self):
-        if self.pool: self.pool.shutdown(cancel_futures=True)
+    def close(self, kill:bool=False):
+        "Wait for the running calls; `kill`: end them now (an interrupted demo; their stages resume on the next run)"
+        if self.pool and kill:
+            for p in list((self.pool._processes or {}).values()): p.terminate()
+        if self.pool: self.pool.shutdown(wait=not kill, cancel_futures=True)
 

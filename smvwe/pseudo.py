@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from .files import save_npy, save_label_png, progress_iter, file_hash, check_fingerprint
+from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, check_fingerprint, ignore_sigint, check_range
 from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
                         crf_params, parse_crf)
@@ -89,6 +89,7 @@ def _pseudo_one(id, img, cams16, label, opts, cam_p, png_p, sal=None, logits16=N
                        opts['conf_thr'], opts['ignore_disagree'], sal)
     save_label_png(png_p, lab)
     return id
+
 
 # %% ../nbs/07b_pseudo.ipynb #7916e67f
 def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
@@ -210,6 +211,11 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
               ):
     "Localization maps (cams/ID.npy), raw logits (logits/ID.npy) and pseudo labels (pseudo/ID.png) for a split."
     ckw = parse_crf(crf_preset) if crf_preset else {}   # a bad preset fails before the model loads
+    try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
+    except ValueError: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}') from None
+    if not sc: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}')
+    for k, v, rng in [('bg_thr', bg_thr, '[0,1]'), ('conf_thr', conf_thr, '[0,1)'), ('n_workers', n_workers, '[0,inf)')] + [('scales', s, '(0,16]') for s in sc]:
+        check_range(k, v, rng)   # out of range: useless labels with exit 0 (conf_thr 1 ignores every pixel)
     mp = Path(run_dir)/'cls'/'model.pth'
     if not mp.exists(): raise FileNotFoundError(f'{mp} not found: train the classification stage first (smvwe train-cls)')
     from smvwe.train import load_cls_model
@@ -223,8 +229,6 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
     classes = read_classes(root)
     if getattr(model, 'classes', None) and list(model.classes) != classes:
         raise ValueError(f'{mp} was trained on classes {model.classes} but {root} has {classes}')
-    try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
-    except ValueError: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}') from None
     o = make_pseudo(model, root, split, out or run_dir, scales=sc, flip=flip, mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=ckw,
                     conf_thr=conf_thr, ignore_disagree=ignore_disagree, n_workers=n_workers, resume=resume,
                     sal_dir=sal_dir, device=device, rank=rank, world_size=world_size, save_logits=save_logits, skip_bad=skip_bad,

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .files import atomic_write
+from .files import atomic_write, ignore_sigint
 from .maps import READOUTS, BG_THR, parse_readout, readout_scores, scores_to_probs, crf_refine, parse_crf
 from .pseudo import load_logits
 from .voc import load_saliency
@@ -129,7 +129,7 @@ def score_readouts(maps_dir, # make_pseudo output folder (holding logits/) or th
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         ctx = mp.get_context('fork' if sys.platform.startswith('linux') else 'spawn')
-        with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=ignore_sigint) as pool:
             it = pool.map(_score_image, jobs, chunksize=max(1, len(jobs) // (8 * n_workers)))
             for res in (progress_bar(it, total=len(jobs)) if progress else it): add(res)
     else:

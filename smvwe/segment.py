@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
 from .voc import read_split, load_image, read_classes, dataset_signature
-from .files import (atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, check_fingerprint)
+from .files import (ignore_sigint, check_range, check_labels, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash,
+                         state_hash, check_fingerprint)
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
 from .maps import crf_refine, parse_crf
 from .parallel import resolve_shard, rank_cores, single_thread_worker
@@ -180,6 +181,8 @@ class SegConfig(StageConfig):
         if self.arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {self.arch!r}")
         self.amp = check_amp(self.amp)
         if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
+        for k in ('bs', 'crop', 'lr', 'num_workers', 'seed'):
+            if hasattr(self, k): check_range(k, getattr(self, k), '(0,inf)' if k == 'lr' else '[0,inf)' if k in ('num_workers', 'seed') else '[1,inf)')
         if self.weights is not None: self.weights = str(self.weights)
         self.rates = tuple(int(r) for r in self.rates)
 
@@ -217,6 +220,7 @@ def train_seg(root, # VOC-layout dataset folder
     if made_by and list(made_by) != classes:
         raise ValueError(f"the pseudo labels in {pseudo_dir} were made for classes {made_by} but {root} has {classes}: "
                          "make them from this dataset (smvwe pseudo) or train on the dataset they came from")
+    if not final.exists(): check_labels(pseudo_dir, read_split(root, cfg.train), 'the pseudo labels')  # all ignore: refused before any work
     device = init_distributed(cfg.device)  # under torchrun / accelerate launch: this rank's device, the process group
     set_seed(cfg.seed)
     dls = seg_dls(root, train=cfg.train, valid=cfg.valid, mask_dir=str(pseudo_dir.resolve()), crop=cfg.crop, bs=cfg.bs,
@@ -263,6 +267,7 @@ class PredictConfig(StageConfig):
     def __post_init__(self):
         self.scales = tuple(float(s) for s in self.scales)
         if not self.scales: raise ValueError("scales must be comma-separated numbers like '0.5,1,1.5'.")
+        for s in self.scales: check_range('scales', s, '(0,16]')
 
 @cli_from(SegConfig, PredictConfig, root='VOC-layout dataset folder',
           pseudo_dir='pseudo-label folder (ID.png, 255 = ignore), e.g. RUN/pseudo_train/pseudo',
