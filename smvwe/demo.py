@@ -162,8 +162,10 @@ def demo_markdown(m:dict, # a demo's metrics (RUN/metrics.json)
                   level:str='##') -> str:
     "The demo's results as markdown: recipe, pseudo-label table, DeepLab, the checks and the time"
     p = m['recipe']; held = sum(c['holds'] is True for c in m['claims'].values())
-    L = [f"{level} The demo (`{m['command'].split(' --out')[0]}`, seed {m['seed']})", '',
-         f"The `{m['preset']}` preset: {p['n_train']} + {p['n_val']} images of {p['size']} px, backbone `{p['backbone']}` from scratch, "
+    start = f"from `{p['weights']}` (new layers at {p.get('lr_mult') or 10:g}x)" if p.get('weights') else 'from scratch'
+    cmd = ' '.join(a for k, a in enumerate(m['command'].split()) if a != '--out' and m['command'].split()[k - 1] != '--out')  # without the run folder
+    L = [f"{level} The demo (`{cmd}`, seed {m['seed']})", '',
+         f"The `{m['preset']}` preset: {p['n_train']} + {p['n_val']} images of {p['size']} px, backbone `{p['backbone']}` {start}, "
          f"{p['epochs']} epochs per variant, each variant read out its own way, scored on val with the CRF; DeepLab-{p['seg_arch'].upper()} "
          f"(`{p['seg_backbone']}` backbone) {p['seg_epochs']} epochs on the pseudo labels of the train split."]
     if timings: L[-1] += f" {timings['wall_s']:.0f} s inside the run ({m.get('jobs', 1)} trainings side by side)."
