@@ -107,7 +107,9 @@ def _main(argv:list) -> int:
         out = out_folder(cmd, args)
         with (folder_lock(out, ' '.join(['smvwe', *argv])) if out else nullcontext()): func(**args)
     except Exception as e:  # a failure the user can fix: one line, exit 1; anything else is a bug: the traceback
-        if (line := error_line(e)) is None: raise
+        chain = [e]  # fastai wraps a callback's exception (a full disk while checkpointing): the user's failure is the cause
+        while (c := chain[-1].__cause__ or chain[-1].__context__) is not None and c not in chain: chain.append(c)
+        if (line := next((l for x in chain if (l := error_line(x)) is not None), None)) is None: raise
         print(f'smvwe {cmd}: error: {line}', file=sys.stderr); return 1
     return 0
 

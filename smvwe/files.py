@@ -41,8 +41,8 @@ def disk_free(path) -> int:
 
 def _disk_full(e:BaseException, folder) -> bool:
     "Did this write fail for want of space? ENOSPC, or the short writes numpy and torch report without an errno on a full disk"
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC: return True
-    short = ('requested and' in str(e) and 'written' in str(e)) or 'file write failed' in str(e)  # numpy's tofile, torch.save
+    if any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in (e, e.__cause__, e.__context__)): return True  # torch.save: its zip writer's error, raised while the ENOSPC is handled
+    short = ('requested and' in str(e) and 'written' in str(e)) or 'file write failed' in str(e) or 'unexpected pos' in str(e)  # numpy's tofile, torch.save
     try: return short and disk_free(folder) < (16 << 20)
     except OSError: return False
 

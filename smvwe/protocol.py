@@ -389,7 +389,7 @@ def recipe_table(rec, var, split:str='train',
     for lab in dict.fromkeys(d.label):
         g = d[d.label == lab]; g1 = g[g.readout == 'eps']
         if 'diverged' in g and g.diverged.fillna(False).astype(bool).all():
-            lines.append(f'| {lab} | {g.seed.nunique()} | diverged (non-finite loss) |' + ' |' * (2 + len(cols))); continue
+            lines.append(f'| {lab} | {g.seed.nunique()} | diverged (non-finite loss) |' + ' |' * (1 + len(cols))); continue
         lines.append(f'| {lab} | {g.seed.nunique()} | {_cell(g1.valid_map)} | {_cell(g1.skill, 1, 2)} | ' +
                      ' | '.join(_cell(g[g.readout == r].miou) for r, _ in cols) + ' |')
     return '\n'.join(lines)

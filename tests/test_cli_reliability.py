@@ -153,7 +153,7 @@ def test_divergence_names_the_loss_term_and_the_epoch(voc, tmp_path):
 @pytest.mark.parametrize('args,want', [
     (['train-cls', '{voc}', '{tmp}/r', '--bs', '0'], '--bs must be in [1,inf), got 0'),
     (['train-cls', '{voc}', '{tmp}/r', '--mom', '1.5'], '--mom must be in [0,1), got 1.5'),
-    (['train-cls', '{voc}', '{tmp}/r', '--lr', '0'], '--lr must be in (0,inf), got 0'),
+    (['train-cls', '{voc}', '{tmp}/r', '--lr', '0'], '--lr must be in (0,inf), got 0.0'),
     (['pseudo', '{run}', '{voc}', '--scales', '0'], '--scales must be in (0,16], got 0.0'),
     (['pseudo', '{run}', '{voc}', '--bg_thr', '2'], '--bg_thr must be in [0,1], got 2.0'),
     (['pseudo', '{run}', '{voc}', '--conf_thr', '5'], '--conf_thr must be in [0,1), got 5.0'),
