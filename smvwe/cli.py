@@ -5,6 +5,7 @@
 # %% ../nbs/10_cli.ipynb #7a8356fa
 from __future__ import annotations
 import errno, importlib, os, sys, warnings
+from pathlib import Path
 from fastcore.script import anno_parser
 
 # %% auto #0
@@ -70,6 +71,8 @@ WRITES = {'train-cls': 'out', 'train-seg': 'out', 'demo': 'out', 'ablate': 'out'
 def out_folder(cmd:str, args:dict) -> str|None:
     "The run folder `cmd` writes with these arguments (None: nothing to lock, or several processes share it by design)"
     if int(os.environ.get('WORLD_SIZE', 1) or 1) > 1 or (args.get('world_size') or 1) > 1: return None  # shards of one run
+    if cmd == 'protocol' and args.get('bench') and args.get('study') != 'report':  # each benchmark's studies write OUT/BENCH: lanes side by side
+        return str(Path(args['out'])/args['bench'])
     return next((args[k] for k in WRITES.get(cmd, '').split('|') if args.get(k)), None)
 
 def main(argv:list|None=None # arguments after the program name (default: sys.argv[1:])

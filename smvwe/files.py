@@ -196,7 +196,7 @@ def folder_lock(folder, # the output folder the caller writes (created)
                 command:str='', # named to a second writer
                ):
     "Hold `folder/.smvwe.lock` while the block runs; a live holder is a one-line ValueError, a dead one's lock is taken over"
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder); created = not folder.exists(); folder.mkdir(parents=True, exist_ok=True)
     f = folder/LOCK_NAME
     me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'), command=command)
     for attempt in range(2):
@@ -216,6 +216,9 @@ def folder_lock(folder, # the output folder the caller writes (created)
     try: yield f
     finally:
         if (_lock_holder(f) or {}).get('pid') == me['pid']: f.unlink(missing_ok=True)
+        if created:  # a command that failed before writing anything leaves no empty folder behind
+            try: folder.rmdir()
+            except OSError: pass
 
 def ignore_sigint():
     "Initializer of worker processes: Ctrl-C is the parent's to handle (one message, exit 130), not each worker's traceback"

@@ -15,8 +15,8 @@ from .demo import demo_markdown, plot_bars
 
 # %% auto #0
 __all__ = ['REGIMES', 'BENCH_NAMES', 'BASELINE_L', 'FINDINGS', 'READING', 'COMMANDS_MD', 'MARKERS', 'DEMO_MARKERS',
-           'CHECKED_CELLS', 'bench_key', 'load_frames', 'toy_rows', 'headline_table', 'deeplab_table', 'all_claims',
-           'claims_table', 'findings', 'field', 'fill', 'bench_sections', 'page_cells', 'page_notebook',
+           'CHECKED_CELLS', 'bench_key', 'load_frames', 'toy_rows', 'all_claims', 'claims_table', 'headline_table',
+           'deeplab_table', 'findings', 'field', 'fill', 'bench_sections', 'page_cells', 'page_notebook',
            'headline_block', 'demo_block', 'with_block', 'outputs', 'cell_outputs', 'with_outputs', 'stale_outputs',
            'write_outputs', 'report_cli']
 
@@ -58,45 +58,6 @@ def toy_rows(seeds=(0, 1)) -> 'pd.DataFrame':
                                  bg_thr=TABLE_THR if 'eps' in r or 'threshold' in r else np.nan, miou=v, boundary_f1=v / 2,
                                  confusion_water=1 - v, fg_precision=v, fg_recall=v, valid_map=.9))
     return pd.DataFrame(rows)
-
-# %% ../nbs/12c_results.ipynb #a48aadcf
-def _vals(df, label, readout, metric='miou', split='train', crf='none'):
-    "The per-seed values of one (method, read-out) of a result table under the tables' fixed threshold"
-    d = _sel(df[df.saliency == 'saliency'], split, crf)
-    return d[(d.label == label) & (d.readout == readout)][metric]
-
-def _verdict(h) -> str: return 'holds' if h else 'not measured' if h is None else 'does not hold'
-
-def headline_table(frames:dict) -> str:
-    "Markdown: regime x benchmark, the headline mIoU % (train split, no CRF, 3 seeds) and the claims that hold"
-    cols = ['SMVWE `eps` / `argmax`', 'CAM `eps`', 'baseline: CAM `threshold+sal`', 'saliency-only `eps` / `argmax`', 'claims that hold',
-            'DeepLab (val) on SMVWE / CAM labels']
-    lines = ['| regime | benchmark | seeds | ' + ' | '.join(cols) + ' |', '|---|---|---|' + '---|' * len(cols)]
-    for regime, (_, rname) in REGIMES.items():
-        for bench, bname in BENCH_NAMES.items():
-            f = frames.get((bench, regime))
-            if f is None: lines.append(f'| {rname} | {bname} | 0 | not measured |' + ' |' * (len(cols) - 1)); continue
-            df = f['df']; v = lambda l, r: _cell(_vals(df, l, r))
-            cl = all_claims({(bench, regime): f})[bench, regime]
-            n = _vals(df, 'SMVWE', 'eps').size
-            lines.append(f'| {rname} | {bname} | {n} | {v("SMVWE", "eps")} / {v("SMVWE", "argmax")} | {v("CAM", "eps")} | {v(*BASELINE_L)} | '
-                         f'{v("saliency-only", "eps")} / {v("saliency-only", "argmax")} | {sum(c["holds"] is True for c in cl)} of {len(cl)} | {_deeplab(f["dl"])} |')
-    return '\n'.join(lines)
-
-BASELINE_L = ('CAM', BASELINE[1])
-
-def _deeplab(dl) -> str:
-    "DeepLab's val mIoU % on SMVWE's and on CAM's pseudo labels (the DeepLab study), or 'not measured'"
-    if dl is None: return 'not measured'
-    return ' / '.join(_cell(dl[dl.label == l].miou) for l in ('SMVWE', 'CAM'))
-
-def deeplab_table(dl) -> str:
-    "Markdown: the DeepLab study, per variant whose pseudo labels it learned from: pseudo-label and DeepLab val mIoU %, boundary F1 %"
-    lines = ['| DeepLab trained on | seeds | read-out | pseudo labels, val mIoU % | DeepLab, val mIoU % | DeepLab boundary F1 % |', '|---|---|---|---|---|---|']
-    for l in dict.fromkeys(dl.label):
-        g = dl[dl.label == l]
-        lines.append(f'| {l} pseudo labels | {g.seed.nunique()} | `{g.readout.iloc[0]}` | {_cell(g.pseudo_miou)} | {_cell(g.miou)} | {_cell(g.boundary_f1)} |')
-    return '\n'.join(lines)
 
 # %% ../nbs/12c_results.ipynb #aae23d98
 def _claim_key(c:str) -> str: return re.sub(r'SMVWE \((eps|argmax)\)', 'SMVWE (its better read-out)', c)
@@ -143,6 +104,45 @@ def claims_table(frames:dict) -> str:
                 ro = re.search(r'SMVWE \((eps|argmax)\)', c['claim']) if c else None
                 cells.append('not measured' if c is None else f"**{_verdict(c['holds'])}**{f' ({ro.group(1)})' if ro and ro.group(1) not in k else ''}: {c['detail']}")
             lines.append(f'| {k} | {rname} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+# %% ../nbs/12c_results.ipynb #a48aadcf
+def _vals(df, label, readout, metric='miou', split='train', crf='none'):
+    "The per-seed values of one (method, read-out) of a result table under the tables' fixed threshold"
+    d = _sel(df[df.saliency == 'saliency'], split, crf)
+    return d[(d.label == label) & (d.readout == readout)][metric]
+
+def _verdict(h) -> str: return 'holds' if h else 'not measured' if h is None else 'does not hold'
+
+def headline_table(frames:dict) -> str:
+    "Markdown: regime x benchmark, the headline mIoU % (train split, no CRF, 3 seeds) and the claims that hold"
+    cols = ['SMVWE `eps` / `argmax`', 'CAM `eps`', 'baseline: CAM `threshold+sal`', 'saliency-only `eps` / `argmax`', 'claims that hold',
+            'DeepLab (val) on SMVWE / CAM labels']
+    lines = ['| regime | benchmark | seeds | ' + ' | '.join(cols) + ' |', '|---|---|---|' + '---|' * len(cols)]
+    for regime, (_, rname) in REGIMES.items():
+        for bench, bname in BENCH_NAMES.items():
+            f = frames.get((bench, regime))
+            if f is None: lines.append(f'| {rname} | {bname} | 0 | not measured |' + ' |' * (len(cols) - 1)); continue
+            df = f['df']; v = lambda l, r: _cell(_vals(df, l, r))
+            cl = all_claims({(bench, regime): f})[bench, regime]
+            n = _vals(df, 'SMVWE', 'eps').size
+            lines.append(f'| {rname} | {bname} | {n} | {v("SMVWE", "eps")} / {v("SMVWE", "argmax")} | {v("CAM", "eps")} | {v(*BASELINE_L)} | '
+                         f'{v("saliency-only", "eps")} / {v("saliency-only", "argmax")} | {sum(c["holds"] is True for c in cl)} of {len(cl)} | {_deeplab(f["dl"])} |')
+    return '\n'.join(lines)
+
+BASELINE_L = ('CAM', BASELINE[1])
+
+def _deeplab(dl) -> str:
+    "DeepLab's val mIoU % on SMVWE's and on CAM's pseudo labels (the DeepLab study), or 'not measured'"
+    if dl is None: return 'not measured'
+    return ' / '.join(_cell(dl[dl.label == l].miou) for l in ('SMVWE', 'CAM'))
+
+def deeplab_table(dl) -> str:
+    "Markdown: the DeepLab study, per variant whose pseudo labels it learned from: pseudo-label and DeepLab val mIoU %, boundary F1 %"
+    lines = ['| DeepLab trained on | seeds | read-out | pseudo labels, val mIoU % | DeepLab, val mIoU % | DeepLab boundary F1 % |', '|---|---|---|---|---|---|']
+    for l in dict.fromkeys(dl.label):
+        g = dl[dl.label == l]
+        lines.append(f'| {l} pseudo labels | {g.seed.nunique()} | `{g.readout.iloc[0]}` | {_cell(g.pseudo_miou)} | {_cell(g.miou)} | {_cell(g.boundary_f1)} |')
     return '\n'.join(lines)
 
 # %% ../nbs/12c_results.ipynb #f84bb555
