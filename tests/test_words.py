@@ -58,10 +58,10 @@ def test_fallback_saves_only_inputs_and_chunks_are_bounded():
 
 @pytest.mark.parametrize('impl', IMPLS)
 def test_peak_memory_is_far_below_broadcast(impl, tmp_path):
-    "In a fresh process: B=1, K=256, 32x32, N=128 -> broadcasting needs 3 x 128 MB; we allow a quarter of that (96 MB) over the inputs.
+    """In a fresh process: B=1, K=256, 32x32, N=128 -> broadcasting needs 3 x 128 MB; we allow a quarter of that (96 MB) over the inputs.
 
     The peak depends on the allocator and the kernel's huge-page setting: 58 MB (transparent huge pages off) to 90 MB (madvise)
-    for the chunked path on one machine, a few MB for the fused kernel; broadcasting would need 384 MB."
+    for the chunked path on one machine, a few MB for the fused kernel; broadcasting would need 384 MB."""
     code = textwrap.dedent(f'''
         import resource, torch, json
         torch.set_num_threads(1)
