@@ -179,7 +179,7 @@ def check_fingerprint(path, # the JSON file kept beside an output
     return False
 
 # %% ../nbs/00_files.ipynb #6dd7073d
-LOCK_NAME = '.smvwe.lock'
+LOCK_NAME = '.smvwe-lock'
 
 def _alive(pid:int) -> bool:
     try: os.kill(pid, 0)
@@ -195,7 +195,7 @@ def _lock_holder(f:Path) -> dict|None:
 def folder_lock(folder, # the output folder the caller writes (created)
                 command:str='', # named to a second writer
                ):
-    "Hold `folder/.smvwe.lock` while the block runs; a live holder is a one-line ValueError, a dead one's lock is taken over"
+    "Hold `folder/.smvwe-lock` while the block runs; a live holder is a one-line ValueError, a dead one's lock is taken over"
     folder = Path(folder); created = not folder.exists(); folder.mkdir(parents=True, exist_ok=True)
     f = folder/LOCK_NAME
     me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'), command=command)

@@ -73,7 +73,7 @@ def test_ctrl_c_train_cls_then_resume_equals_an_uninterrupted_run(voc, trained, 
     wait_for(p, lambda: (run / 'cls' / 'checkpoint.pth').exists(), 'first epoch')
     rc, err = ctrl_c(p)
     assert rc == 130 and one_line(err) == 'smvwe train-cls: interrupted; rerun the same command to resume'
-    assert not (run / '.smvwe.lock').exists() and not list(run.rglob('*.tmp'))
+    assert not (run / '.smvwe-lock').exists() and not list(run.rglob('*.tmp'))
     r = smvwe('train-cls', voc, run, '--epochs', '6', *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = (torch.load(d / 'cls' / 'model.pth', weights_only=True)['model'] for d in (trained, run))
@@ -105,7 +105,7 @@ def test_second_writer_of_a_run_folder_is_refused(voc, tmp_path):
     # the holder was killed (-9: no clean-up): its lock is stale and the next command takes it over
     r = smvwe('train-cls', voc, run, '--epochs', '1', '--no-resume', *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert not (run / '.smvwe.lock').exists()
+    assert not (run / '.smvwe-lock').exists()
 
 
 FULL = textwrap.dedent('''
