@@ -4,16 +4,18 @@
 
 # %% ../nbs/10_cli.ipynb #7a8356fa
 from __future__ import annotations
-import errno, importlib, sys, warnings
+import errno, importlib, os, sys, warnings
+from pathlib import Path
 from fastcore.script import anno_parser
 
 # %% auto #0
-__all__ = ['COMMANDS', 'usage', 'error_line', 'main']
+__all__ = ['COMMANDS', 'WRITES', 'usage', 'error_line', 'out_folder', 'main']
 
 # %% ../nbs/10_cli.ipynb #c53dd825
 COMMANDS = {  # sub-command -> (module, function, one-line help)
     'synth':     ('smvwe.synth',   'synth_cli',     'write the built-in benchmark (VOC layout) to a folder'),
     'synth-real': ('smvwe.realbench', 'synth_real_cli', 'write the OpenMoji benchmark of real object images (VOC layout)'),
+    'pretrain':  ('smvwe.pretrain', 'pretrain_cli', 'pretrain the small backbone on the OpenMoji corpus (the shipped openmoji-small weights)'),
     'doctor':    ('smvwe.voc',     'doctor_cli',    'check a dataset folder up front: layout, every file readable, sizes, labels, saliency'),
     'train-cls': ('smvwe.train',   'train_cls_cli', 'train the classification stage (CAM / VWE / saliency-only / SMVWE)'),
     'pseudo':    ('smvwe.pseudo',  'pseudo_cli',    'localization maps and (CRF-refined) pseudo labels'),
@@ -23,7 +25,8 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'demo':      ('smvwe.demo',    'demo_cli',      'the whole method end to end on the built-in benchmark'),
     'ablate':    ('smvwe.ablate',  'ablate_cli',    'regenerate an ablation study and its figure'),
     'docs':      ('smvwe.docs',    'docs_cli',      'render the notebooks as a static HTML site (offline, one page per notebook)'),
-    'protocol':  ('smvwe.protocol', 'protocol_cli', 'the fair protocol: every variant under every read-out, both benchmarks; README tables'),
+    'protocol':  ('smvwe.protocol', 'protocol_cli', 'the fair protocol: every variant under every read-out, both benchmarks'),
+    'report':    ('smvwe.results', 'report_cli',    'the results page, README\'s headline and the figures, from the committed result files'),
 }
 
 # %% ../nbs/10_cli.ipynb #d6f7712a
@@ -52,17 +55,37 @@ def error_line(e:BaseException) -> str|None:
     if isinstance(e, PermissionError):
         return f"permission denied: {name or e}: choose an output folder you can write to (or change its permissions), then rerun."
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return (f"no space left on the device{' writing ' + str(name) if name else ''}: free some space or choose an output folder "
-                "on another disk, then rerun the same command (finished work is kept and resumed).")
+        from smvwe.files import disk_free
+        try: free = f' ({disk_free(name or ".") / 2**20:.1f} MiB free)'
+        except OSError: free = ''
+        return (f"no space left on the device{' writing ' + str(name) if name else ''}{free}: free some space or choose an output "
+                "folder on another disk, then rerun the same command (finished work is kept and resumed).")
     if isinstance(e, (FileNotFoundError, ValueError)) or type(e).__name__ == 'NonFiniteLoss': return str(e).splitlines()[0] if str(e) else type(e).__name__
     if isinstance(e, OSError): return f"{type(e).__name__}: {e}"  # other I/O failures (a device error, a stale NFS handle)
     return None
 
 # %% ../nbs/10_cli.ipynb #b1d33cb0
+WRITES = {'train-cls': 'out', 'train-seg': 'out', 'demo': 'out', 'ablate': 'out', 'protocol': 'out', 'readout': 'out',
+          'pretrain': 'out', 'pseudo': 'out|run_dir'}  # the run folder each command writes, locked while it runs (datasets are not)
+
+def out_folder(cmd:str, args:dict) -> str|None:
+    "The run folder `cmd` writes with these arguments (None: nothing to lock, or several processes share it by design)"
+    if int(os.environ.get('WORLD_SIZE', 1) or 1) > 1 or (args.get('world_size') or 1) > 1: return None  # shards of one run
+    if cmd == 'protocol' and args.get('bench') and args.get('study') != 'report':  # each benchmark's studies write OUT/BENCH: lanes side by side
+        return str(Path(args['out'])/args['bench'])
+    return next((args[k] for k in WRITES.get(cmd, '').split('|') if args.get(k)), None)
+
 def main(argv:list|None=None # arguments after the program name (default: sys.argv[1:])
         ) -> int:
-    "Entry point of the `smvwe` console script: dispatch `smvwe COMMAND ...` to the stage's `call_parse` function."
+    "Entry point of the `smvwe` console script: `_main`, and Ctrl-C anywhere in it is one line and exit status 130"
     argv = list(sys.argv[1:] if argv is None else argv)
+    try: return _main(argv)
+    except KeyboardInterrupt:
+        print(f"smvwe{' ' + argv[0] if argv else ''}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+def _main(argv:list) -> int:
+    "Dispatch `smvwe COMMAND ...` to the stage's `call_parse` function, holding the lock of the folder it writes"
     if not argv or argv[0] in ('-h', '--help', 'help'):
         print(usage()); return 0
     cmd, rest = argv[0], argv[1:]
@@ -81,9 +104,15 @@ def main(argv:list|None=None # arguments after the program name (default: sys.ar
     try: args = vars(parser.parse_args(rest))
     except SystemExit as e: return e.code or 0  # --help (0) or an argparse error (2, message printed)
     for k in ('pdb', 'xtra'): args.pop(k, None)  # fastcore's debugging extras
-    try: func(**args)
+    try:
+        from smvwe.files import folder_lock
+        from contextlib import nullcontext
+        out = out_folder(cmd, args)
+        with (folder_lock(out, ' '.join(['smvwe', *argv])) if out else nullcontext()): func(**args)
     except Exception as e:  # a failure the user can fix: one line, exit 1; anything else is a bug: the traceback
-        if (line := error_line(e)) is None: raise
+        chain = [e]  # fastai wraps a callback's exception (a full disk while checkpointing): the user's failure is the cause
+        while (c := chain[-1].__cause__ or chain[-1].__context__) is not None and c not in chain: chain.append(c)
+        if (line := next((l for x in chain if (l := error_line(x)) is not None), None)) is None: raise
         print(f'smvwe {cmd}: error: {line}', file=sys.stderr); return 1
     return 0
 

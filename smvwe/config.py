@@ -85,12 +85,7 @@ def from_cli(name:str, # the field's name (for the error message)
     except ValueError: raise ValueError(f"--{name} must be comma-separated {el[0].__name__}s like '1,2' or 'none', got {v!r}.") from None
 
 # %% ../nbs/05e_config.ipynb #c185ca9e
-class _Param(Param):
-    "A fastcore `Param` that `anno_parser` can read more than once (`Param.set_default` edits it in place)"
-    def __init__(self, help='', type=None, **kw):
-        super().__init__(help, type, **kw); self._orig = dict(self.__dict__)
-    def set_default(self, d):
-        self.__dict__.update(self._orig); super().set_default(d)
+from .voc_writer import _Param  # a fastcore `Param` that `anno_parser` can read more than once: defined once, where the first command needs it
 
 def _field_default(f): return f.default if f.default is not MISSING else f.default_factory()
 

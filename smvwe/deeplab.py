@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 import torchvision
 
-from .weights import load_weights
+from .weights import load_weights, resolve_weights
 from .backbones import conv_bn_relu
 
 # %% auto #0
@@ -62,7 +62,7 @@ class SmallBackbone(nn.Sequential):
 _CLASSIFIER = {'vgg16': ('classifier.',), 'resnet101': ('fc.',), 'small': ()}
 
 def seg_backbone(name:str='small', # 'small', 'vgg16' or 'resnet101'
-                 weights=None, # local path to a torchvision-format state dict (None: random init)
+                 weights=None, # local path to a torchvision-format state dict, or for 'small' a shipped name ('openmoji-small'); None: random init
                  freeze_bn:bool=False, # ResNet101: keep BN statistics fixed
                 ) -> nn.Module:
     "An output-stride-8 backbone with attribute `out_channels`."
@@ -70,6 +70,7 @@ def seg_backbone(name:str='small', # 'small', 'vgg16' or 'resnet101'
     elif name == 'vgg16': bb = _vgg16_os8()
     elif name == 'resnet101': bb = _ResNetOS8(freeze_bn=freeze_bn)
     else: raise ValueError(f"backbone must be 'small', 'vgg16' or 'resnet101', got {name!r}")
+    if name == 'small' and weights is not None: weights = resolve_weights('small', weights)  # the classifier's small backbone has the same keys
     if weights is not None: load_weights(bb, weights, strict=True, ignore=_CLASSIFIER[name])
     return bb
 

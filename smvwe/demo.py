@@ -14,17 +14,18 @@ from fastcore.script import call_parse
 import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
-from .files import atomic_save
+from .files import atomic_save, ignore_sigint
+from .parallel import Lanes, default_jobs
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label
-from .experiment import (VARIANT_NAMES, PSEUDO_MODE, get_preset, run_variant, run_seg, check_claims, word_maps,
+from .experiment import (VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, run_variant, run_seg, check_claims, word_maps,
                               write_json, fmt)
 
 
 # %% auto #0
 __all__ = ['SEG_VARIANTS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'numbers_only', 'default_jobs', 'Lanes', 'demo', 'demo_cli']
+           'demo_markdown', 'numbers_only', 'demo', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -155,58 +156,33 @@ def write_report(run, # run folder
     L += ['## Times (s)', '', ' '.join(f'{k} {v:.0f};' for k, v in m['timings'].items()), '']
     return atomic_save('\n'.join(L), run/'report.md')
 
+# %% ../nbs/11b_demo.ipynb #d3m0md01
+def demo_markdown(m:dict, # a demo's metrics (RUN/metrics.json)
+                  timings:dict|None=None, # its wall times (RUN/timings.json)
+                  level:str='##') -> str:
+    "The demo's results as markdown: recipe, pseudo-label table, DeepLab, the checks and the time"
+    p = m['recipe']; held = sum(c['holds'] is True for c in m['claims'].values())
+    start = f"from `{p['weights']}` (new layers at {p.get('lr_mult') or 10:g}x)" if p.get('weights') else 'from scratch'
+    cmd = ' '.join(a for k, a in enumerate(m['command'].split()) if a != '--out' and m['command'].split()[k - 1] != '--out')  # without the run folder
+    L = [f"{level} The demo (`{cmd}`, seed {m['seed']})", '',
+         f"The `{m['preset']}` preset: {p['n_train']} + {p['n_val']} images of {p['size']} px, backbone `{p['backbone']}` {start}, "
+         f"{p['epochs']} epochs per variant, each variant read out its own way, scored on val with the CRF; DeepLab-{p['seg_arch'].upper()} "
+         f"(`{p['seg_backbone']}` backbone) {p['seg_epochs']} epochs on the pseudo labels of the train split."]
+    if timings: L[-1] += f" {timings['wall_s']:.0f} s inside the run ({m.get('jobs', 1)} trainings side by side)."
+    L += ['', metrics_table(m['variants'])]
+    if m.get('seg'):
+        L += ['', '| DeepLab trained on | val mIoU | boundary F1 |', '|---|---|---|']
+        L += [f"| {VARIANT_NAMES.get(v, v)} pseudo labels | {fmt(s['miou'])} | {fmt(s['boundary']['f1'])} |" for v, s in m['seg'].items()]
+    L += ['', f"Checks of the paper's claims on this run: {held} of {len(m['claims'])} hold.", '']
+    L += [f"- `{k}`: {'holds' if c['holds'] else '**does not hold**' if c['holds'] is False else 'not measured'} ({c['detail']})" for k, c in m['claims'].items()]
+    return '\n'.join(L)
+
 # %% ../nbs/11b_demo.ipynb #aaef9d3f
 def numbers_only(m:dict) -> dict:
     "`m` without wall-clock times (`timings`, `wall_s`, the `*_s` of each variant): what `metrics.json` holds, the same after any resume"
     m = {k: v for k, v in m.items() if k not in ('timings', 'wall_s')}
     for g in ('variants', 'seg'): m[g] = {v: {k: x for k, x in r.items() if not k.endswith('_s')} for v, r in m.get(g, {}).items()}
     return m
-
-# %% ../nbs/11b_demo.ipynb #826efdb1
-def default_jobs() -> int:
-    "Trainings side by side: 1 with a GPU, else 2 (1 on a 1-core machine): a small network at 96 px keeps 2 threads far from busy"
-    return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
-
-def _lane_init(threads:int):
-    "A lane's process: `threads` torch threads, and it dies with the demo (kill -9 of the demo leaves no orphan writing files)"
-    torch.set_num_threads(threads)
-    try:
-        import ctypes, signal
-        ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError): pass
-
-def _logged(log, fn, *args, **kw):
-    "fn(*args, **kw) with its printed lines appended to the file `log`"
-    import contextlib
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, 'a') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f): return fn(*args, **kw)
-
-class Lanes:
-    "Run calls in `jobs` spawned worker processes with cores/jobs threads each, their output to a log file; `jobs=1`: here, at once"
-    def __init__(self, jobs:int=1): self.jobs, self.pool = jobs, None
-    def _start(self):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from smvwe import demo as mod  # the package's functions, which a spawned process can import (not a notebook's)
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        self.pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context('spawn'), initializer=mod._lane_init, initargs=(threads,))
-        self._logged = mod._logged
-    def submit(self, log, fn, *args, here:bool=False, **kw):
-        "Start fn(*args, **kw) in a lane, its output to `log` (`here`: in this process, at once); `result` gives its return value"
-        if self.jobs == 1 or here: return ('done', fn(*args, **kw))
-        if self.pool is None: self._start()  # started at the first call that needs it: a finished run resumes without it
-        return self.pool.submit(self._logged, log, fn, *args, **kw)
-    def result(self, job): return job[1] if isinstance(job, tuple) else job.result()
-    def first_done(self, jobs:dict):
-        "The key of a finished job of `jobs` (waits for one)"
-        k = next((k for k, j in jobs.items() if isinstance(j, tuple)), None)
-        if k is not None: return k
-        from concurrent.futures import wait, FIRST_COMPLETED
-        done = wait(list(jobs.values()), return_when=FIRST_COMPLETED).done
-        return next(k for k, j in jobs.items() if j in done)
-    def close(self):
-        if self.pool: self.pool.shutdown(cancel_futures=True)
-
 
 # %% ../nbs/11b_demo.ipynb #7b0f2352
 SEG_VARIANTS = ('cam', 'smvwe')  # DeepLab is trained on the pseudo labels of these
@@ -231,7 +207,10 @@ def demo(out='runs/demo', # run folder
     def stage(msg):
         nonlocal k; k += 1; say(f'[{k}/{n_stages}] {msg}', flush=True); return time.time()
     t = stage(f"benchmark: {p['n_train']} train + {p['n_val']} val images of {p['size']} px -> {run/'data'}")
-    root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
+    try: root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
+    except ValueError as e:  # the benchmark's own advice (--overwrite) is not an option of the demo
+        raise ValueError(str(e).replace('choose a new OUT folder or pass --overwrite (overwrite=True)',
+                                        'this run folder belongs to another demo: choose a new --out folder')) from None
     timings['benchmark'] = time.time() - t
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     lanes = Lanes(jobs)
@@ -259,7 +238,8 @@ def demo(out='runs/demo', # run folder
         while todo or running:
             while todo and len(running) < jobs: key = todo.pop(0); running[key] = start(*key)
             key = lanes.first_done(running); finished(*key, lanes.result(running.pop(key)))
-    finally: lanes.close()
+    except BaseException: lanes.close(kill=True); raise
+    else: lanes.close()
     res, segres = {v: res[v] for v in variants}, {v: segres[v] for v in seg_vs}  # in a fixed order: metrics.json's bytes
     t = stage(f"figures and report -> {run}")
     figs = [plot_bars(res, segres or None, run/'figures'/'bars.png')]
@@ -292,10 +272,12 @@ def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue
              no_seg:bool=False, # skip the DeepLab stage
              quiet:bool=False, # no progress bars
              jobs:int=None, # trainings side by side, each in its own process (default: 2 on a CPU, 1 with a GPU)
+             pretrained:bool=False, # the paper's regime: the shipped openmoji-small backbone (classifier and DeepLab), new layers at 10x
             ):
     "Run SMVWE end to end on the built-in benchmark: data, CAM / VWE / saliency-only / SMVWE, pseudo labels, DeepLab, metrics, figures, report"
-    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}"
-    m = demo(out, 'quick' if quick else 'default', seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
+    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}{' --pretrained' if pretrained else ''}"
+    preset = get_preset('quick', **PRETRAINED) if quick and pretrained else 'pretrained' if pretrained else 'quick' if quick else 'default'
+    m = demo(out, preset, seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
     held = sum(c['holds'] is True for c in m['claims'].values())
     print(f"{held} of {len(m['claims'])} checks hold; see {Path(out)/'report.md'}")
     return m

@@ -205,13 +205,15 @@ def word_distance(feats:Tensor, # (B,K,H,W) pixel features
     return D.view(B, C.shape[0], H, W)
 
 # %% ../nbs/02a_distance.ipynb #a9d1e002
-_TRITON = None
+_TRITON = {}   # one set of kernels per mode: `triton.jit` reads TRITON_INTERPRET when it decorates
 
 def _triton_kernels():
     "Compile-on-demand Triton kernels (imported lazily: `import smvwe` never needs triton)."
-    global _TRITON
-    if _TRITON is not None: return _TRITON
+    mode = _interpreting()
+    if mode in _TRITON: return _TRITON[mode]
     import triton, triton.language as tl
+    # Only builtins of triton.language (tl.full, not tl.zeros): its own @jit helpers are decorated once, when triton
+    # is first imported, so the interpreter cannot run them if triton was imported before TRITON_INTERPRET was set.
 
     @triton.jit
     def fwd(M, Ct, D, K, P, N, BJ: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
@@ -220,7 +222,7 @@ def _triton_kernels():
         op = pp * BP + tl.arange(0, BP); oj = pj * BJ + tl.arange(0, BJ)
         mp, mj = op < P, oj < N
         Mb = M + b.to(tl.int64) * K * P
-        acc = tl.zeros((BJ, BP), dtype=D.dtype.element_ty)
+        acc = tl.full((BJ, BP), 0., D.dtype.element_ty)
         for k0 in range(0, K, BK):
             for kk in tl.static_range(BK):
                 k = k0 + kk
@@ -238,7 +240,7 @@ def _triton_kernels():
         off = b.to(tl.int64) * K * P + ok[:, None] * P + op[None, :]
         m = tl.load(M + off, mask=mask, other=0.).to(dM.dtype.element_ty)                            # (BK, BP)
         Gb = G + b.to(tl.int64) * N * P
-        acc = tl.zeros((BK, BP), dtype=dM.dtype.element_ty)
+        acc = tl.full((BK, BP), 0., dM.dtype.element_ty)
         for j in range(0, N):
             g = tl.load(Gb + j * P + op, mask=op < P, other=0.).to(dM.dtype.element_ty)               # (BP,)
             c = tl.load(C + j * K + ok, mask=ok < K, other=0.).to(dM.dtype.element_ty)                # (BK,)
@@ -253,7 +255,7 @@ def _triton_kernels():
         oj = pj * BJ + tl.arange(0, BJ); ok = pk * BK + tl.arange(0, BK)
         mj, mk = oj < N, ok < K
         c = tl.load(C + oj[:, None] * K + ok[None, :], mask=mj[:, None] & mk[None, :], other=0.).to(part.dtype.element_ty)  # (BJ, BK)
-        acc = tl.zeros((BJ, BK), dtype=part.dtype.element_ty)
+        acc = tl.full((BJ, BK), 0., part.dtype.element_ty)
         n = tl.minimum(RS, R - s * RS)                                                      # rows of this split
         Mr, Gr = Mt + s.to(tl.int64) * RS * K, Gt + s.to(tl.int64) * RS * N
         for i in range(0, n):
@@ -263,8 +265,8 @@ def _triton_kernels():
             acc += tl.where(d > 0, g[:, None], tl.where(d < 0, -g[:, None], 0.))
         tl.store(part + s.to(tl.int64) * N * K + oj[:, None] * K + ok[None, :], acc, mask=mj[:, None] & mk[None, :])
 
-    _TRITON = dict(fwd=fwd, bwd_m=bwd_m, bwd_c=bwd_c, cdiv=triton.cdiv)
-    return _TRITON
+    _TRITON[mode] = dict(fwd=fwd, bwd_m=bwd_m, bwd_c=bwd_c, cdiv=triton.cdiv)
+    return _TRITON[mode]
 
 # %% ../nbs/02a_distance.ipynb #a9d1e003
 _FWD = dict(BJ=64, BP=64, BK=8, num_warps=4)
@@ -319,7 +321,7 @@ def triton_status(device:torch.device|str='cuda' # where the kernels would run
                  )->str:
     "'ok' if the Triton kernels run on `device` and match the chunked path on a small case (checked once), else why not."
     device = torch.device(device)
-    key = (device.type, device.index)
+    key = (device.type, device.index, _interpreting())
     if key in _TRITON_OK: return _TRITON_OK[key]
     if os.environ.get('SMVWE_NO_TRITON', '') not in ('', '0'): msg = 'disabled by SMVWE_NO_TRITON'
     elif device.type != 'cuda' and not _interpreting(): msg = 'needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)'

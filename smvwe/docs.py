@@ -4,7 +4,7 @@
 
 # %% ../nbs/10b_docs.ipynb #d7153ec6
 from __future__ import annotations
-import html, importlib, importlib.util, json, re, shutil, time
+import html, importlib, importlib.util, json, re, shutil, tempfile, time
 from pathlib import Path
 import jinja2, nbformat
 from nbconvert import HTMLExporter
@@ -18,9 +18,10 @@ from fastcore.script import call_parse
 from .files import atomic_write
 
 # %% auto #0
-__all__ = ['TEMPLATE', 'SITE_JS', 'SITE_CSS', 'nb_paths', 'page_name', 'nb_title', 'default_exp', 'docs_before_code',
-           'mark_exported', 'doc_markdown', 'render_show_docs', 'link_notebooks', 'sidebar', 'fix_links', 'to_nbformat',
-           'linkify', 'process_nb', 'build_docs', 'docs_cli']
+__all__ = ['TEMPLATE', 'SITE_JS', 'SITE_CSS', 'EXTRA_PAGES', 'nb_paths', 'page_name', 'nb_title', 'default_exp',
+           'docs_before_code', 'mark_exported', 'doc_markdown', 'render_show_docs', 'link_notebooks', 'sidebar',
+           'fix_links', 'readme_page', 'cli_page', 'extra_pages', 'to_nbformat', 'linkify', 'process_nb', 'build_docs',
+           'docs_cli']
 
 # %% ../nbs/10b_docs.ipynb #75d4eb23
 def nb_paths(nbs:Path) -> list[Path]:
@@ -140,7 +141,17 @@ function siteCheck() {
   document.body.setAttribute('data-check', JSON.stringify({
     errors: window.siteErrors, images: imgs.length, broken_images: bad,
     math: document.querySelectorAll('.MathJax, .MathJax_Display').length,
-    math_errors: document.querySelectorAll('.MathJax .merror, .MathJax .noError, .MathJax_Error').length}));
+    math_errors: document.querySelectorAll('.MathJax .merror, .MathJax .noError, .MathJax_Error').length,
+    code: codeCheck()}));
+}
+// Code and text blocks: {pre, wide (longer than their box), scrollable (wide, and scroll), cut (text a reader cannot reach)}
+function codeCheck() {
+  var main = document.querySelector('main'), right = main ? main.getBoundingClientRect().right : window.innerWidth;
+  var pres = Array.prototype.slice.call(document.querySelectorAll('main pre'));
+  var scrolls = function (p) { var o = getComputedStyle(p).overflowX; return o === 'auto' || o === 'scroll'; };
+  var wide = pres.filter(function (p) { return p.scrollWidth > p.clientWidth + 1; });
+  var cut = pres.filter(function (p) { return p.getBoundingClientRect().right > right + 1 || (p.scrollWidth > p.clientWidth + 1 && !scrolls(p)); });
+  return {pre: pres.length, wide: wide.length, scrollable: wide.filter(scrolls).length, cut: cut.length};
 }
 """
 
@@ -156,6 +167,11 @@ nav.sidebar li a:hover { background: #e6eaf0; }
 nav.sidebar a.current { background: #dbe6f6; font-weight: 600; }
 nav.sidebar li a code { font-size: 11px; color: #667; display: block; }
 main { flex: 1 1 auto; min-width: 0; max-width: 62rem; padding: 1rem 2rem; }
+/* long code lines scroll sideways inside their cell instead of running out of the page */
+main .jp-Cell, main .jp-InputArea, main .jp-InputArea-editor, main .jp-OutputArea, main .jp-OutputArea-child,
+main .jp-OutputArea-output, main .jp-RenderedMarkdown { min-width: 0; max-width: 100%; }
+main .jp-InputArea-editor { overflow: hidden; }
+main .jp-InputArea-editor pre, main .jp-OutputArea-output pre { white-space: pre; overflow-x: auto; max-width: 100%; }
 .celltag_exported .jp-InputArea-editor { border-left: 3px solid #4a7fd1; position: relative; }
 .celltag_exported .jp-InputArea-editor::after { content: 'exported'; position: absolute; top: 2px; right: 6px;
   font: 10px var(--jp-ui-font-family); color: #4a7fd1; }
@@ -195,6 +211,48 @@ def fix_links(page:str, ids:dict, doc_url:str, doc_pages:dict) -> str:
         return f'href="{_local(stem, m.group(2) or "")}"' if stem in ids else m.group(0)
     page = re.sub(r'href="(?:\./)?([\w.-]+)\.ipynb(?:#([^"]*))?"', _nb, page)
     return re.sub(r'href="' + re.escape(doc_url) + r'([\w-]+)\.html(?:#([^"]*))?"', _doc, page)
+
+# %% ../nbs/10b_docs.ipynb #x7ra0002
+def _md_nb(cells:list[str]) -> dict:
+    return {'cells': [{'cell_type': 'markdown', 'id': f'm{i}', 'metadata': {}, 'source': c} for i, c in enumerate(cells)],
+            'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
+
+def readme_page(readme:Path) -> dict:
+    "README.md as a notebook of one markdown cell (after a title cell), its repository links made site links"
+    text = Path(readme).read_text()
+    summary = next((l.lstrip('> ').strip() for l in text.splitlines() if l.startswith('>')), '')
+    body = re.sub(r'^# .*\n', '', text, count=1)
+    body = re.sub(r'\]\(nbs/results/README\.md\)', '](13_results.ipynb)', body)
+    body = re.sub(r'\]\(nbs/(images/[^)\s]+|[\w.-]+\.ipynb[^)\s]*)\)', r'](\1)', body)
+    return _md_nb([f'# README\n\n> {summary}', body])
+
+def cli_page() -> dict:
+    "Every `smvwe` command's `--help` (100 columns), one section each, after the top-level usage"
+    import os
+    from fastcore.script import anno_parser
+    from smvwe.cli import COMMANDS, usage
+    old = os.environ.get('COLUMNS'); os.environ['COLUMNS'] = '100'
+    try:
+        cells = ['# Command-line reference\n\n> Every `smvwe` command and its options, as `smvwe COMMAND --help` prints them.',
+                 f'```text\n{usage()}\n```']
+        for cmd, (mod, fn, text) in COMMANDS.items():
+            helptext = anno_parser(getattr(importlib.import_module(mod), fn), prog=f'smvwe {cmd}').format_help().rstrip()
+            cells.append(f'## smvwe {cmd}\n\n{text[0].upper() + text[1:]}.\n\n```text\n{helptext}\n```')
+    finally:
+        if old is None: os.environ.pop('COLUMNS', None)
+        else: os.environ['COLUMNS'] = old
+    return _md_nb(cells)
+
+EXTRA_PAGES = ('README', 'cli_reference')  # after the landing page, in this order
+
+def extra_pages(nbs:Path, tmp:Path) -> list[Path]:
+    "Write the extra pages' notebooks into `tmp` (README only when the repository, the folder above `nbs`, has a README.md); their paths"
+    out = []
+    readme = Path(nbs).resolve().parent/'README.md'
+    for stem, make in (('README', lambda: readme_page(readme) if readme.exists() else None), ('cli_reference', cli_page)):
+        nb = make()
+        if nb is not None: (Path(tmp)/f'{stem}.ipynb').write_text(json.dumps(nb)); out.append(Path(tmp)/f'{stem}.ipynb')
+    return out
 
 # %% ../nbs/10b_docs.ipynb #f613044b
 _KEYS = {'markdown': ('cell_type', 'id', 'metadata', 'source', 'attachments'), 'raw': ('cell_type', 'id', 'metadata', 'source'),
@@ -252,7 +310,8 @@ def build_docs(nbs:Path, # the notebook folder (the repository's nbs/)
               ) -> list[Path]:
     "Render every notebook in `nbs` to a static HTML site in `out`; returns the pages written (`index.html` first)."
     t0, nbs, out = time.time(), Path(nbs), Path(out)
-    paths = nb_paths(nbs)
+    tmp = Path(tempfile.mkdtemp())  # the extra pages' notebooks
+    paths = nb_paths(nbs); paths = paths[:1] + extra_pages(nbs, tmp) + paths[1:]
     mathjax = importlib.util.find_spec('jupyter_server_mathjax')
     if mathjax is None: raise ModuleNotFoundError("the site's offline MathJax comes from jupyter-server-mathjax: pip install -e '.[dev]'")
     stems = [p.stem for p in paths]
@@ -278,6 +337,7 @@ def build_docs(nbs:Path, # the notebook folder (the repository's nbs/)
         atomic_write(out/name, lambda tmp, s=text: tmp.write_text(s))
     shutil.copytree(Path(mathjax.origin).parent/'static', out/'mathjax', dirs_exist_ok=True, ignore=shutil.ignore_patterns('a11y', 'SVG', '*.py'))
     if (nbs/'images').is_dir(): shutil.copytree(nbs/'images', out/'images', dirs_exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     if not quiet: print(f'{len(written)} pages written to {out} in {time.time()-t0:.1f} s; open {out/"index.html"}')
     return written
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import functools, io
 import numpy as np, cv2
 from PIL import Image, ImageDraw, ImageFont
+from .scene import smooth_noise  # band-limited noise, the same as the drawn benchmark's
 
 # %% auto #0
 __all__ = ['EMOJI_CLASSES', 'EMOJI_CONTEXTS', 'EMOJI_VERSION', 'OPENMOJI_VERSION', 'CLASS_GLYPHS', 'DROP_LAYERS',
            'DISTRACTOR_GLYPHS', 'DETECTOR_GLYPHS', 'DETECTOR_CLUTTER', 'font_path', 'font_bytes', 'render_glyph',
-           'hue_rotate', 'transform_glyph', 'place', 'smooth_noise', 'background', 'water_layer', 'rails_layer',
-           'composite', 'label_from_cover', 'paint', 'render_emoji_scene']
+           'hue_rotate', 'transform_glyph', 'place', 'background', 'water_layer', 'rails_layer', 'composite',
+           'label_from_cover', 'paint', 'render_emoji_scene']
 
 # %% ../nbs/00c_emoji.ipynb #fdb318d8
 EMOJI_CLASSES = ['background', 'boat', 'train', 'car', 'bird', 'cat', 'dog']
@@ -107,11 +108,6 @@ def place(S:int, g:np.ndarray, x:int, y:int) -> np.ndarray:
     return L
 
 # %% ../nbs/00c_emoji.ipynb #043644e3
-def smooth_noise(rng, h:int, w:int, cell:float=8.) -> np.ndarray:
-    "Band-limited noise in about [-1,1]: one random value per `cell` pixels, upsampled bicubically."
-    gh, gw = max(2, int(np.ceil(h / cell)) + 1), max(2, int(np.ceil(w / cell)) + 1)
-    return np.clip(cv2.resize(rng.uniform(-1, 1, (gh, gw)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC), -1, 1)
-
 def background(rng, S:int) -> np.ndarray:
     "(S,S,3) float32 cluttered background: gradient, mottling, maybe stripes or speckle."
     U = rng.uniform

@@ -18,8 +18,9 @@ from .pseudo import make_pseudo
 from .metrics import evaluate_folder, word_label_miou, load_label
 
 # %% auto #0
-__all__ = ['PRESETS', 'VARIANT_NAMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'TRAIN_KEYS', 'PSEUDO_KEYS', 'MIOU_MARGIN', 'get_preset',
-           'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt', 'check_claims']
+__all__ = ['PRESETS', 'PRETRAINED', 'REGIMES', 'VARIANT_NAMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'TRAIN_KEYS', 'PSEUDO_KEYS',
+           'MIOU_MARGIN', 'get_preset', 'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt',
+           'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
 PRESETS = {
@@ -33,6 +34,9 @@ PRESETS = {
                     lr_mult=None, n_words=16, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
                     seg_arch='v1', seg_backbone='small', seg_epochs=1, seg_bs=8, seg_lr=0.1),
 }
+PRETRAINED = dict(weights='openmoji-small', lr=0.01, lr_mult=10., freeze_bn=False, seg_weights='openmoji-small', seg_lr=0.01)  # the paper's regime (see below)
+REGIMES = {'scratch': {}, 'pretrained': PRETRAINED}  # regime -> the keys it changes in a benchmark's preset
+PRESETS['pretrained'], PRESETS['real-pretrained'] = {**PRESETS['default'], **PRETRAINED}, {**PRESETS['real'], **PRETRAINED}
 VARIANT_NAMES = {'cam': 'CAM', 'vwe': 'VWE', 'sal': 'saliency-only', 'smvwe': 'SMVWE'}
 PSEUDO_MODE = {'cam': 'threshold', 'vwe': 'threshold', 'sal': 'argmax', 'smvwe': 'argmax'}  # fixed by what each variant trains
 BENCH_KEYS = ('bench', 'n_train', 'n_val', 'size')  # which benchmark, and its size
@@ -79,7 +83,7 @@ def word_maps(model, # an `SMVWENet` (eval mode)
 
 def _split_kw(p:dict) -> tuple[dict, dict]:
     "(train_cls kwargs, make_pseudo kwargs) of a preset + overrides"
-    skip = set(BENCH_KEYS) | set(PSEUDO_KEYS) | {k for k in PRESETS['default'] if k.startswith('seg_')}
+    skip = set(BENCH_KEYS) | set(PSEUDO_KEYS) | {k for k in p if k.startswith('seg_')}
     tkw = {k: v for k, v in p.items() if k not in skip}
     pkw = {k: p[k] for k in PSEUDO_KEYS if k in p}
     pkw['scales'] = tuple(pkw.get('scales', (1.0,)))
@@ -130,7 +134,7 @@ def run_seg(root, # dataset folder
     p = get_preset(preset, **overrides); out = Path(out); t0 = time.time()
     path = train_seg(root, out/'pseudo_train'/'pseudo', out, arch=p['seg_arch'], backbone=p['seg_backbone'], epochs=p['seg_epochs'],
                      bs=p['seg_bs'], crop=p['crop'], lr=p['seg_lr'], seed=seed, progress=progress,
-                     amp=p.get('amp'), channels_last=p.get('channels_last', False))
+                     amp=p.get('amp'), channels_last=p.get('channels_last', False), weights=p.get('seg_weights'))
     t_train, t0 = time.time() - t0, time.time()
     model = load_seg_model(path, device='cpu' if not torch.cuda.is_available() else None)
     pred = predict_folder(model, root, 'val', out/'seg_pred', crf=p['crf'], scales=tuple(p['scales']), n_workers=0, progress=progress)

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_files.ipynb #a008110d
 from __future__ import annotations
-import hashlib, json, math, os, sys, time
+import errno, hashlib, json, math, os, shutil, signal, socket, sys, time
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['voc_colormap', 'palette', 'atomic_write', 'atomic_save', 'load_torch', 'save_label_png', 'save_gray_png', 'save_jpg',
-           'save_npy', 'use_bars', 'progress_iter', 'file_hash', 'state_hash', 'dataset_signature', 'fingerprint_diff',
-           'check_fingerprint']
+__all__ = ['LOCK_NAME', 'voc_colormap', 'palette', 'disk_free', 'atomic_write', 'atomic_save', 'load_torch', 'save_label_png',
+           'save_gray_png', 'save_jpg', 'save_npy', 'use_bars', 'progress_iter', 'file_hash', 'state_hash',
+           'fingerprint_diff', 'check_fingerprint', 'folder_lock', 'ignore_sigint', 'check_range', 'check_labels']
 
 # %% ../nbs/00_files.ipynb #c1b457ee
 def voc_colormap(n:int=256 # number of entries
@@ -32,6 +33,19 @@ def palette() -> list[int]:
     return voc_colormap(256).reshape(-1).tolist()
 
 # %% ../nbs/00_files.ipynb #f2477b3e
+def disk_free(path) -> int:
+    "Free bytes on the file system holding `path` (or its nearest existing parent folder)"
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent: p = p.parent
+    return shutil.disk_usage(p).free
+
+def _disk_full(e:BaseException, folder) -> bool:
+    "Did this write fail for want of space? ENOSPC, or the short writes numpy and torch report without an errno on a full disk"
+    if any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in (e, e.__cause__, e.__context__)): return True  # torch.save: its zip writer's error, raised while the ENOSPC is handled
+    short = ('requested and' in str(e) and 'written' in str(e)) or 'file write failed' in str(e) or 'unexpected pos' in str(e)  # numpy's tofile, torch.save
+    try: return short and disk_free(folder) < (16 << 20)
+    except OSError: return False
+
 def atomic_write(path, # destination file (its folder is created)
                  save, # `save(tmp)` writes the content to the temporary path `tmp`
                 ) -> Path:
@@ -39,8 +53,9 @@ def atomic_write(path, # destination file (its folder is created)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')  # hidden, per process, never matches *.png
     try: save(tmp); os.replace(tmp, path)
-    except OSError as e:  # permission denied, disk full, ...: name the file the user asked for, not the temporary one
-        if e.errno is None or e.filename == str(path): raise
+    except (OSError, RuntimeError) as e:  # permission denied, disk full, ...: name the file the user asked for, not the temporary one
+        if _disk_full(e, path.parent): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        if not isinstance(e, OSError) or e.errno is None or e.filename == str(path): raise
         raise OSError(e.errno, e.strerror, str(path)) from e  # OSError(EACCES, ...) is a PermissionError again
     finally:
         if tmp.exists(): tmp.unlink()
@@ -142,19 +157,6 @@ def state_hash(model, n:int=16) -> str:
         h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode()); h.update(v.view(-1).view(dtype=__import__('torch').uint8).numpy().tobytes() if v.numel() else b'')
     return h.hexdigest()[:n]
 
-def dataset_signature(root, # VOC-layout dataset folder
-                      split:str, # a split name or .txt path
-                      ids:list|None=None, # the split's ids (default: read from the split file)
-                     ) -> str:
-    "'ROOT SPLIT N images #HASH': the absolute root, the split, and a hash of the split file and of each image's id and size"
-    from smvwe.voc import read_split, image_path, split_file  # imported here: 01a_voc comes after this notebook
-    ids = read_split(root, split) if ids is None else list(ids)
-    h = hashlib.sha256(Path(split_file(root, split)).read_bytes() if Path(split_file(root, split)).exists() else b'')
-    for i in ids:
-        p = image_path(root, i)
-        h.update(f'{i}:{p.stat().st_size if p.exists() else -1};'.encode())
-    return f'{Path(root).resolve()} {split} {len(ids)} images #{h.hexdigest()[:12]}'
-
 def fingerprint_diff(have:dict, want:dict) -> str:
     "'key: A there, B now' for every key whose value differs ('' when they match)"
     return ', '.join(f'{k}: {have.get(k)!r} there, {want.get(k)!r} now' for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
@@ -175,3 +177,84 @@ def check_fingerprint(path, # the JSON file kept beside an output
         return True
     atomic_save(json.dumps(want, indent=1, default=str) + '\n', path)
     return False
+
+# %% ../nbs/00_files.ipynb #6dd7073d
+LOCK_NAME = '.smvwe-lock'
+
+def _alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True   # someone else's process
+    return True
+
+def _lock_holder(f:Path) -> dict|None:
+    try: return json.loads(f.read_text())
+    except (OSError, ValueError): return None
+
+@contextmanager
+def folder_lock(folder, # the output folder the caller writes (created)
+                command:str='', # named to a second writer
+               ):
+    "Hold `folder/.smvwe-lock` while the block runs; a live holder is a one-line ValueError, a dead one's lock is taken over"
+    folder = Path(folder); created = not folder.exists(); folder.mkdir(parents=True, exist_ok=True)
+    f = folder/LOCK_NAME
+    me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'), command=command)
+    for attempt in range(2):
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, 'w') as w: w.write(json.dumps(me))
+            break
+        except FileExistsError:
+            h = _lock_holder(f)
+            if h and (h.get('host') != me['host'] or _alive(int(h.get('pid', -1)))) and h.get('pid') != me['pid']:
+                where = '' if h.get('host') == me['host'] else f" on {h.get('host')}"
+                raise ValueError(f"{folder} is being written by another command (pid {h.get('pid')}{where}, since {h.get('started')}: "
+                                 f"{h.get('command') or '?'}): wait for it to finish or choose another output folder; if it no "
+                                 f"longer runs, delete {f}") from None
+            if attempt: raise ValueError(f'{f}: could not take over the lock of a finished command; delete it and rerun') from None
+            f.unlink(missing_ok=True)  # its holder is gone (killed, or this very process): take it over
+    try: yield f
+    finally:
+        if (_lock_holder(f) or {}).get('pid') == me['pid']: f.unlink(missing_ok=True)
+        if created:  # a command that failed before writing anything leaves no empty folder behind
+            try: folder.rmdir()
+            except OSError: pass
+
+def ignore_sigint():
+    "Initializer of worker processes: Ctrl-C is the parent's to handle (one message, exit 130), not each worker's traceback"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+# %% ../nbs/00_files.ipynb #6dcf79d3
+def check_range(name:str, # the option, without dashes
+                value, # its value (None passes: an optional option left at its default)
+                rng:str, # the allowed interval: '[1,inf)', '(0,inf)', '[0,1]', '[0,1)' ...
+               ):
+    "A one-line ValueError naming `--name`, its value and the allowed interval when `value` lies outside it"
+    if value is None: return value
+    lo_c, hi_c = rng[0] == '[', rng[-1] == ']'
+    lo, hi = (float(v) for v in rng[1:-1].split(','))
+    v = float(value)
+    if not (math.isfinite(v) or math.isinf(hi) and v == hi) or v < lo or v > hi or (v == lo and not lo_c) or (v == hi and not hi_c):
+        raise ValueError(f"--{name} must be in {rng}, got {value}")
+    return value
+
+# %% ../nbs/00_files.ipynb #8813ef62
+def check_labels(folder, # label PNGs, ID.png (255 = ignore)
+                 ids, # the images that will be trained on
+                 what:str='the labels', # named in the messages
+                ) -> np.ndarray: # pixel count of each label value 0..255
+    "Refuse labels that are all ignore (a one-line ValueError); warn on stderr when every labelled pixel is one class"
+    counts = np.zeros(256, np.int64)
+    for i in ids:
+        p = Path(folder)/f'{i}.png'
+        if p.exists():
+            try: counts += np.bincount(np.asarray(Image.open(p)).ravel(), minlength=256)[:256]
+            except (OSError, ValueError): pass   # unreadable: the loader names it (or --skip-bad skips it)
+    lab = counts[:255]
+    if counts.sum() and not lab.sum():
+        raise ValueError(f"{what} in {folder} label no pixel of the {len(ids)} training images (all 255 = ignore): training would learn "
+                         "nothing; lower --conf_thr, drop --ignore_disagree, or check the classifier")
+    if lab.sum() and (lab > 0).sum() == 1:
+        print(f"WARNING: every labelled pixel of {what} in {folder} is class {int(lab.argmax())}: the model can only learn that class",
+              file=sys.stderr)
+    return counts

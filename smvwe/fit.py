@@ -90,11 +90,19 @@ class EpochCheckpoint(Callback):
                  meta:dict|None=None, values:list|None=None): # recipe to check on resume; log rows of earlier epochs
         self.fname,self.seed,self.offset,self.meta,self.prev = Path(fname),seed,offset,meta or {},list(values or [])
 
+    def before_fit(self):  # on resume: the recorder's smoothed training loss goes on from the checkpoint, as if never stopped
+        st, self.learn.smooth_state = getattr(self.learn, 'smooth_state', None), None
+        rec = getattr(self.learn, 'recorder', None)
+        if st and rec is not None: rec.smooth_loss.count, rec.smooth_loss.val = st['count'], st['val'].to(rec.smooth_loss.val.device)
+
     def after_epoch(self):
         if rank_distrib(): return
         sd = get_model(self.model).state_dict()
         bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad: raise NonFiniteLoss(f"epoch {self.offset + self.epoch + 1}: the model's {bad[0]} ({len(bad)} tensors) became non-finite; not saved")
+        if bad:
+            terms = ', '.join(f'{k} {float(torch.as_tensor(v, dtype=torch.float).mean()):.4g}' for k, v in loss_terms(self.learn).items())
+            raise NonFiniteLoss(f"non-finite weights at epoch {self.offset + self.epoch + 1}/{self.offset + self.n_epoch}: the model's "
+                                f"{bad[0]} ({len(bad)} tensors) became non-finite while the loss stayed finite (last batch: {terms}); not saved")
         poly = next((c for c in self.learn.cbs if isinstance(c, PolyLR)), None)
         opt, rec = self.opt.state_dict(), getattr(self.learn, 'recorder', None)
         scaler = getattr(self.learn, 'scaler', None)  # fp16's GradScaler (its loss scale adapts during training)
@@ -104,6 +112,7 @@ class EpochCheckpoint(Callback):
                          poly_t=None if poly is None else poly.t, seed=self.seed, meta=to_plain(self.meta),
                          scaler=to_plain(scaler.state_dict()) if scaler is not None and scaler.is_enabled() else None,
                          values=to_plain(self.prev + (list(rec.values) if rec else [])),
+                         smooth=dict(count=rec.smooth_loss.count, val=rec.smooth_loss.val.detach().cpu()) if rec else None,
                          metric_names=list(rec.metric_names) if rec else []), self.fname)
 
 # %% ../nbs/06a_fit.ipynb #52d267f0
@@ -220,6 +229,7 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
                              "or resume=False (--no-resume) to start again, or another output folder.")
         load_checkpoint(learn, state)
         learn.scaler_state = state.get('scaler')  # the AMP callback restores fp16's loss scale when the fit starts
+        learn.smooth_state = state.get('smooth')  # and `EpochCheckpoint` the recorder's smoothed loss (history.csv's train_loss)
         start, values = state['epoch'] + 1, state['values']
         poly = next((c for c in learn.cbs if isinstance(c, PolyLR)), None)
         if poly is not None: poly.resume(state['poly_t'], epochs)
@@ -228,6 +238,7 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
         try:
             with ddp_ctx(learn, sync_bn=sync_bn): learn.fit(epochs - start, cbs=[EpochSeed(seed, start), EpochCheckpoint(ckpt, seed, start, meta, values)] + guard + listify(cbs))
         except NonFiniteLoss as e:  # say what survived: the last good checkpoint, never the diverged model
+            e = str(e).split(':\n\t', 1)[-1] if str(e).startswith('Exception occured in') else str(e)  # fastai's wrapping of callback errors
             kept = (f"{ckpt} keeps the last good epoch ({read_checkpoint(ckpt)['epoch'] + 1}/{epochs})" if ckpt.exists()
                     else f"no epoch had finished, so no checkpoint was written")
             raise NonFiniteLoss(f"{e}. {kept}; nothing after it was saved. Lower the learning rate, train in full precision "

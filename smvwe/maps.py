@@ -21,7 +21,8 @@ def _to_tensor(img:np.ndarray, device=None):
     from smvwe.data import to_tensor_img
     return to_tensor_img(img)[None].to(device)
 
-def model_device(model):
+def model_device(model) -> 'torch.device|str':
+    "The device of `model`'s first parameter ('cpu' for a model without parameters)"
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else 'cpu'
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, dataset_signature
+from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, check_fingerprint, ignore_sigint, check_range
+from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
                         crf_params, parse_crf)
 
 # %% auto #0
-__all__ = ['NEG', 'load_cams', 'compact_logits', 'load_logits', 'resolve_shard', 'make_pseudo', 'pseudo_cli']
+__all__ = ['NEG', 'load_cams', 'compact_logits', 'load_logits', 'make_pseudo', 'pseudo_cli']
 
 # %% ../nbs/07b_pseudo.ipynb #f5d23be8
 def load_cams(path, # cams/ID.npy written by `make_pseudo`
@@ -57,32 +58,12 @@ def load_logits(path, # logits/ID.npy written by `make_pseudo`
     if absent.size: full[absent[0]] = a[-1]
     return full
 
-def resolve_shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
-    "`(rank, world_size)`: the given values, else the launcher's `RANK` / `WORLD_SIZE` (torchrun, accelerate launch), else `(0, 1)`."
-    r = int(os.environ.get('RANK', 0)) if rank is None else int(rank)
-    w = int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else int(world_size)
-    if not 0 <= r < w: raise ValueError(f'rank must lie in 0..world_size-1, got rank={r}, world_size={w}')
-    return r, w
-
-def _read_json(p:Path) -> dict:
-    try: return json.loads(Path(p).read_text())
-    except ValueError: return {}  # unreadable: treated as another run's
-
 def _image_hw(p:Path) -> tuple:
     "(H,W) of the image file `p`, or a one-line error naming it"
     if not p.exists(): raise FileNotFoundError(f'image {p} is missing: add it, fix the split file, or pass --skip-bad to skip it')
     try:
         with Image.open(p) as im: return im.size[::-1]
     except Exception as e: raise ValueError(f'image {p} is unreadable ({type(e).__name__}): re-save it, or pass --skip-bad to skip it') from None
-
-def _saliency(sal_root:Path, id:str, hw:tuple, img_p:Path) -> np.ndarray:
-    "Saliency map `id` as float32 (H,W) in [0,1]; refused (as in training) when its size is not the image's"
-    from smvwe.voc import load_saliency_u8
-    s = load_saliency_u8(sal_root, id, None)
-    if s.shape != tuple(hw):
-        raise ValueError(f"saliency map {sal_root/f'{id}.png'} is {s.shape[1]}x{s.shape[0]} (WxH) but image {img_p} is {hw[1]}x{hw[0]}: "
-                         "regenerate the map at the image size (training refuses it too), or pass --skip-bad to skip it")
-    return s.astype(np.float32) / 255
 
 def _outputs_ok(cam_p:Path|None, png_p:Path, k:int, hw:tuple, L:int, logit_p:Path|None=None) -> bool:
     "The outputs of an image exist and are valid (`cam_p=None` / `logit_p=None`: that file is not checked)."
@@ -109,9 +90,6 @@ def _pseudo_one(id, img, cams16, label, opts, cam_p, png_p, sal=None, logits16=N
     save_label_png(png_p, lab)
     return id
 
-def _init_worker():
-    os.environ['OMP_NUM_THREADS'] = '1'
-    if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(1)
 
 # %% ../nbs/07b_pseudo.ipynb #7916e67f
 def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
@@ -141,7 +119,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 source:dict|None=None, # what made the maps (e.g. the classifier file's hash): kept in pseudo_config.json, compared on resume
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
-    from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image, validate_voc
+    from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image, validate_voc, load_saliency, dataset_signature
     root, out = Path(root), Path(out)
     if not root.is_dir(): raise FileNotFoundError(f'dataset folder {root} not found')
     if mode not in MODES: raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
@@ -160,15 +138,9 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
     opts = dict(mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=crf_kw, conf_thr=conf_thr, ignore_disagree=ignore_disagree,
                 scales=[float(s) for s in scales], flip=bool(flip), sal_dir=str(sal_dir) if sal_dir else None, save_cams=save_cams,
                 save_logits=save_logits, source=source or {}, data=dataset_signature(root, split, ids))
-    cfg_p = out/'pseudo_config.json'
-    if resume and cfg_p.exists() and (have := _read_json(cfg_p)) != opts:
-        diff = ', '.join(f'{k}: {have.get(k)!r} there, {opts.get(k)!r} now' for k in sorted(set(have) | set(opts)) if have.get(k) != opts.get(k))
-        raise ValueError(f'{cfg_p} was written by another run ({diff[:400]}): pass --no-resume (resume=False) to redo every image, or use another output folder')
-    out.mkdir(parents=True, exist_ok=True)
-    if not (cfg_p.exists() and json.loads(cfg_p.read_text()) == opts):
-        atomic_write(cfg_p, lambda p: p.write_text(json.dumps(opts, indent=1)))
+    check_fingerprint(out/'pseudo_config.json', opts, resume, 'pseudo labels')
     norm = NORM_OF_MODE[mode]
-    cores = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))  # this rank's share of the machine
+    cores = rank_cores()
     n_workers = cores if n_workers is None else n_workers
     pool, old_threads = None, None
     if n_workers > 0:
@@ -177,7 +149,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
             old_threads = torch.get_num_threads(); torch.set_num_threads(max(1, cores - n_workers))
         from concurrent.futures import ProcessPoolExecutor
         if mp_context is None: mp_context = 'fork' if sys.platform.startswith('linux') else 'spawn'
-        pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context(mp_context), initializer=_init_worker)
+        pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context(mp_context), initializer=single_thread_worker)
     pending = {}   # future -> index, oldest first
     def _drain(limit):
         while len(pending) > limit:
@@ -192,7 +164,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
             try:
                 if resume and _outputs_ok(cam_p if save_cams else None, png_p, k, _image_hw(image_path(root, id)), L, logit_p if save_logits else None): continue
                 img = load_image(root, id)
-                sal = None if sal_root is None else _saliency(sal_root, id, img.shape[:2], image_path(root, id))
+                sal = None if sal_root is None else load_saliency(sal_root, id, None, img.shape[:2], f'image {image_path(root, id)}')
             except (FileNotFoundError, ValueError) as e:
                 if not skip_bad: raise
                 skipped.append((id, str(e))); continue
@@ -239,6 +211,11 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
               ):
     "Localization maps (cams/ID.npy), raw logits (logits/ID.npy) and pseudo labels (pseudo/ID.png) for a split."
     ckw = parse_crf(crf_preset) if crf_preset else {}   # a bad preset fails before the model loads
+    try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
+    except ValueError: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}') from None
+    if not sc: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}')
+    for k, v, rng in [('bg_thr', bg_thr, '[0,1]'), ('conf_thr', conf_thr, '[0,1)'), ('n_workers', n_workers, '[0,inf)')] + [('scales', s, '(0,16]') for s in sc]:
+        check_range(k, v, rng)   # out of range: useless labels with exit 0 (conf_thr 1 ignores every pixel)
     mp = Path(run_dir)/'cls'/'model.pth'
     if not mp.exists(): raise FileNotFoundError(f'{mp} not found: train the classification stage first (smvwe train-cls)')
     from smvwe.train import load_cls_model
@@ -252,8 +229,6 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
     classes = read_classes(root)
     if getattr(model, 'classes', None) and list(model.classes) != classes:
         raise ValueError(f'{mp} was trained on classes {model.classes} but {root} has {classes}')
-    try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
-    except ValueError: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}') from None
     o = make_pseudo(model, root, split, out or run_dir, scales=sc, flip=flip, mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=ckw,
                     conf_thr=conf_thr, ignore_disagree=ignore_disagree, n_workers=n_workers, resume=resume,
                     sal_dir=sal_dir, device=device, rank=rank, world_size=world_size, save_logits=save_logits, skip_bad=skip_bad,

@@ -10,9 +10,10 @@ import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .files import atomic_write
+from .files import atomic_write, ignore_sigint
 from .maps import READOUTS, BG_THR, parse_readout, readout_scores, scores_to_probs, crf_refine, parse_crf
 from .pseudo import load_logits
+from .voc import load_saliency
 from .metrics import ConfusionMatrix, boundary_counts, prf, context_counts, confusion_ratio, load_label
 
 # %% auto #0
@@ -47,9 +48,7 @@ def _score_image(job):
     z, gt = load_logits(logit_p, label), load_label(gt_p)
     if z.shape[1:] != gt.shape: raise ValueError(f'{logit_p} has size {z.shape[1:]} but the ground truth {gt_p} has {gt.shape}')
     img = np.array(Image.open(img_p).convert('RGB')) if img_p else None
-    sal = None
-    if sal_p:
-        sal = np.array(Image.open(sal_p).convert('L').resize(gt.shape[::-1], Image.BILINEAR), np.float32) / 255
+    sal = None if not sal_p else load_saliency(Path(sal_p).parent, Path(sal_p).stem, None, gt.shape, f'ground truth {gt_p}')  # never resized
     ctx = load_label(ctx_p) if ctx_p and Path(ctx_p).exists() else np.zeros_like(gt)
     part = load_label(part_p) if part_p else None
     obj = (gt > 0) & (gt != 255)
@@ -130,7 +129,7 @@ def score_readouts(maps_dir, # make_pseudo output folder (holding logits/) or th
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         ctx = mp.get_context('fork' if sys.platform.startswith('linux') else 'spawn')
-        with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=ignore_sigint) as pool:
             it = pool.map(_score_image, jobs, chunksize=max(1, len(jobs) // (8 * n_workers)))
             for res in (progress_bar(it, total=len(jobs)) if progress else it): add(res)
     else:

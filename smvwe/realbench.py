@@ -4,22 +4,23 @@
 
 # %% ../nbs/00d_realbench.ipynb #34f2f95f
 from __future__ import annotations
-import json, shutil, time
+import json, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, cv2, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
-from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from .files import atomic_save, save_label_png, save_gray_png, save_jpg
-from .scene import cv2_saliency
+from .voc_writer import SPLITS, write_benchmark, bench_cli
+from .files import atomic_save
+from .scene import smooth_noise
+from .sal_detectors import cv2_saliency
 from .emoji import (EMOJI_CLASSES, EMOJI_CONTEXTS, EMOJI_VERSION, OPENMOJI_VERSION, DETECTOR_GLYPHS, DETECTOR_CLUTTER,
-                         render_glyph, transform_glyph, place, background, composite, smooth_noise, render_emoji_scene)
+                         render_glyph, transform_glyph, place, background, composite, render_emoji_scene)
 
 # %% auto #0
-__all__ = ['SPLITS', 'LAYOUT', 'detector_scene', 'torch_threads', 'saliency_net', 'train_detector', 'detect_saliency',
-           'simulate_detector', 'saliency_quality', 'make_real_sample', 'load_or_train_detector', 'make_real_benchmark',
-           'benchmark_stats', 'sim_sweep', 'synth_real_cli']
+__all__ = ['LAYOUT', 'detector_scene', 'torch_threads', 'saliency_net', 'train_detector', 'detect_saliency', 'simulate_detector',
+           'saliency_quality', 'make_real_sample', 'load_or_train_detector', 'make_real_benchmark', 'benchmark_stats',
+           'sim_sweep', 'synth_real_cli']
 
 # %% ../nbs/00d_realbench.ipynb #ddd63808
 def detector_scene(rng:np.random.Generator, size:int=64, hue:float=1., rot:float=15.) -> tuple:
@@ -132,7 +133,6 @@ def saliency_quality(sals:list, # (H,W) uint8 maps
     return dict(mae=float(ae / max(n, 1)), f_beta=float((1 + beta2) * P * R / max(beta2 * P + R, 1e-12)), precision=float(P), recall=float(R))
 
 # %% ../nbs/00d_realbench.ipynb #246bb2c9
-SPLITS = ('train', 'val')
 LAYOUT = ('JPEGImages', 'SegmentationClass', 'saliency', 'saliency_cv2', 'saliency_sim', 'Context')  # per-image folders
 
 def make_real_sample(net:nn.Module, # the trained detector
@@ -147,15 +147,6 @@ def make_real_sample(net:nn.Module, # the trained detector
     sc['saliency_cv2'] = cv2_saliency(sc['image'], cv2_method)
     sc['saliency_sim'] = simulate_detector(noise, sc, sal_sim)
     return sc
-
-def _write_sample(root, id, s):
-    "Write one sample's files; the JPEG last, so an image whose JPEG exists is complete."
-    save_label_png(root / 'SegmentationClass' / f'{id}.png', s['gt'])
-    for d in ('saliency', 'saliency_cv2', 'saliency_sim'): save_gray_png(root / d / f'{id}.png', s[d])
-    save_gray_png(root / 'Context' / f'{id}.png', s['context'])
-    save_jpg(root / 'JPEGImages' / f'{id}.jpg', s['image'])
-
-def _files(root, id): return [root / d / f"{id}.{'jpg' if d == 'JPEGImages' else 'png'}" for d in LAYOUT]
 
 # %% ../nbs/00d_realbench.ipynb #b3fe5251
 def _check_args(a):
@@ -173,27 +164,6 @@ def _check_args(a):
         if not 0 <= a[k] <= 1: raise ValueError(f'{k} must be in [0, 1], got {a[k]}')
     if a['cv2_method'] not in ('fine_grained', 'spectral_residual'):
         raise ValueError(f"cv2_method must be 'fine_grained' or 'spectral_residual', got {a['cv2_method']!r}")
-
-def _clear(out):
-    "Remove what `make_real_benchmark` writes (and nothing else) from `out`."
-    for d in LAYOUT: shutil.rmtree(out / d, ignore_errors=True)
-    for f in ('classes.txt', 'contexts.json', 'meta.json', 'detector.pt', 'stats.json', *(f'ImageSets/Segmentation/{s}.txt' for s in SPLITS)):
-        (out / f).unlink(missing_ok=True)
-
-def _check_meta(out, meta, overwrite):
-    "Refuse a folder written with other arguments or by something else; clear it when `overwrite`."
-    if (out / 'meta.json').exists():
-        old = json.loads((out / 'meta.json').read_text())
-        if overwrite: _clear(out); return
-        if old != json.loads(json.dumps(meta)):
-            oa = old.get('args', {})
-            diff = ', '.join(f'{k}: {oa.get(k)!r} -> {v!r}' for k, v in meta['args'].items() if oa.get(k) != v)
-            for k in ('generator', 'version', 'openmoji'):
-                if old.get(k) != meta[k]: diff = f'{k} {old.get(k)!r} -> {meta[k]!r}; ' + diff
-            raise ValueError(f'{out} holds a benchmark written with different arguments ({diff.rstrip("; ")}): '
-                             'choose a new OUT folder or pass --overwrite (overwrite=True)')
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f'{out} exists and is not a benchmark folder written by smvwe synth-real (no meta.json): choose a new or empty OUT folder')
 
 # %% ../nbs/00d_realbench.ipynb #242a79db
 def load_or_train_detector(out:Path, seed:int, n_images:int, epochs:int, size:int, progress:bool=False) -> nn.Module:
@@ -231,21 +201,12 @@ def make_real_benchmark(out, # folder to write (created)
     out = Path(out)
     meta = dict(generator='smvwe.realbench', version=EMOJI_VERSION, openmoji=OPENMOJI_VERSION, args=args,
                 licence='images: OpenMoji (openmoji.org), CC BY-SA 4.0')
-    _check_meta(out, meta, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(json.dumps(meta, indent=1) + '\n', out / 'meta.json')
-    atomic_save('\n'.join(EMOJI_CLASSES) + '\n', out / 'classes.txt')
-    atomic_save(json.dumps(EMOJI_CONTEXTS, indent=1) + '\n', out / 'contexts.json')
-    ids = {sp: [f'{sp}_{i:05d}' for i in range(n)] for sp, n in zip(SPLITS, (n_train, n_val))}
-    todo = [(sp, i, id) for sp in SPLITS for i, id in enumerate(ids[sp]) if not all(f.exists() for f in _files(out, id))]
-    if todo:
+    kw = {k: v for k, v in args.items() if k not in ('n_train', 'n_val', 'det_images', 'det_epochs')}
+    def sampler():  # the detector is trained (or loaded) only when an image is missing
         net = load_or_train_detector(out, seed, det_images, det_epochs, det_size, progress)
-        kw = {k: v for k, v in args.items() if k not in ('n_train', 'n_val', 'det_images', 'det_epochs')}
-        for sp, i, id in (progress_bar(todo) if progress else todo):
-            _write_sample(out, id, make_real_sample(net, split=sp, idx=i, **kw))
-    for sp in SPLITS:  # the split lists last: a folder that has them is complete
-        atomic_save('\n'.join(ids[sp]) + '\n', out / 'ImageSets' / 'Segmentation' / f'{sp}.txt')
-    return out
+        return lambda split, idx: make_real_sample(net, split=split, idx=idx, **kw)
+    return write_benchmark(out, meta, EMOJI_CLASSES, EMOJI_CONTEXTS, dict(train=n_train, val=n_val), LAYOUT, sampler,
+                           extra=('detector.pt', 'stats.json'), overwrite=overwrite, progress=progress, command='smvwe synth-real')
 
 # %% ../nbs/00d_realbench.ipynb #d15e8150
 def benchmark_stats(root, # a folder written by `make_real_benchmark` (or `make_benchmark`)
@@ -287,32 +248,14 @@ def sim_sweep(root, # a folder written by `make_real_benchmark`
     return {str(k): saliency_quality(sals[k], gts) for k in strengths}
 
 # %% ../nbs/00d_realbench.ipynb #fd17d079
-@call_parse
-def synth_real_cli(out:str, # folder to write the benchmark to
-                   n_train:int=600, # training images
-                   n_val:int=200, # validation images
-                   size:int=128, # image side in pixels (>= 32)
-                   seed:int=0, # random seed
-                   max_objects:int=3, # at most this many objects per image (1..8)
-                   cooc:float=.9, # P(water | boat), P(rails | train) per object
-                   ctx_alone:float=.08, # P(context | its class absent)
-                   hue:float=.5, # hue rotation of the glyphs, U(-180, 180) * hue degrees
-                   occlude:float=.35, # P(an object gets a distractor in front of it)
-                   sal_sim:float=.5, # strength of the simulated faults in saliency_sim/ (0 = exact mask, 1 = strong)
-                   det_images:int=768, # training composites of the saliency detector (saliency/)
-                   det_epochs:int=10, # its training epochs
-                   det_size:int=64, # its input side in pixels
-                   cv2_method:str='fine_grained', # cv2.saliency detector for saliency_cv2/ (fine_grained|spectral_residual)
-                   overwrite:bool=False, # replace a benchmark written to OUT with other arguments
-                   quiet:bool=False, # no progress bar
-                  ):
+@bench_cli(make_real_benchmark)
+def synth_real_cli(out, quiet, **kw):
     "Write the OpenMoji benchmark (real object images, CC BY-SA 4.0; VOC layout, three saliency sources, context masks) to OUT."
     t0 = time.time()
-    out = make_real_benchmark(out, n_train, n_val, size, seed, max_objects, cooc, ctx_alone, hue, occlude, sal_sim,
-                              det_images, det_epochs, det_size, cv2_method, overwrite, progress=not quiet)
+    out = make_real_benchmark(out, progress=not quiet, **kw)
     t1 = time.time(); st = benchmark_stats(out); st['seconds'] = round(t1 - t0, 1); st['saliency_sim_by_strength'] = sim_sweep(out)
     atomic_save(json.dumps(st, indent=1) + '\n', out / 'stats.json')
-    print(f'wrote {n_train} train + {n_val} val images ({size}x{size}) to {out} in {t1 - t0:.1f} s')
+    print(f"wrote {kw['n_train']} train + {kw['n_val']} val images ({kw['size']}x{kw['size']}) to {out} in {t1 - t0:.1f} s")
     print('images per class: ' + ', '.join(f'{k} {v}' for k, v in st['images_per_class'].items()))
     f2 = lambda v: 'n/a' if v is None else f'{v:.2f}'
     for n, c in st['contexts'].items():

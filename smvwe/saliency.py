@@ -14,7 +14,7 @@ from torch import Tensor
 from .files import save_gray_png, progress_iter
 
 # %% auto #0
-__all__ = ['resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss', 'saliency_folder']
+__all__ = ['resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss']
 
 # %% ../nbs/03_saliency.ipynb #e79d82fb
 def resize_saliency(sal:Tensor, # (B,1,H,W) or (B,H,W) saliency in [0,1]
@@ -96,30 +96,3 @@ def saliency_loss(F_s:Tensor, # (B,1,H,W) generated saliency map
     if reduction == 'mean': return err.mean()
     if reduction == 'none': return err
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
-# %% ../nbs/03_saliency.ipynb #10f259c6
-from .scene import SALIENCY_METHODS, classical_saliency  # one implementation, shared with the benchmark's saliency_cv2/ (00a_scene)
-
-# %% ../nbs/03_saliency.ipynb #b257298d
-def saliency_folder(root:str|Path, # VOC-layout folder with JPEGImages/ID.jpg
-                    out:str='saliency_cv2', # output folder, relative to `root` or absolute
-                    ids:list|None=None, # image ids (default: every JPEGImages/*.jpg)
-                    method:str='fine_grained', # see `classical_saliency`
-                    overwrite:bool=False, # recompute maps that already exist
-                    progress:bool=True, # progress: a bar on a terminal, else a line per 10%
-                   ) -> Path: # the output folder
-    "Write `classical_saliency` maps of the images of `root` as 8-bit PNGs named by image id."
-    import cv2
-    root = Path(root); img_dir = root / 'JPEGImages'
-    if not img_dir.is_dir(): raise FileNotFoundError(f"{img_dir} not found: root must be a VOC-layout folder")
-    if ids is None: ids = sorted(p.stem for p in img_dir.glob('*.jpg'))
-    out = Path(out) if Path(out).is_absolute() else root / out
-    out.mkdir(parents=True, exist_ok=True)
-    for i in progress_iter(ids, progress and len(ids) > 1, 'saliency maps'):
-        dst = out / f'{i}.png'
-        if dst.exists() and not overwrite: continue
-        bgr = cv2.imread(str(img_dir / f'{i}.jpg'), cv2.IMREAD_COLOR)
-        if bgr is None: raise FileNotFoundError(f"cannot read image {img_dir / f'{i}.jpg'}")
-        sm = classical_saliency(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), method)
-        save_gray_png(dst, np.round(sm * 255))
-    return out

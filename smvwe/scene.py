@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np, cv2
 
 # %% auto #0
-__all__ = ['CLASSES', 'CONTEXTS', 'SYNTH_VERSION', 'BODY_COLOURS', 'PART_STYLE', 'SAL_DEFAULTS', 'SALIENCY_METHODS',
-           'smooth_noise', 'wobbly_polygon', 'fill_mask', 'render_scene', 'simulate_saliency', 'classical_saliency',
-           'cv2_saliency']
+__all__ = ['CLASSES', 'CONTEXTS', 'SYNTH_VERSION', 'BODY_COLOURS', 'PART_STYLE', 'SAL_DEFAULTS', 'smooth_noise', 'wobbly_polygon',
+           'fill_mask', 'render_scene', 'simulate_saliency']
 
 # %% ../nbs/00a_scene.ipynb #aae21933
 CLASSES = ['background', 'boat', 'train', 'car', 'bird', 'cat']
@@ -217,30 +216,3 @@ def simulate_saliency(rng:np.random.Generator, # saliency randomness (separate f
     if sal_blur > 0: sal = cv2.GaussianBlur(sal, (0, 0), sal_blur)
     sal = sal + sal_noise * (rng.normal(0, 1, (S, S)) + smooth_noise(rng, S, S, 16))
     return np.clip(sal * 255 + .5, 0, 255).astype(np.uint8)
-
-SALIENCY_METHODS = {'fine_grained': 'StaticSaliencyFineGrained_create',
-                    'spectral_residual': 'StaticSaliencySpectralResidual_create'}
-
-def classical_saliency(img:np.ndarray, # (H,W,3) RGB or (H,W) gray uint8 image
-                       method:str='fine_grained', # 'fine_grained' or 'spectral_residual' (cv2.saliency)
-                      ) -> np.ndarray: # float32 (H,W) in [0,1]
-    "Saliency map of one image from a classical OpenCV detector, min-max normalised to [0,1]."
-    import cv2
-    if method not in SALIENCY_METHODS:
-        raise ValueError(f"method must be one of {list(SALIENCY_METHODS)}, got {method!r}")
-    img = np.asarray(img)
-    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise ValueError(f"img must be a uint8 (H,W,3) RGB or (H,W) array, got {img.dtype} {img.shape}")
-    if img.ndim == 3: img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, m = getattr(cv2.saliency, SALIENCY_METHODS[method])().computeSaliency(np.ascontiguousarray(img))
-    if not ok: raise RuntimeError(f"cv2.saliency {method} failed on an image of shape {img.shape}")
-    m = np.asarray(m, np.float32)
-    lo, hi = float(m.min()), float(m.max())
-    if hi - lo < 1e-6: return np.zeros(m.shape, np.float32)
-    return ((m - lo) / (hi - lo)).astype(np.float32)
-
-def cv2_saliency(img:np.ndarray, # (H,W,3) uint8 RGB
-                 method:str='fine_grained', # 'fine_grained' or 'spectral_residual' (cv2.saliency)
-                ) -> np.ndarray: # (H,W) uint8, min-max normalised
-    "Saliency from a classical detector in `cv2.saliency` (a second, independent source), as 8-bit."
-    return (255 * classical_saliency(img, method) + .5).astype(np.uint8)

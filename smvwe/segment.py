@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
-from .voc import read_split, load_image, read_classes
-from .files import (atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash, state_hash, dataset_signature,
-                         check_fingerprint)
+from .voc import read_split, load_image, read_classes, dataset_signature
+from .files import (ignore_sigint, check_range, check_labels, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash,
+                         state_hash, check_fingerprint)
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
 from .maps import crf_refine, parse_crf
-from .pseudo import resolve_shard
+from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
 # %% auto #0
@@ -98,9 +98,6 @@ def predict(model:nn.Module, # segmentation model: forward(img) -> logits (B,C,h
     return (acc / (len(scales) * (2 if flip else 1))).cpu().numpy()
 
 # %% ../nbs/09b_segment.ipynb #8cfbe61c
-def _init_worker():
-    os.environ['OMP_NUM_THREADS'] = '1'; torch.set_num_threads(1)
-
 def _crf_save(img, probs, path, crf_kw):
     return save_label_png(path, crf_refine(img, probs, **(crf_kw or {})).astype(np.uint8))
 
@@ -127,11 +124,11 @@ def predict_folder(model:nn.Module, # segmentation model
                 crf=bool(crf), crf_kw=crf_kw or {})  # what makes the PNGs: existing ones are kept only when it matches
     check_fingerprint(out/'predict_config.json', want, resume, 'predictions')
     ids = [i for i in read_split(root, split)[rank::world_size] if not (resume and (out/f'{i}.png').exists())]
-    n_workers = max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))) if n_workers is None else n_workers
+    n_workers = rank_cores() if n_workers is None else n_workers
     pool = None
     if crf and n_workers > 0 and len(ids) > 1:
         import multiprocessing as mp
-        pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context('spawn'), initializer=_init_worker)
+        pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context('spawn'), initializer=single_thread_worker)
     pending = []
     try:
         for i in progress_iter(ids, progress, f'predictions ({split})', leave=False):
@@ -163,7 +160,7 @@ class SegConfig(StageConfig):
     wd:float=5e-4 # weight decay (L2)
     mom:float=0.9 # SGD momentum
     power:float=0.9 # exponent of the poly decay
-    weights:str|None=None # local torchvision-format backbone weights (.pth)
+    weights:str|None=None # backbone weights: a local torchvision-format .pth, or for the small backbone the shipped openmoji-small
     head_channels:int|None=None # LargeFOV fc6/fc7 channels (default: 1024, small: 256)
     dilation:int=12 # LargeFOV fc6 dilation
     rates:tuple[int,...]=(6, 12, 18, 24) # ASPP rates
@@ -184,6 +181,8 @@ class SegConfig(StageConfig):
         if self.arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {self.arch!r}")
         self.amp = check_amp(self.amp)
         if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
+        for k in ('bs', 'crop', 'lr', 'num_workers', 'seed'):
+            if hasattr(self, k): check_range(k, getattr(self, k), '(0,inf)' if k == 'lr' else '[0,inf)' if k in ('num_workers', 'seed') else '[1,inf)')
         if self.weights is not None: self.weights = str(self.weights)
         self.rates = tuple(int(r) for r in self.rates)
 
@@ -221,6 +220,7 @@ def train_seg(root, # VOC-layout dataset folder
     if made_by and list(made_by) != classes:
         raise ValueError(f"the pseudo labels in {pseudo_dir} were made for classes {made_by} but {root} has {classes}: "
                          "make them from this dataset (smvwe pseudo) or train on the dataset they came from")
+    if not final.exists(): check_labels(pseudo_dir, read_split(root, cfg.train), 'the pseudo labels')  # all ignore: refused before any work
     device = init_distributed(cfg.device)  # under torchrun / accelerate launch: this rank's device, the process group
     set_seed(cfg.seed)
     dls = seg_dls(root, train=cfg.train, valid=cfg.valid, mask_dir=str(pseudo_dir.resolve()), crop=cfg.crop, bs=cfg.bs,
@@ -267,6 +267,7 @@ class PredictConfig(StageConfig):
     def __post_init__(self):
         self.scales = tuple(float(s) for s in self.scales)
         if not self.scales: raise ValueError("scales must be comma-separated numbers like '0.5,1,1.5'.")
+        for s in self.scales: check_range('scales', s, '(0,16]')
 
 @cli_from(SegConfig, PredictConfig, root='VOC-layout dataset folder',
           pseudo_dir='pseudo-label folder (ID.png, 255 = ignore), e.g. RUN/pseudo_train/pseudo',

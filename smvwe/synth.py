@@ -4,18 +4,17 @@
 
 # %% ../nbs/00b_synth.ipynb #49f52e14
 from __future__ import annotations
-import json, shutil, time
+import time
 from pathlib import Path
 import numpy as np
-from fastcore.script import call_parse
-from .files import atomic_write, save_label_png, save_gray_png, save_jpg, progress_iter
-from .scene import CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, render_scene, simulate_saliency, cv2_saliency
+from .voc_writer import SPLITS, write_benchmark, bench_cli
+from .scene import CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, render_scene, simulate_saliency
+from .sal_detectors import cv2_saliency
 
 # %% auto #0
-__all__ = ['SPLITS', 'LAYOUT', 'make_sample', 'make_benchmark', 'synth_cli']
+__all__ = ['LAYOUT', 'make_sample', 'make_benchmark', 'synth_cli']
 
 # %% ../nbs/00b_synth.ipynb #43dae0b9
-SPLITS = ('train', 'val')
 LAYOUT = ('JPEGImages', 'SegmentationClass', 'saliency', 'saliency_cv2', 'Context', 'Parts')  # per-image folders
 
 def make_sample(seed:int=0, # benchmark seed
@@ -34,17 +33,6 @@ def make_sample(seed:int=0, # benchmark seed
     scene['saliency_cv2'] = cv2_saliency(scene['image'], cv2_method)
     return scene
 
-def _write_sample(root, id, s):
-    "Write one sample's files; the JPEG last, so an image whose JPEG exists is complete."
-    save_label_png(root / 'SegmentationClass' / f'{id}.png', s['gt'])
-    save_gray_png(root / 'saliency' / f'{id}.png', s['saliency'])
-    save_gray_png(root / 'saliency_cv2' / f'{id}.png', s['saliency_cv2'])
-    save_gray_png(root / 'Context' / f'{id}.png', s['context'])
-    save_label_png(root / 'Parts' / f'{id}.png', s['parts'])
-    save_jpg(root / 'JPEGImages' / f'{id}.jpg', s['image'])
-
-def _write_text(path, text): return atomic_write(path, lambda p: Path(p).write_text(text))
-
 # %% ../nbs/00b_synth.ipynb #a50ad2fc
 def _check_args(a):
     "Clear errors for arguments that cannot make a benchmark."
@@ -60,14 +48,6 @@ def _check_args(a):
         if a[k] < 0: raise ValueError(f'{k} must be >= 0, got {a[k]}')
     if a['cv2_method'] not in ('fine_grained', 'spectral_residual'):
         raise ValueError(f"cv2_method must be 'fine_grained' or 'spectral_residual', got {a['cv2_method']!r}")
-
-def _clear(out):
-    "Remove what `make_benchmark` writes (and nothing else) from `out`."
-    for d in LAYOUT: shutil.rmtree(out / d, ignore_errors=True)
-    for f in ('classes.txt', 'contexts.json', 'meta.json', *(f'ImageSets/Segmentation/{s}.txt' for s in SPLITS)):
-        (out / f).unlink(missing_ok=True)
-
-def _files(root, id): return [root / d / f"{id}.{'jpg' if d == 'JPEGImages' else 'png'}" for d in LAYOUT]
 
 # %% ../nbs/00b_synth.ipynb #611f0dfb
 def make_benchmark(out, # folder to write (created)
@@ -93,54 +73,17 @@ def make_benchmark(out, # folder to write (created)
                 ctx_alone=ctx_alone, sal_blur=sal_blur, sal_miss=sal_miss, sal_bias=sal_bias,
                 sal_bias_strength=sal_bias_strength, sal_noise=sal_noise, sal_clutter=sal_clutter, cv2_method=cv2_method)
     _check_args(args)
-    out, meta = Path(out), dict(generator='smvwe.synth', version=SYNTH_VERSION, args=args)
-    if (out / 'meta.json').exists():
-        old = json.loads((out / 'meta.json').read_text())
-        if overwrite: _clear(out)
-        elif old != json.loads(json.dumps(meta)):
-            oa = old.get('args', {})
-            diff = ', '.join(f'{k}: {oa.get(k)!r} -> {v!r}' for k, v in args.items() if oa.get(k) != v)
-            if old.get('version') != SYNTH_VERSION: diff = f"generator version {old.get('version')} -> {SYNTH_VERSION}; " + diff
-            raise ValueError(f'{out} holds a benchmark written with different arguments ({diff}): '
-                             'choose a new OUT folder or pass --overwrite (overwrite=True)')
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f'{out} exists and is not a benchmark folder written by smvwe synth (no meta.json): choose a new or empty OUT folder')
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / 'meta.json', json.dumps(meta, indent=1) + '\n')
-    _write_text(out / 'classes.txt', '\n'.join(CLASSES) + '\n')
-    _write_text(out / 'contexts.json', json.dumps(CONTEXTS, indent=1) + '\n')
-    ids = {sp: [f'{sp}_{i:05d}' for i in range(n)] for sp, n in zip(SPLITS, (n_train, n_val))}
-    todo = [(sp, i, id) for sp in SPLITS for i, id in enumerate(ids[sp]) if not all(f.exists() for f in _files(out, id))]
+    meta = dict(generator='smvwe.synth', version=SYNTH_VERSION, args=args)
     kw = {k: v for k, v in args.items() if k not in ('n_train', 'n_val')}
-    for sp, i, id in progress_iter(todo, progress and bool(todo), 'benchmark images'):
-        _write_sample(out, id, make_sample(split=sp, idx=i, **kw))
-    for sp in SPLITS:  # the split lists last: a folder that has them is complete
-        _write_text(out / 'ImageSets' / 'Segmentation' / f'{sp}.txt', '\n'.join(ids[sp]) + '\n')
-    return out
+    def sampler(): return lambda split, idx: make_sample(split=split, idx=idx, **kw)
+    return write_benchmark(out, meta, CLASSES, CONTEXTS, dict(train=n_train, val=n_val), LAYOUT, sampler,
+                           overwrite=overwrite, progress=progress, command='smvwe synth')
 
 # %% ../nbs/00b_synth.ipynb #c9464508
-@call_parse
-def synth_cli(out:str, # folder to write the benchmark to
-              n_train:int=300, # training images
-              n_val:int=100, # validation images
-              size:int=96, # image side in pixels (>= 32)
-              seed:int=0, # random seed
-              max_objects:int=2, # at most this many objects per image
-              cooc:float=0.92, # P(water | boat), P(rails | train) per object
-              ctx_alone:float=0.08, # P(context | its class absent)
-              sal_blur:float=1.5, # saliency fault: Gaussian blur sigma (px)
-              sal_miss:float=0.05, # saliency fault: probability an object is missing
-              sal_bias:float=0.3, # saliency fault: probability a context is partly salient
-              sal_bias_strength:float=0.6, # saliency fault: peak saliency of a salient context
-              sal_noise:float=0.03, # saliency fault: noise std
-              sal_clutter:float=0.05, # saliency fault: probability a clutter blob is salient
-              cv2_method:str='fine_grained', # cv2.saliency detector for saliency_cv2/ (fine_grained|spectral_residual)
-              overwrite:bool=False, # replace a benchmark written to OUT with other arguments
-              quiet:bool=False, # no progress bar
-             ):
+@bench_cli(make_benchmark)
+def synth_cli(out, quiet, **kw):
     "Write the built-in benchmark (VOC layout, saliency maps, context masks) to OUT."
     t0 = time.time()
-    out = make_benchmark(out, n_train, n_val, size, seed, max_objects, cooc, ctx_alone, sal_blur, sal_miss, sal_bias,
-                         sal_bias_strength, sal_noise, sal_clutter, cv2_method, overwrite, progress=not quiet)
-    print(f'wrote {n_train} train + {n_val} val images ({size}x{size}) to {out} in {time.time() - t0:.1f} s')
+    out = make_benchmark(out, progress=not quiet, **kw)
+    print(f"wrote {kw['n_train']} train + {kw['n_val']} val images ({kw['size']}x{kw['size']}) to {out} in {time.time() - t0:.1f} s")
     return out

@@ -22,7 +22,8 @@ from .data import cls_dls
 from .voc import image_labels, read_split
 from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
-from .files import atomic_save, use_bars, load_torch, dataset_signature
+from .files import atomic_save, use_bars, load_torch, check_range
+from .voc import dataset_signature
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
                        update_json, print_epoch_log, write_history, NaNGuard, report_skipped)  # the shared training machinery (06a_fit)
@@ -129,7 +130,7 @@ class ClsConfig(StageConfig):
     mu:float=0.5 # weight of the inverted background map 1-F_bg in Eq. 5 (F_s = F_fg + mu * mass on absent classes)
     backbone:str='small' # small (CPU preset), resnet38 (the paper's), resnet50, resnet101
     n_words:int=256 # number of semantic words N (§4.1)
-    weights:str|None=None # pretrained backbone weights file
+    weights:str|None=None # pretrained backbone weights: a file, 'imagenet' (ResNets, local cache), or the shipped openmoji-small (small backbone)
     tau:float|None=None # temperature of the word softmax (default: the encoder's)
     output_stride:int|None=None # backbone output stride: 8 or 16 (None: 8, and 4 for the small backbone)
     word_dim:int|None=None # K, the word dimension (default: K = C, no projection, Eq. 1 as written)
@@ -153,6 +154,11 @@ class ClsConfig(StageConfig):
     def __post_init__(self):  # bad values fail here, before any work
         variant_kwargs(self.variant); self.amp = check_amp(self.amp)
         if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
+        for k, rng in (('bs', '[1,inf)'), ('crop', '[8,inf)'), ('lr', '(0,inf)'), ('lr_mult', '(0,inf)'), ('wd', '[0,inf)'), ('mom', '[0,1)'),
+                       ('power', '[0,inf)'), ('w_cls', '[0,inf)'), ('delta', '[0,1]'), ('mu', '[0,inf)'), ('n_words', '[1,inf)'),
+                       ('tau', '(0,inf)'), ('word_dim', '[1,inf)'), ('dropout', '[0,1)'), ('w2i_scale', '(0,inf)'), ('num_workers', '[0,inf)'),
+                       ('seed', '[0,inf)')):
+            check_range(k, getattr(self, k), rng)
         if self.jitter is not None:
             try: self.jitter = tuple(float(v) for v in self.jitter)
             except (TypeError, ValueError): self.jitter = ()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_voc.ipynb #f0ae93ed
 from __future__ import annotations
-import os, warnings
+import hashlib, os, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,9 @@ voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined wit
 
 # %% auto #0
 __all__ = ['voc_palette', 'VOC_CLASSES', 'read_classes', 'under_root', 'split_file', 'read_split', 'image_path',
-           'resolve_mask_dir', 'load_image', 'load_mask', 'saliency_path', 'load_saliency_u8', 'load_saliency',
-           'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit', 'validate_voc',
-           'make_tiny_voc', 'doctor', 'doctor_cli']
+           'resolve_mask_dir', 'load_image', 'load_mask', 'saliency_path', 'load_saliency_u8', 'check_saliency_size',
+           'load_saliency', 'dataset_signature', 'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels',
+           'VOCSplit', 'validate_voc', 'make_tiny_voc', 'doctor', 'doctor_cli']
 
 # %% ../nbs/01a_voc.ipynb #5398862d
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -104,9 +104,36 @@ def load_saliency_u8(path_or_root, id, sal_dir='saliency') -> np.ndarray:
     "Saliency map `id` as uint8 (H,W), as stored (RGB maps converted to grey)"
     return np.asarray(_open(saliency_path(path_or_root, id, sal_dir), 'saliency map').convert('L'))
 
-def load_saliency(path_or_root, id:str, sal_dir='saliency') -> np.ndarray:
-    "Saliency map `id` as float32 (H,W) in [0,1] (8-bit PNG / 255; RGB maps are converted to grey)."
-    return load_saliency_u8(path_or_root, id, sal_dir).astype(np.float32)/255.
+def check_saliency_size(p, # the saliency map's file
+                        sal_hw:tuple, # its (H,W)
+                        hw:tuple, # (H,W) of its image
+                        like:str, # what it must match, named in the message: 'image PATH'
+                       ):
+    "The one size rule of saliency maps: a map of another size than its image is refused, naming both files (never resized)"
+    if tuple(sal_hw) != tuple(hw):
+        raise ValueError(f"saliency map {p} is {sal_hw[1]}x{sal_hw[0]} (WxH) but {like} is {hw[1]}x{hw[0]}: regenerate the map at the image size.")
+
+def load_saliency(path_or_root, id:str, sal_dir='saliency',
+                  hw:tuple|None=None, # (H,W) of its image: a map of another size is refused (None: not checked)
+                  like:str='its image', # what has size `hw`, named when the map's differs: 'image PATH'
+                 ) -> np.ndarray:
+    "Saliency map `id` as float32 (H,W) in [0,1] (8-bit PNG / 255; RGB maps are converted to grey); checked against its image's size `hw`"
+    s = load_saliency_u8(path_or_root, id, sal_dir)
+    if hw is not None: check_saliency_size(saliency_path(path_or_root, id, sal_dir), s.shape, hw, like)
+    return s.astype(np.float32)/255.
+
+# %% ../nbs/01a_voc.ipynb #9d250bda
+def dataset_signature(root, # VOC-layout dataset folder
+                      split:str, # a split name or .txt path
+                      ids:list|None=None, # the split's ids (default: read from the split file)
+                     ) -> str:
+    "'ROOT SPLIT N images #HASH': the absolute root, the split, and a hash of the split file and of each image's id and size"
+    ids = read_split(root, split) if ids is None else list(ids)
+    h = hashlib.sha256(Path(split_file(root, split)).read_bytes() if Path(split_file(root, split)).exists() else b'')
+    for i in ids:
+        p = image_path(root, i)
+        h.update(f'{i}:{p.stat().st_size if p.exists() else -1};'.encode())
+    return f'{Path(root).resolve()} {split} {len(ids)} images #{h.hexdigest()[:12]}'
 
 # %% ../nbs/01a_voc.ipynb #6b9d7917
 def check_mask_values(m:np.ndarray, n_classes:int, path='mask'):
@@ -180,8 +207,7 @@ def validate_voc(root, split='train', sal_dir='saliency', mask_dir=None, classes
             with _open(image_path(root, i), 'image') as im: size = im.size
             if sal_dir is not None:
                 sp = saliency_path(root, i, sal_dir)
-                with _open(sp, 'saliency map') as s:
-                    if s.size != size: raise ValueError(f"saliency map {sp} is {s.size[0]}x{s.size[1]} (WxH) but image {image_path(root, i)} is {size[0]}x{size[1]}: regenerate the map at the image size.")
+                with _open(sp, 'saliency map') as s: check_saliency_size(sp, s.size[::-1], size[::-1], f'image {image_path(root, i)}')
             lab = _lookup(lab_d, i, lab_p) if lab_d is not None else None
             if mdir is not None:
                 mp = mdir/f'{i}.png'; m = load_mask(root, i, mdir)

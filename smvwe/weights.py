@@ -14,9 +14,9 @@ from torch import nn
 from .files import atomic_write
 
 # %% auto #0
-__all__ = ['MX_LIST_MAGIC', 'MX_V1', 'MX_V2', 'MX_V3', 'MX_DTYPES', 'LoadResult', 'RESNET38_FILES', 'read_mxnet_params',
-           'save_mxnet_params', 'resnet38_key', 'resnet38_mxnet_names', 'read_state_dict', 'load_weights',
-           'checkpoint_dir', 'resolve_weights']
+__all__ = ['MX_LIST_MAGIC', 'MX_V1', 'MX_V2', 'MX_V3', 'MX_DTYPES', 'LoadResult', 'SHIPPED_WEIGHTS', 'RESNET38_FILES',
+           'read_mxnet_params', 'save_mxnet_params', 'resnet38_key', 'resnet38_mxnet_names', 'read_state_dict',
+           'load_weights', 'shipped_weights', 'checkpoint_dir', 'resolve_weights']
 
 # %% ../nbs/05a_weights.ipynb #68f5c37c
 MX_LIST_MAGIC = 0x112
@@ -182,6 +182,27 @@ def load_weights(module:nn.Module, # the module to fill
     module.load_state_dict(ok, strict=False)
     return LoadResult(missing, unexpected, [m.split(':')[0] for m in mismatched])
 
+# %% ../nbs/05a_weights.ipynb #6403a3cd
+SHIPPED_WEIGHTS = {  # name -> the file in smvwe/assets, its SHA-256, the backbone it fits, and the command that made it
+    'openmoji-small': dict(file='openmoji-small.pth', arch='small', backbone_kwargs={'width': 32, 'layout': 'plain'},
+                           sha256='aee6d8ae3cd92d1cf24a421057b88f959eae89696e04de3c80fb106d1396ccd1',
+                           command='smvwe pretrain runs/pretrain && cp runs/pretrain/backbone.pth smvwe/assets/openmoji-small.pth'),
+}
+
+def shipped_weights(name:str, # a key of `SHIPPED_WEIGHTS`
+                    root:Path|None=None, # folder holding the file (default: the package's `assets`)
+                   ) -> Path:
+    "The path of weights that ship with the package, after checking the file's SHA-256"
+    import hashlib
+    if name not in SHIPPED_WEIGHTS: raise ValueError(f'unknown shipped weights {name!r}: choose one of {list(SHIPPED_WEIGHTS)}')
+    import smvwe
+    w = SHIPPED_WEIGHTS[name]; p = Path(root or Path(smvwe.__file__).parent/'assets')/w['file']
+    if not p.is_file(): raise FileNotFoundError(f'{p}: the {name} weights are missing from this install; reinstall smvwe, or regenerate them: {w["command"]}')
+    h = hashlib.sha256(p.read_bytes()).hexdigest()
+    if h != w['sha256']: raise ValueError(f'{p}: SHA-256 {h[:12]}... is not the {name} weights\' {w["sha256"][:12]}...: the file is damaged or '
+                                          f'was replaced; reinstall smvwe, or regenerate it: {w["command"]}')
+    return p
+
 # %% ../nbs/05a_weights.ipynb #4c73b92f
 RESNET38_FILES = ('ilsvrc-cls_rna-a1_cls1000_ep-0001.params', 'ilsvrc-cls_rna-a1_cls1000_ep-0001.pth', 'resnet38d.pth')
 
@@ -194,6 +215,9 @@ def resolve_weights(arch:str, # backbone name: 'resnet50', 'resnet101', 'resnet3
                    ) -> Path|None:
     "The local file that `weights` refers to for `arch` (never downloads); None for random initialisation."
     if weights is None or weights is False: return None
+    if isinstance(weights, str) and weights in SHIPPED_WEIGHTS:  # weights that ship with the package, by name
+        if arch != SHIPPED_WEIGHTS[weights]['arch']: raise ValueError(f"{weights!r} weights are for the {SHIPPED_WEIGHTS[weights]['arch']!r} backbone, not {arch!r}")
+        return shipped_weights(weights)
     if isinstance(weights, Path) or (isinstance(weights, str) and (os.sep in weights or Path(weights).suffix in ('.pth', '.pt', '.params'))):
         p = Path(weights).expanduser()
         if not p.is_file(): raise FileNotFoundError(f'weights file {p} not found')
@@ -220,4 +244,4 @@ def resolve_weights(arch:str, # backbone name: 'resnet50', 'resnet101', 'resnet3
                 f'with network run  python -c "import torchvision; torchvision.models.{arch}(weights=\'{wname}\')"  '
                 f'(it saves the file there), or download {url} to {p}, or pass weights=PATH.')
         return p
-    raise ValueError(f'no named weights for backbone {arch!r}: pass weights=None or a path')
+    raise ValueError(f'no named weights {weights!r} for backbone {arch!r}: pass weights=None, a path, or one of {list(SHIPPED_WEIGHTS)}')

@@ -54,9 +54,17 @@ def test_word_distance_benchmark_measures_its_ceiling_in_the_run():
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'word_distance.py'), '--size', 'small', '--impls', 'fused',
                         '--broadcast-gb', '0', '--threads', '2'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    rate = float(re.search(r'ceiling \(streaming .*?\) ([\d.]+) G terms/s', r.stdout).group(1))
-    ratio = float(re.search(r'fused/ceiling = ([\d.]+)', r.stdout).group(1))
-    assert rate > 0 and ratio > 0
+    num = r'([\d.]+)'
+    rate, t_ceil = map(float, re.search(rf'ceiling \(streaming .*?\) {num} G terms/s -> 3V = [\d.]+ G terms take {num} s', r.stdout).groups())
+    ratio, total, t_ceil2 = map(float, re.search(rf'fused/ceiling = {num} \(fwd\+bwd {num} s over {num} s', r.stdout).groups())
+    cpu_ratio = float(re.search(rf'fused/ceiling in CPU time = {num}', r.stdout).group(1))
+    V = 1 * 512 * 28 * 28 * 64                                       # the small size: B K H W N, one term per (pixel, word, channel)
+    assert t_ceil == t_ceil2
+    # the ceiling time is 3V terms at the ceiling's rate (rate printed to 0.1 G terms/s)
+    assert 3 * V / ((rate + 0.05) * 1e9) - 5e-4 <= t_ceil <= 3 * V / ((rate - 0.05) * 1e9) + 5e-4, (rate, t_ceil)
+    assert abs(ratio - total / t_ceil) <= 0.005 + 5e-4 / t_ceil + total * 5e-4 / t_ceil ** 2, (ratio, total, t_ceil)  # printed to 2 / 3 places
+    # a kernel doing the ceiling's work plus more cannot take half its time (measured 1.2-1.3 in CPU time)
+    assert cpu_ratio >= 0.5, r.stdout[-2000:]
 
 
 def test_demo_profile_quick(tmp_path):

@@ -1,5 +1,5 @@
 "`smvwe demo` end to end: the quick preset writes metrics.json, figures and report.md; a second run resumes."
-import json, time
+import json, os
 from pathlib import Path
 
 from smvwe.cli import main
@@ -15,9 +15,7 @@ def _scores(m):
 
 def test_demo_quick_end_to_end_and_resume(tmp_path):
     out = tmp_path / 'demo'
-    t0 = time.time()
     assert main(['demo', '--quick', '--out', str(out), '--quiet']) == 0
-    t_first = time.time() - t0
     m = json.loads((out / 'metrics.json').read_text())
     assert sorted(m['variants']) == sorted(VARIANTS)                     # all four variants scored on val
     assert sorted(m['seg']) == ['cam', 'smvwe']                          # DeepLab on CAM and SMVWE pseudo labels
@@ -36,13 +34,29 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
     assert 'SMVWE' in report and 'figures/bars.png' in report and 'DeepLab' in report
     assert set(m['claims']) >= {'smvwe_beats_cam_miou', 'smvwe_raises_boundary_f1', 'seg_smvwe_beats_cam'}
     assert not list(out.rglob('*.tmp'))
-    # a second run finds every stage done: same metrics, much faster
-    t0 = time.time()
+    # a second run finds every stage done: same metrics, no epoch trained (checkpoints untouched), no map or label made again
+    for p in out.rglob('*'):
+        if p.is_file(): os.utime(p, ns=(10**18, 10**18))                    # a stamp no write can produce
     assert main(['demo', '--quick', '--out', str(out), '--quiet']) == 0
-    t_second = time.time() - t0
     m2 = json.loads((out / 'metrics.json').read_text())
     assert _scores(m2) == _scores(m)
-    assert t_second < 0.6 * t_first, (t_first, t_second)
+    stages = [p for p in out.rglob('*') if p.is_file() and (p.suffix in ('.npy', '.png') or p.name == 'checkpoint.pth')
+              and 'figures' not in p.parts]
+    assert len([p for p in stages if p.name == 'checkpoint.pth']) == 4 + 2          # every variant's classifier, both DeepLabs
+    assert len(stages) > 4 * 12 * 3
+    rewritten = sorted(str(p.relative_to(out)) for p in stages if p.stat().st_mtime_ns != 10**18)
+    assert rewritten == [], rewritten[:10]
+
+
+def test_demo_with_another_seed_in_a_used_folder(tmp_path, capsys):
+    "The benchmark's advice (--overwrite) is not a demo option: the demo says to choose another --out"
+    from smvwe.demo import get_preset
+    from smvwe.synth import make_benchmark
+    p = get_preset('quick')
+    make_benchmark(tmp_path/'d'/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=0, progress=False)
+    assert main(['demo', '--quick', '--out', str(tmp_path/'d'), '--seed', '1', '--quiet']) == 1
+    err = capsys.readouterr().err
+    assert 'choose a new --out folder' in err and '--overwrite' not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_demo_bad_arguments(tmp_path, capsys):

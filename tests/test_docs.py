@@ -60,13 +60,30 @@ def _refs(page):
     p = _Refs(); p.feed(page.read_text()); return p
 
 
+EXTRA = ['README', 'cli_reference']  # the pages that are not notebooks, after the landing page
+
+
 def test_site_has_every_notebook(site):
     nbs = sorted(p.stem for p in (ROOT / 'nbs').glob('*.ipynb'))
     pages = sorted(p.stem for p in site.glob('*.html'))
-    assert pages == nbs, set(nbs) ^ set(pages)
+    assert pages == sorted(nbs + EXTRA), set(nbs + EXTRA) ^ set(pages)
     nav = re.search(r'<nav class="sidebar">(.*?)</nav>', (site / 'index.html').read_text(), re.S).group(1)
     order = re.findall(r'href="([\w-]+)\.html"', nav)
-    assert order == ['index'] + [s for s in nbs if s != 'index'], order  # sidebar in pipeline (file-name) order
+    assert order == ['index'] + EXTRA + [s for s in nbs if s != 'index'], order  # sidebar in pipeline (file-name) order
+
+
+def test_readme_results_and_cli_reference_pages(site):
+    "README (its links made site links), the generated results page and every command's --help are on the site"
+    from smvwe.cli import COMMANDS
+    readme = (site / 'README.html').read_text()
+    assert 'What this reproduction finds' in readme and 'href="13_results.html"' in readme and 'nbs/results/README.md"' not in readme
+    assert 'src="images/' in readme or '](nbs/images/' not in (ROOT / 'README.md').read_text()  # an image README shows is rewritten for the site
+    results = (site / '13_results.html').read_text()
+    assert 'The headline' in results and 'src="images/protocol_synth.png"' in results and '<table' in results
+    cli = (site / 'cli_reference.html').read_text()
+    missing = [k for k in COMMANDS if f'usage: smvwe {k}' not in cli or f'id="smvwe-{k}"' not in cli]
+    assert not missing, f'commands without their --help on the CLI reference page: {missing}'
+    assert 'usage: smvwe COMMAND' in cli
 
 
 def test_local_links_and_anchors_resolve(site):
@@ -87,6 +104,14 @@ def test_local_links_and_anchors_resolve(site):
     assert not no_net, f'pages load resources from the network: {no_net}'
 
 
+def test_docstrings_render(site):
+    "A docstring after an import renders as Python's default 'Call self as a function.': the two that did now render their own"
+    pages = {p.name: p.read_text() for p in site.glob('*.html')}
+    assert not [n for n, t in pages.items() if 'Call self as a function' in t]
+    assert 'per method under one read-out (+ the baseline row)' in pages['12b_protocol.html']   # protocol.detail_table
+    assert 'The device of <code>model</code>' in pages['07a_maps.html'] or "The device of `model`" in pages['07a_maps.html']  # maps.model_device
+
+
 def test_equation_index_reaches_the_code(site):
     "Every function link of index.ipynb's equation table lands on its page at the function (anchor kept): one click to the code."
     table = re.findall(r'\]\((\w+)\.ipynb#([\w.]+)\)', (ROOT / 'nbs' / 'index.ipynb').read_text())
@@ -98,8 +123,8 @@ def test_equation_index_reaches_the_code(site):
 
 @needs_chromium
 def test_pages_in_chromium(site, tmp_path):
-    "Open every page: no script error or failed load, images decoded, math typeset without error (02b_words has math)."
-    bad, math = [], {}
+    "Open every page: no script error or failed load, images decoded, math typeset without error (02b_words has math), no code block cut off."
+    bad, math, code = [], {}, {}
     for page in sorted(site.glob('*.html')):
         dom, log = chromium(['--dump-dom', page.as_uri()], tmp_path / 'profile')
         m = re.search(r'<body[^>]*data-check="([^"]*)"', dom)
@@ -108,10 +133,14 @@ def test_pages_in_chromium(site, tmp_path):
         console = [l for l in log.splitlines() if 'CONSOLE' in l and re.search(r'Uncaught|ERR_|Failed to load', l)]
         problems = check['errors'] + check['broken_images'] + console
         if check['math_errors']: problems.append(f"{check['math_errors']} math errors")
+        if check['code']['cut']: problems.append(f"{check['code']['cut']} code blocks cut off (neither inside the page nor scrollable)")
         if problems: bad.append(f'{page.name}: {problems}')
-        math[page.stem] = check['math']
+        math[page.stem], code[page.stem] = check['math'], check['code']
     assert not bad, '\n'.join(bad)
     assert math['02b_words'] > 20 and math['03_saliency'] > 20, math
+    # long code lines exist (exported cells of 12b_protocol and 12c_results) and scroll sideways
+    for stem in ('12b_protocol', '12c_results'):
+        assert code[stem]['wide'] > 0 and code[stem]['scrollable'] == code[stem]['wide'], (stem, code[stem])
 
 
 @needs_chromium
@@ -133,3 +162,11 @@ def test_screenshots(site, tmp_path):
             im.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)
     index = (ROOT / 'nbs' / 'index.ipynb').read_text()
     assert all(f'images/{f}' in index for f in SHOTS.values()), 'index.ipynb must link the screenshots'
+
+
+def test_docstrings_come_before_the_code():
+    "The two functions whose import sat before the docstring (so Python saw no docstring) now have theirs"
+    from smvwe.protocol import detail_table
+    from smvwe.maps import model_device
+    assert detail_table.__doc__.startswith('Markdown: per method under one read-out')
+    assert model_device.__doc__.startswith("The device of `model`'s first parameter")

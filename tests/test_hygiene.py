@@ -20,6 +20,9 @@ def test_readme_has_two_setup_commands():
     main, tests = cmds
     assert 'pip install -e .' in main and main.endswith('smvwe demo')
     assert "pip install -e '.[dev]'" in tests and 'nbdev_test' in tests and 'pytest' in tests
+    # the notebooks in parallel (the default) and once all in one process: an order dependence fails CI
+    steps = [c.strip() for c in tests.split('&&')]
+    assert 'nbdev_test' in steps and 'nbdev_test --n_workers 0' in steps, steps
 
 
 def test_ci_runs_readme_test_command_verbatim():

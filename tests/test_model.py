@@ -40,7 +40,6 @@ def test_backbone_bad_args():
 
 @pytest.fixture(scope='module')
 def M():
-    pytest.importorskip('smvwe.words', reason='smvwe.words (02_words) not exported yet')
     import smvwe.model as M
     return M
 

@@ -1,11 +1,10 @@
-"The fair protocol's tables, claims and README block, on a hand-made result table; README against the committed results."
+"The fair protocol's tables and claims on a hand-made result table (the results page and README's headline: tests/test_stale.py)."
 import math
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from smvwe.protocol import (READOUT_SET, TABLE_THR, readout_table, detail_table, protocol_claims, quality_table, report,
-                            update_readme, readme_block, MARKERS, load_results)
+from smvwe.protocol import READOUT_SET, TABLE_THR, readout_table, detail_table, protocol_claims, quality_table, load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,19 +54,3 @@ def test_quality_table_and_detail(df):
     assert '| exact | 3 | 52.0' in t
     d = detail_table(df)
     assert '| SMVWE | 60.0' in d and 'confusion water' in d
-
-
-def test_readme_block_round_trip(tmp_path, df):
-    res = tmp_path/'res'; res.mkdir()
-    df.to_csv(res/'synth_variants.csv', index=False)
-    readme = tmp_path/'README.md'
-    readme.write_text(f'# x\n\n{MARKERS[0]}\nold\n{MARKERS[1]}\n\nafter\n')
-    assert update_readme(readme, res) and not update_readme(readme, res)
-    assert readme_block(readme) == report(res).strip() + '\n' and readme.read_text().endswith('after\n')
-
-
-def test_readme_tables_come_from_the_committed_results():
-    res = ROOT/'nbs'/'results'
-    if load_results(res, 'synth') is None and load_results(res, 'emoji') is None: pytest.skip('no committed protocol results')
-    assert readme_block(ROOT/'README.md') == report(res).strip() + '\n', \
-        'README protocol tables differ from nbs/results: run `smvwe protocol report --readme README.md`'

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smvwe.saliency import (classical_saliency, overlap_ratio, resize_saliency, saliency_folder, saliency_loss,
-                            saliency_map, SALIENCY_METHODS)
+from smvwe.sal_detectors import classical_saliency, saliency_folder, SALIENCY_METHODS
+from smvwe.saliency import (overlap_ratio, resize_saliency, saliency_loss,
+                            saliency_map)
 
 
 def reference(maps, label, sal, delta, mu, thr=.5):

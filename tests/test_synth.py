@@ -80,3 +80,17 @@ def test_refuses_foreign_folder(tmp_path, capsys):
     (tmp_path / 'voc').mkdir(); (tmp_path / 'voc' / 'JPEGImages').mkdir()
     assert synth(tmp_path / 'voc', *SMALL, '--overwrite') == 1
     assert 'no meta.json' in capsys.readouterr().err and (tmp_path / 'voc' / 'JPEGImages').is_dir()
+
+
+def test_written_files_are_the_sample_and_meta_is_unchanged(tmp_path):
+    "The shared writer (`smvwe.voc_writer`) writes each map of `make_sample` losslessly, and meta.json keeps its keys and order"
+    from smvwe.synth import make_benchmark
+    out = make_benchmark(tmp_path / 'b', n_train=2, n_val=1, size=48, seed=3, progress=False)
+    s = make_sample(3, 'val', 0, size=48)
+    for d, k in (('SegmentationClass', 'gt'), ('Parts', 'parts'), ('Context', 'context'), ('saliency', 'saliency'), ('saliency_cv2', 'saliency_cv2')):
+        np.testing.assert_array_equal(np.array(Image.open(out / d / 'val_00000.png')), s[k], err_msg=d)
+    assert Image.open(out / 'SegmentationClass/val_00000.png').mode == 'P' and Image.open(out / 'saliency/val_00000.png').mode == 'L'
+    meta = (out / 'meta.json').read_text()  # a folder written before the shared writer must resume, not be refused
+    assert meta == json.dumps(dict(generator='smvwe.synth', version=2, args=dict(
+        n_train=2, n_val=1, size=48, seed=3, max_objects=2, cooc=0.92, ctx_alone=0.08, sal_blur=1.5, sal_miss=0.05, sal_bias=0.3,
+        sal_bias_strength=0.6, sal_noise=0.03, sal_clutter=0.05, cv2_method='fine_grained')), indent=1) + '\n'

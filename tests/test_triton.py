@@ -53,3 +53,22 @@ def test_triton_impl_without_cuda_or_interpreter_says_why():
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, check=True).stdout
     assert 'needs a CUDA device' in out and 'impl="torch"' in out
+
+
+def test_interpreter_check_does_not_depend_on_what_ran_before():
+    "triton imported before TRITON_INTERPRET is set (fastai does that): the interpreter still runs the kernels."
+    code = textwrap.dedent('''
+        import os, triton, torch
+        from smvwe.distance import triton_status, word_distance, word_distance_reference
+        assert triton_status('cpu').startswith('needs a CUDA device'), triton_status('cpu')
+        os.environ['TRITON_INTERPRET'] = '1'
+        assert triton_status('cpu') == 'ok', triton_status('cpu')
+        x, c = torch.randn(1, 3, 2, 2), torch.randn(4, 3)
+        assert torch.allclose(word_distance(x, c, impl='triton'), word_distance_reference(x, c), atol=1e-5)
+        del os.environ['TRITON_INTERPRET']
+        assert triton_status('cpu').startswith('needs a CUDA device'), triton_status('cpu')
+        print('order ok')
+    ''')
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and 'order ok' in r.stdout, r.stderr[-3000:]

@@ -130,6 +130,6 @@ def test_torch_cache_lookup_never_downloads(tmp_path, monkeypatch):
 
 def test_resolve_weights_bad_names(tmp_path):
     assert resolve_weights('small', None) is None
-    with pytest.raises(ValueError, match="no named weights for backbone 'small'"): resolve_weights('small', 'imagenet')
+    with pytest.raises(ValueError, match="no named weights 'imagenet' for backbone 'small'"): resolve_weights('small', 'imagenet')
     with pytest.raises(ValueError, match='IMAGENET1K_V2'): resolve_weights('resnet101', 'COCO')
     with pytest.raises(FileNotFoundError, match='x.pth'): resolve_weights('resnet50', str(tmp_path / 'x.pth'))
