@@ -154,15 +154,13 @@ FINDINGS = [  # (claim key prefix, the line's wording)
     ('CAM > yardstick CAM', "The project's CAM beats a 30-line yardstick CAM (plain threshold)"),
 ]
 
-def _where(ks) -> str: return 'on ' + ', '.join(f'{BENCH_NAMES[b]} ({REGIMES[r][1]})' for b, r in ks) if ks else 'nowhere'
-
 def findings(frames:dict) -> list[str]:
-    "README's five lines: each central claim, where it holds and where it does not"
-    cl = all_claims(frames); out = []
+    "README's findings: a markdown table, one row per central claim, one column per (regime, benchmark): holds / no / not measured"
+    cl = all_claims(frames); ks = [(b, r) for r in REGIMES for b in BENCH_NAMES]
+    out = ['| the paper\'s claim, measured | ' + ' | '.join(f'{REGIMES[r][1]}, {BENCH_NAMES[b]}' for b, r in ks) + ' |', '|---' * (len(ks) + 1) + '|']
     for key, text in FINDINGS:
-        v = {k: next((c['holds'] for c in cs if _claim_key(c['claim']).startswith(key)), None) for k, cs in cl.items()}
-        yes = [k for k, h in v.items() if h]; no = [k for k, h in v.items() if h is False]
-        out.append(f'- {text}: holds {_where(yes)}' + (f'; does not hold {_where(no)}' if no else '') + '.')
+        v = [next((c['holds'] for c in cl.get(k, []) if _claim_key(c['claim']).startswith(key)), None) for k in ks]
+        out.append(f'| {text} | ' + ' | '.join('holds' if h else '—' if h is None else 'no' for h in v) + ' |')
     return out
 
 # %% ../nbs/12c_results.ipynb #9c4f444c
@@ -342,7 +340,7 @@ def page_notebook(cells:list[str]) -> str:
     return json.dumps(nb, indent=1, ensure_ascii=False) + '\n'
 
 def headline_block(results='nbs/results', page:str='nbs/results/README.md') -> str:
-    "README's generated block: the headline table, the five findings, the link to the results page"
+    "README's generated block: the headline table, the findings table, the link to the results page"
     frames = load_frames(results)
     return (f'Pseudo-label mIoU % (train split, no CRF, mean ± std over seeds):\n\n{headline_table(frames)}\n\n' + '\n'.join(findings(frames)) +
             f'\n\nEvery table, claim, figure and the reading: [{page}]({page}) (the `13_results` page of the docs site).\n')
