@@ -146,21 +146,22 @@ def deeplab_table(dl) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/12c_results.ipynb #f84bb555
-FINDINGS = [  # (claim key prefix, the line's wording)
+FINDINGS = [  # (claim key prefix, the row's wording[, the regimes it applies to])
     ('SMVWE > CAM, mIoU (eps)', 'SMVWE beats CAM under the same read-out (EPS\'s)'),
     ('SMVWE (its better read-out) > CAM + saliency as background', 'SMVWE beats the saliency map used directly (CAM + saliency as background, today\'s CAM)'),
     ('SMVWE (its better read-out) > the strongest', 'SMVWE beats the strongest CAM + saliency measured (every CAM recipe and the yardstick)'),
     ('SMVWE > saliency-only', 'SMVWE beats saliency-only (the word encoder adds to the saliency loss)'),
-    ('CAM > yardstick CAM', "The project's CAM beats a 30-line yardstick CAM (plain threshold)"),
+    ('CAM > yardstick CAM', "The project's CAM beats a 30-line yardstick CAM (plain threshold)", ('scratch',)),  # the yardstick is a from-scratch recipe
 ]
 
 def findings(frames:dict) -> list[str]:
-    "README's findings: a markdown table, one row per central claim, one column per (regime, benchmark): holds / no / not measured"
+    "README's findings: a markdown table, one row per central claim, one column per (regime, benchmark): holds / no / — (not measured) / n/a"
     cl = all_claims(frames); ks = [(b, r) for r in REGIMES for b in BENCH_NAMES]
     out = ['| the paper\'s claim, measured | ' + ' | '.join(f'{REGIMES[r][1]}, {BENCH_NAMES[b]}' for b, r in ks) + ' |', '|---' * (len(ks) + 1) + '|']
-    for key, text in FINDINGS:
+    for key, text, *where in FINDINGS:
         v = [next((c['holds'] for c in cl.get(k, []) if _claim_key(c['claim']).startswith(key)), None) for k in ks]
-        out.append(f'| {text} | ' + ' | '.join('holds' if h else '—' if h is None else 'no' for h in v) + ' |')
+        out.append(f'| {text} | ' + ' | '.join('n/a' if where and r not in where[0] else 'holds' if h else '—' if h is None else 'no'
+                                               for h, (_, r) in zip(v, ks)) + ' |')
     return out
 
 # %% ../nbs/12c_results.ipynb #9c4f444c
