@@ -258,7 +258,8 @@ Read from the tables below (train split, no CRF, small backbone from scratch, un
   Every variant gains on OpenMoji (SMVWE `argmax` {{emoji:SMVWE:argmax}} -> {{emoji_pretrained:SMVWE:argmax}}, the
   baseline {{emoji:baseline:}} -> {{emoji_pretrained:baseline:}}), but the claims that decide the paper do not flip:
   SMVWE still loses to CAM + saliency on OpenMoji ({{emoji_pretrained:SMVWE:argmax}} vs {{emoji_pretrained:baseline:}};
-  with exact saliency maps {{emoji_pretrained:q:exact:SMVWE:argmax}} vs {{emoji_pretrained:q:exact:baseline:}}, one seed)
+  at every saliency quality: exact maps {{emoji_pretrained:q:exact:SMVWE:argmax}} vs {{emoji_pretrained:q:exact:baseline:}},
+  cv2's {{emoji_pretrained:q:classical (cv2):SMVWE:argmax}} vs {{emoji_pretrained:q:classical (cv2):baseline:}})
   and beats it on the drawn benchmark ({{synth_pretrained:SMVWE:argmax}} vs {{synth_pretrained:baseline:}}, a baseline
   weakened by the worse CAM); and neither the word encoder's gain over saliency-only nor VWE's over CAM holds on every
   seed: the means sit within the seed spread (`eps`, SMVWE vs saliency-only {{synth_pretrained:SMVWE:eps}} vs
