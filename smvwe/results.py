@@ -107,9 +107,11 @@ def claims_table(frames:dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/12c_results.ipynb #a48aadcf
-def _vals(df, label, readout, metric='miou', split='train', crf='none'):
+def _vals(df, label, readout, metric='miou', split='train', crf='none',
+          sal:str|None='saliency', # the saliency folder the rows were scored with (None: any; the saliency-quality study's rows of one level)
+         ):
     "The per-seed values of one (method, read-out) of a result table under the tables' fixed threshold"
-    d = _sel(df[df.saliency == 'saliency'], split, crf)
+    d = _sel(df if sal is None else df[df.saliency == sal], split, crf)
     return d[(d.label == label) & (d.readout == readout)][metric]
 
 def _verdict(h) -> str: return 'holds' if h else 'not measured' if h is None else 'does not hold'
@@ -193,7 +195,7 @@ def field(frames:dict, key:str) -> str:
         v, lab = _strongest(f); return _fmt([v], 'miou') if p[0] == 'strongest' else lab
     if p[0] == 'q':
         if f['q'] is None: return 'n/a'
-        lev, lab, r = p[1:4]; return _fmt(_vals(f['q'][f['q'].level == lev], *_lr(lab, r)), 'miou')
+        lev, lab, r = p[1:4]; return _fmt(_vals(f['q'][f['q'].level == lev], *_lr(lab, r), sal=None), 'miou')
     if p[0] == 'dl':  # the DeepLab study: {{bench:dl:LABEL[:metric]}}, val split
         if f.get('dl') is None: return 'n/a'
         lab, *m = p[1:]; m = m[0] if m else 'miou'; return _fmt(f['dl'][f['dl'].label == lab][m], m)
