@@ -236,7 +236,7 @@ Read from the tables below (train split, no CRF, small backbone from scratch, un
 - **SMVWE vs saliency-only:** saliency-only is better on both benchmarks (`eps` {{synth:saliency-only:eps}} vs
   {{synth:SMVWE:eps}} drawn, {{emoji:saliency-only:eps}} vs {{emoji:SMVWE:eps}} OpenMoji): the word encoder adds
   nothing at this scale.
-- **Saliency quality:** on OpenMoji the baseline leads at every quality, and the better the map the larger its lead
+- **Saliency quality:** on OpenMoji the baseline leads at every quality, by far the most with exact maps
   (exact maps: {{emoji:q:exact:baseline:}} vs {{emoji:q:exact:SMVWE:argmax}} SMVWE; the trained detector:
   {{emoji:q:trained detector (benchmark):baseline:}} vs {{emoji:q:trained detector (benchmark):SMVWE:argmax}}; cv2:
   {{emoji:q:classical (cv2):baseline:}} vs {{emoji:q:classical (cv2):SMVWE:argmax}}). On the drawn benchmark learning
@@ -263,8 +263,8 @@ Read from the tables below (train split, no CRF, small backbone from scratch, un
   at every saliency quality: exact maps {{emoji_pretrained:q:exact:SMVWE:argmax}} vs {{emoji_pretrained:q:exact:baseline:}},
   cv2's {{emoji_pretrained:q:classical (cv2):SMVWE:argmax}} vs {{emoji_pretrained:q:classical (cv2):baseline:}})
   and beats it on the drawn benchmark ({{synth_pretrained:SMVWE:argmax}} vs {{synth_pretrained:baseline:}}, a baseline
-  weakened by the worse CAM); and neither the word encoder's gain over saliency-only nor VWE's over CAM holds on every
-  seed: the means sit within the seed spread (`eps`, SMVWE vs saliency-only {{synth_pretrained:SMVWE:eps}} vs
+  weakened by the worse CAM); and neither the word encoder's gain over saliency-only nor VWE's over CAM holds: the
+  means are within the seed spread or reversed (`eps`, SMVWE vs saliency-only {{synth_pretrained:SMVWE:eps}} vs
   {{synth_pretrained:saliency-only:eps}} drawn, {{emoji_pretrained:SMVWE:eps}} vs {{emoji_pretrained:saliency-only:eps}}
   OpenMoji; VWE vs CAM {{synth_pretrained:VWE:eps}} vs {{synth_pretrained:CAM:eps}} and {{emoji_pretrained:VWE:eps}} vs
   {{emoji_pretrained:CAM:eps}}). On these benchmarks the from-scratch findings are
