@@ -9,8 +9,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['MODES', 'NORM_OF_MODE', 'READOUTS', 'BG_THR', 'CRF_PRESETS', 'CRF_DEFAULT', 'CRF_REF_SIZE', 'CRF_ALIASES',
-           'model_device', 'normalise_maps', 'localization_maps', 'label_scores', 'scores_to_probs', 'maps_to_labels',
-           'parse_readout', 'readout_scores', 'readout_labels', 'crf_params', 'parse_crf', 'crf_refine', 'pseudo_label']
+           'model_device', 'normalise_maps', 'localization_maps', 'activation_px_bytes', 'label_scores',
+           'scores_to_probs', 'maps_to_labels', 'parse_readout', 'readout_scores', 'readout_labels', 'crf_params',
+           'parse_crf', 'crf_refine', 'pseudo_label']
 
 # %% ../nbs/07a_maps.ipynb #a80edce5
 from .files import voc_colormap as voc_palette, save_label_png  # (n,3) VOC colours; atomic palette-PNG writer
@@ -75,6 +76,25 @@ def localization_maps(model, # returns {'maps': (B,L+1,h,w) logits} (an `SMVWENe
     maps = normalise_maps((acc / n).cpu().numpy(), norm)
     maps[:-1][label <= 0] = 0
     return maps
+
+# %% ../nbs/07a_maps.ipynb #69961010
+def activation_px_bytes(model, # any image model: forward((1,3,H,W))
+                        side:int=64 # side of the calibration input
+                       ) -> float: # bytes per input pixel
+    "Bytes per input pixel of the outputs of every leaf module of `model` on one image: the width term of `smvwe.voc.inference_gb`"
+    import torch
+    outs = []
+    def hook(mod, inp, out):
+        ts = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
+        outs.append(sum(t.numel() * t.element_size() for t in ts if torch.is_tensor(t)))
+    hs = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was = model.training; model.eval()
+    try:
+        with torch.no_grad(): model(torch.zeros(1, 3, side, side, device=model_device(model)))
+    finally:
+        for h in hs: h.remove()
+        model.train(was)
+    return sum(outs) / side**2
 
 # %% ../nbs/07a_maps.ipynb #6d17e2da
 MODES = ('argmax', 'eps', 'threshold')  # read-outs of normalised maps ('softmax', 'eps', 'cam' maps respectively)
