@@ -12,7 +12,7 @@ from fastcore.script import call_parse
 from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, check_fingerprint, ignore_sigint, check_range
 from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
-                        crf_params, parse_crf)
+                        crf_params, parse_crf, activation_px_bytes)
 
 # %% auto #0
 __all__ = ['NEG', 'load_cams', 'compact_logits', 'load_logits', 'make_pseudo', 'pseudo_cli']

@@ -301,7 +301,7 @@ def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n
 
 # %% ../nbs/01a_voc.ipynb #ee5cd3a0
 MAX_GB = 8.0  # default memory limit (GB) of pseudo labels and predictions; $SMVWE_MAX_GB raises it
-SMALL_PX_BYTES = 550  # activation bytes per input pixel of the default classifier (small backbone; `07a_maps` measures it)
+SMALL_PX_BYTES = 190  # bytes a forward of the default classifier (small backbone) holds per input pixel (`07a_maps` measures it)
 
 def max_gb(limit:float|None=None) -> float:
     "The memory limit in GB: `limit` when given, else $SMVWE_MAX_GB, else `MAX_GB`"
