@@ -249,9 +249,9 @@ def test_a_large_image_is_refused_before_any_work(voc, trained, tmp_path):
     assert r.returncode == 1 and 'largest image big (4000x3000): pseudo labels at scales 1,2 need about' in r.stdout, r.stdout
     r = smvwe('doctor', root, '--splits', 'big', '--scales', '1,2', env=dict(ENV, SMVWE_MAX_GB='100'))   # the limit raised: ok
     assert r.returncode == 0 and '(limit 100 GB' in r.stdout, r.stdout + r.stderr
-    r = smvwe('pseudo', trained, root, '--out', tmp_path / 'pl2', *PSEUDO, env=dict(ENV, SMVWE_MAX_GB='0.001'))   # a small limit, small images
+    r = smvwe('pseudo', trained, root, '--out', tmp_path / 'pl2', *PSEUDO, env=dict(ENV, SMVWE_MAX_GB='0.0001'))   # a small limit, small images
     line = one_line(r.stderr)
-    assert r.returncode == 1 and '(48x40) at scales 1 needs about' in line and 'over the 0.001 GB limit' in line, line
+    assert r.returncode == 1 and '(48x40) at scales 1 needs about' in line and 'over the 0.0001 GB limit' in line, line
 
 
 def test_cam_and_vwe_need_no_saliency_maps(voc, tmp_path):
