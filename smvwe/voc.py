@@ -364,7 +364,7 @@ def doctor(root, # VOC-layout dataset folder
     lab_file = (root/'cls_labels.npy').exists()
     mdir = resolve_mask_dir(root, mask_dir)
     sal = None if sal_dir is None else under_root(root.absolute(), sal_dir)  # absolute: `validate_voc` reads it under a relative root too
-    if sal is not None and not sal.is_dir(): problems.append(f"saliency folder {sal} is missing: add the maps (8-bit PNGs named by image id) or pass --sal_dir to name the folder."); sal = None
+    if sal is not None and not sal.is_dir(): problems.append(f"saliency folder {sal} is missing: add the maps (8- or 16-bit grey PNGs named by image id) or pass --sal_dir to name the folder."); sal = None
     lines.append(f"  image labels from {'cls_labels.npy' if lab_file else mdir.name + '/'}; saliency {'in ' + sal.name + '/' if sal else 'not checked'}")
     names = splits or sorted(p.stem for p in (root/'ImageSets'/'Segmentation').glob('*.txt'))
     if not names and (root/'ImageSets'/'Segmentation').is_dir(): problems.append(f"{root/'ImageSets'/'Segmentation'} has no split file (NAME.txt, one image id per line).")
