@@ -120,3 +120,22 @@ def test_variant_step_quick(tmp_path):
         sh = p['current']['shape']; assert p['current']['V'] == sh['B'] * sh['h'] ** 2 * sh['N'] * sh['K']
     assert res['meta']['peak_terms_per_s'] > 0
     assert len(re.findall(r'Eq\. 1 distance / floor: forward [\d.]+x', r.stdout)) == 2
+
+
+def test_pretrain_data_quick(tmp_path):
+    "`pretrain_data.py --quick`: the step from memory, with `compose`, with `compose_reference`; the shares are the printed times' ratios"
+    import json
+    out = tmp_path / 'pd.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'pretrain_data.py'), '--quick', '--threads', '1', '--json', str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    res = json.loads(out.read_text()); w = res['ways']
+    assert set(w) == {'memory', 'compose', 'reference'} and res['meta']['rounds'] == 2 and res['meta']['recipe']['classes'] == 8
+    assert w['memory']['data_s'] == w['memory']['data_cpu'] == 0
+    for way in ('compose', 'reference'):
+        o = w[way]
+        assert len(o['rounds']['wall']) == 2 and 0 < o['data_s'] < o['wall'] * 1.01 and o['data_cpu'] > 0
+        assert abs(o['share_wall'] - (o['wall'] - w['memory']['wall']) / o['wall']) < 1e-12
+        line = next(l for l in r.stdout.splitlines() if l.startswith(way + ' '))
+        assert f"{1000 * o['data_cpu']:.1f}" in line and f"{100 * o['timed_share_cpu']:.1f}%" in line
+    assert 'reference / compose' in r.stdout

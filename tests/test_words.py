@@ -175,3 +175,25 @@ def test_encoder_channels_last_bf16_matches_float32_channels_first():
     for f in ('D', 'P', 'e_word'): torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-5, atol=1e-4)
     assert torch.equal(a.Z, b.Z) and torch.equal(a.z_word, b.z_word)
     assert a.D.dtype == torch.float32 and a.D.permute(0, 2, 3, 1).is_contiguous()
+
+
+@pytest.mark.skipif(not HAS_EXT, reason='fused kernel not built')
+@pytest.mark.parametrize('case', ['no AVX-512', 'non-contiguous', 'float64'])
+def test_fallbacks_of_the_rows_kernel_match_the_reference(case, monkeypatch):
+    "Where the rows kernel does not run (a CPU without AVX-512, a strided view that is not channels-last, float64), the result is the reference's"
+    import smvwe.distance as dist
+    torch.manual_seed(0)
+    x, c = torch.randn(2, 24, 6, 7).contiguous(memory_format=torch.channels_last), torch.randn(9, 24)
+    if case == 'no AVX-512': monkeypatch.setattr(dist, '_rows_ok', lambda dt: False)
+    if case == 'non-contiguous': x = torch.randn(2, 48, 6, 7)[:, ::2]                       # every other channel: neither layout
+    if case == 'float64': x, c = x.double(), c.double()
+    assert case == 'no AVX-512' or not (dist._is_channels_last(x) and dist._rows_ok(torch.promote_types(x.dtype, c.dtype)))
+    xr, cr = x.detach().requires_grad_(), c.detach().requires_grad_()        # the same strides
+    assert (case == 'non-contiguous') == (not xr.is_contiguous() and not dist._is_channels_last(xr))
+    g = torch.randn(2, 9, 6, 7, dtype=x.dtype)
+    d = word_distance(xr, cr, impl='fused'); d.backward(g)
+    x2, c2 = x.double().requires_grad_(), c.double().requires_grad_()
+    d2 = word_distance_reference(x2, c2); d2.backward(g.double())
+    tol = 1e-12 if case == 'float64' else 1e-4
+    assert d.dtype == x.dtype and (d.double() - d2).abs().max() <= tol
+    assert (xr.grad.double() - x2.grad).abs().max() <= tol and (cr.grad.double() - c2.grad).abs().max() <= tol
