@@ -135,8 +135,8 @@ def test_ddp_pseudo_labels_identical(root, ddp_run, tmp_path):
     "`torchrun ... pseudo` (each rank its shard, CRF workers per rank) writes the single process's bytes"
     run_dir, _ = ddp_run
     one, two = tmp_path/'one', tmp_path/'two'
-    run([sys.executable, '-m', 'smvwe.cli', 'pseudo', str(run_dir), str(root), '--split', 'val', '--out', str(one), '--crf'])
-    torchrun('pseudo', run_dir, root, '--split', 'val', '--out', two, '--crf')
+    run([sys.executable, '-m', 'smvwe.cli', 'pseudo', str(run_dir), str(root), '--split', 'val', '--out', str(one)])
+    torchrun('pseudo', run_dir, root, '--split', 'val', '--out', two)
     files = sorted(p.relative_to(one) for p in one.rglob('*') if p.is_file())
     ids = read_split(root, 'val')
     assert len(ids) == 4 and {f'pseudo/{i}.png' for i in ids} | {f'cams/{i}.npy' for i in ids} <= {str(f) for f in files}

@@ -148,12 +148,12 @@ def test_crf_preset_recorded_and_bad_preset(voc, tmp_path, capsys):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'e', crf_preset='dense', n_workers=0, progress=False)
     from smvwe.cli import main
     (tmp_path/'run'/'cls').mkdir(parents=True); (tmp_path/'run'/'cls'/'model.pth').write_bytes(b'')
-    assert main(['pseudo', str(tmp_path/'run'), str(voc), '--crf', '--crf-preset', 'psa,sigma=2']) == 1
+    assert main(['pseudo', str(tmp_path/'run'), str(voc), '--crf-preset', 'psa,sigma=2']) == 1
     assert "unknown CRF parameter 'sigma'" in capsys.readouterr().err
 
 
 def test_cli_with_a_real_model_file(tmp_path):
-    "`smvwe pseudo RUN ROOT --crf` on a saved (untrained) SMVWENet and the data module's tiny dataset."
+    "`smvwe pseudo RUN ROOT` (CRF on by default) on a saved (untrained) SMVWENet and the data module's tiny dataset."
     from smvwe.voc import make_tiny_voc, read_classes, read_split, image_labels
     SMVWENet = pytest.importorskip('smvwe.model', reason='smvwe.model (05) not importable yet').SMVWENet
     root = make_tiny_voc(tmp_path/'voc', n=3, n_val=1, seed=0)
@@ -163,7 +163,7 @@ def test_cli_with_a_real_model_file(tmp_path):
     (tmp_path/'run'/'cls').mkdir(parents=True)
     torch.save(dict(model=m.state_dict(), config=m.config, classes=classes, variant='smvwe'), tmp_path/'run'/'cls'/'model.pth')
     from smvwe.cli import main
-    assert main(['pseudo', str(tmp_path/'run'), str(root), '--crf', '--n-workers', '0', '--scales', '1,0.5']) == 0
+    assert main(['pseudo', str(tmp_path/'run'), str(root), '--n-workers', '0', '--scales', '1,0.5']) == 0
     ids, labs = read_split(root, 'train'), image_labels(root, read_split(root, 'train'))
     for i, lab in zip(ids, labs):
         p = np.array(Image.open(tmp_path/'run'/'pseudo'/f'{i}.png'))
