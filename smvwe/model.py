@@ -13,7 +13,7 @@ from .weights import load_weights
 __all__ = ['SMVWENet', 'cls_splitter']
 
 # %% ../nbs/05c_model.ipynb #7623a4c0
-from .words import VisualWordEncoder
+from .words import VisualWordEncoder, N_WORDS
 
 # %% ../nbs/05c_model.ipynb #01960b39
 class SMVWENet(nn.Module):
@@ -21,7 +21,7 @@ class SMVWENet(nn.Module):
     def __init__(self,
                  n_classes:int, # L, the number of foreground classes
                  backbone:str='small', # 'resnet38' (paper), 'resnet50', 'resnet101' or 'small' (CPU preset)
-                 n_words:int=256, # N, codebook size (§4: 256)
+                 n_words:int=N_WORDS, # N, codebook size (§4.1: 256)
                  use_words:bool=True, # build the visual word encoder and its heads (False: CAM / saliency-only)
                  tau:float|None=None, # temperature of the word softmax (None: the encoder's default)
                  weights=None, # backbone weights: None, a local path, or 'imagenet' (local cache only)

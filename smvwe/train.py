@@ -24,6 +24,8 @@ from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 from .files import atomic_save, use_bars, load_torch, check_range
 from .voc import dataset_signature
+from .words import N_WORDS
+from .saliency import DELTA, MU
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
                        update_json, print_epoch_log, write_history, NaNGuard, report_skipped)  # the shared training machinery (06a_fit)
@@ -53,7 +55,7 @@ def variant_kwargs(variant:str # one of `VARIANTS`
 def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.classes` with 'background' first
                 variant:str='smvwe', # one of `VARIANTS`
                 backbone:str='small', # `smvwe.model.make_backbone` name ('small', 'resnet38', 'resnet50', 'resnet101')
-                n_words:int=256, # N, words in the codebook (§4.1)
+                n_words:int=N_WORDS, # N, words in the codebook (§4.1)
                 lr:float=0.01, # base learning rate of the backbone (§4.1)
                 wd:float=5e-4, # weight decay (L2)
                 mom:float=0.9, # SGD momentum
@@ -126,10 +128,10 @@ class ClsConfig(StageConfig):
     mom:float=0.9 # SGD momentum
     power:float=0.9 # exponent of the poly decay
     w_cls:float=1. # weight of the image-label loss on the L foreground maps (EPS's term; the paper's Eq. 10 leaves it out)
-    delta:float=0.4 # overlap-ratio threshold of the fg/bg map selection (Eq. 6-7)
-    mu:float=0.5 # weight of the inverted background map 1-F_bg in Eq. 5 (F_s = F_fg + mu * mass on absent classes)
+    delta:float=DELTA # overlap-ratio threshold of the fg/bg map selection (Eq. 6-7)
+    mu:float=MU # weight of the inverted background map 1-F_bg in Eq. 5 (F_s = F_fg + mu * mass on absent classes)
     backbone:str='small' # small (CPU preset), resnet38 (the paper's), resnet50, resnet101
-    n_words:int=256 # number of semantic words N (§4.1)
+    n_words:int=N_WORDS # number of semantic words N (§4.1)
     weights:str|None=None # pretrained backbone weights: a file, 'imagenet' (ResNets, local cache), or the shipped openmoji-small (small backbone)
     tau:float|None=None # temperature of the word softmax (default: the encoder's)
     output_stride:int|None=None # backbone output stride: 8 or 16 (None: 8, and 4 for the small backbone)
