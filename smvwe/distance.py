@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 # %% auto #0
-__all__ = ['STALE_LOCK_S', 'word_distance_reference', 'L1Chunked', 'load_ext', 'ext_status', 'L1Fused', 'word_distance',
+__all__ = ['STALE_LOCK_S', 'word_distance_reference', 'L1Chunked', 'load_ext', 'ext_status', 'L1Fused', 'L1Rows', 'word_distance',
            'L1Triton', 'triton_status']
 
 # %% ../nbs/02a_distance.ipynb #36f95c2c
@@ -144,10 +144,33 @@ class L1Fused(torch.autograd.Function):
         dM, dC = _EXT.l1_backward(M, C, G.contiguous())
         return (dM if ctx.needs_input_grad[0] else None), (dC if ctx.needs_input_grad[1] else None)
 
+class L1Rows(torch.autograd.Function):
+    "Exact L1 distance (R,K),(N,K) -> (R,N), one row per pixel (the channels-last layout), by the C++ kernel; saves only the inputs."
+    @staticmethod
+    def forward(ctx, X, C):
+        X, C = X.contiguous(), C.contiguous()
+        ctx.save_for_backward(X, C)
+        return _EXT.l1_rows_forward(X, C)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, G):
+        X, C = ctx.saved_tensors
+        dX, dC = _EXT.l1_rows_backward(X, C, G.contiguous())
+        return (dX if ctx.needs_input_grad[0] else None), (dC if ctx.needs_input_grad[1] else None)
+
+def _is_channels_last(x:Tensor)->bool:
+    "x (B,K,H,W) is stored as (B,H,W,K) rows (a channels-last tensor, or a permuted view of contiguous rows)."
+    return x.permute(0, 2, 3, 1).is_contiguous()
+
+def _rows_ok(dt)->bool:
+    "The rows kernel runs for float32 on a CPU with AVX-512 (float64 and other CPUs use the (B,K,HW) kernel)."
+    return dt == torch.float32 and load_ext() is not None and _EXT.has_rows()
+
 # %% ../nbs/02a_distance.ipynb #248198cb
 def word_distance(feats:Tensor, # (B,K,H,W) pixel features
                   codebook:Tensor, # (N,K) codebook, same K
-                  impl:str='auto', # 'auto' | 'fused' (C++, CPU float32/64) | 'triton' (CUDA) | 'torch' (chunked, any device)
+                  impl:str='auto', # 'auto' | 'fused' (C++, CPU float32/64; channels-last float32 in and out on AVX-512) | 'triton' (CUDA) | 'torch' (chunked, any device)
                   chunk:int|None=None, # elements per chunk of the 'torch' path (default: 2 M on CPU, 64 M on GPU)
                  )->Tensor: # (B,N,H,W) L1 distances
     "Eq. 1: D[b,j,h,w] = sum_k |feats[b,k,h,w] - codebook[j,k]|, exact, memory O(inputs) forward and backward."
@@ -161,8 +184,13 @@ def word_distance(feats:Tensor, # (B,K,H,W) pixel features
         raise ValueError(f"word_distance: impl must be 'auto', 'fused', 'triton' or 'torch', got {impl!r}")
     B, K, H, W = feats.shape
     dt = torch.promote_types(feats.dtype, codebook.dtype)
+    ok = feats.device.type == 'cpu' and dt in (torch.float32, torch.float64) and feats.numel() > 0 and codebook.numel() > 0
+    if impl in ('auto', 'fused') and ok and _is_channels_last(feats) and _rows_ok(dt):   # channels-last in, channels-last out
+        with torch.profiler.record_function('smvwe.word_distance'):
+            X = feats.to(dt).permute(0, 2, 3, 1).reshape(B * H * W, K)                  # a view: one row per pixel
+            D = L1Rows.apply(X, codebook.to(dt))                                         # (B·HW, N)
+        return D.view(B, H, W, -1).permute(0, 3, 1, 2)                                   # (B,N,H,W), channels-last
     M, C = feats.reshape(B, K, H * W).to(dt), codebook.to(dt)
-    ok = feats.device.type == 'cpu' and dt in (torch.float32, torch.float64) and M.numel() > 0 and C.numel() > 0
     if impl == 'fused' and not (ok and load_ext() is not None):
         raise ValueError(f'word_distance: the fused kernel needs non-empty float32/float64 CPU tensors and a working build '
                          f'({_EXT_MSG or "not tried"}); use impl="torch"')

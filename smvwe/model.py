@@ -16,6 +16,19 @@ __all__ = ['SMVWENet', 'cls_splitter']
 from .words import VisualWordEncoder, N_WORDS
 
 # %% ../nbs/05c_model.ipynb #01960b39
+class _GAP(torch.autograd.Function):
+    "x.mean((2,3), keepdim=True), with a gradient in x's memory format: mean's own is an expanded tensor, and summed with the channels-last gradients of the other heads it gives a channels-first sum that every layer below converts back"
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape, ctx.cl = x.shape, x.dim() == 4 and x.permute(0, 2, 3, 1).is_contiguous() and not x.is_contiguous()
+        return x.mean((2, 3), keepdim=True)
+    @staticmethod
+    def backward(ctx, g):
+        g = (g / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)            # what mean's backward gives
+        return g.contiguous(memory_format=torch.channels_last) if ctx.cl else g
+
+def _gap(x): return _GAP.apply(x) if x.requires_grad else x.mean((2, 3), keepdim=True)
+
 class SMVWENet(nn.Module):
     "The SMVWE classification network: backbone -> L+1 localization maps (+ visual words, s_word, p_w2i)."
     def __init__(self,
@@ -79,7 +92,7 @@ class SMVWENet(nn.Module):
             M = self.proj(f)                                    # (B,K,h,w); K = C unless word_dim
             w = self.words(M)                                   # Eq. 1-4: D, P (B,N,h,w), Z (B,h,w), z_word, e_word (B,N)
             out['words'] = w
-            out['s_word'] = self.word_cls(M.mean((2, 3), keepdim=True)).flatten(1)  # s_word = W^word f_gap, (B,N)
+            out['s_word'] = self.word_cls(_gap(M)).flatten(1)  # s_word = W^word f_gap, (B,N)
             out['p_w2i'] = self.w2i((self.w2i_scale * w.e_word)[..., None, None].to(self.w2i.weight.dtype)).flatten(1)  # W^w2i (N e_word), (B,L)
         return out
 

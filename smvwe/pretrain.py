@@ -27,9 +27,9 @@ from .emoji import CLASS_GLYPHS, DISTRACTOR_GLYPHS, DETECTOR_GLYPHS, DETECTOR_CL
 
 # %% auto #0
 __all__ = ['SKIN_TONES', 'glyph_code', 'code_glyph', 'base_code', 'is_flag', 'benchmark_codes', 'openmoji_codes',
-           'corpus_classes', 'render_bank', 'glyph_bank', 'hue_matrices', 'recolour', 'warp', 'Augment', 'compose',
-           'GlyphStream', 'GlyphLoaders', 'PretrainNet', 'PretrainConfig', 'background_bank', 'corpus',
-           'heldout_scores', 'pretrain', 'sha256_file', 'pretrain_cli']
+           'corpus_classes', 'render_bank', 'glyph_bank', 'hue_matrices', 'recolour', 'warp', 'Augment',
+           'compose_reference', 'draw_batch', 'render_batch', 'compose', 'GlyphStream', 'GlyphLoaders', 'PretrainNet',
+           'PretrainConfig', 'background_bank', 'corpus', 'heldout_scores', 'pretrain', 'sha256_file', 'pretrain_cli']
 
 # %% ../nbs/06d_pretrain.ipynb #5bcc994d
 SKIN_TONES = ('1F3FB', '1F3FC', '1F3FD', '1F3FE', '1F3FF')
@@ -147,12 +147,12 @@ class Augment:
     occlude:float=.35 # probability of a glyph of another class in front of the object (the benchmark's value)
     jitter:float=.2 # brightness and contrast factors U(1 - jitter, 1 + jitter)
 
-def compose(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
-            labels:torch.Tensor, # (N,) class of each glyph
-            bgs:torch.Tensor, # (M,3,S,S) uint8 backgrounds (`GlyphStream` adds their mirror images)
-            n:int, gen:torch.Generator, aug:Augment=Augment(),
-           ) -> tuple: # images (n,3,S,S) ImageNet-normalised, labels (n,)
-    "A batch of `n` composited images and their labels, drawn from `gen`"
+def compose_reference(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
+                      labels:torch.Tensor, # (N,) class of each glyph
+                      bgs:torch.Tensor, # (M,3,S,S) uint8 backgrounds (`GlyphStream` adds their mirror images)
+                      n:int, gen:torch.Generator, aug:Augment=Augment(),
+                     ) -> tuple: # images (n,3,S,S) ImageNet-normalised, labels (n,)
+    "A batch of `n` composited images and their labels, drawn from `gen`, layer by layer over the whole batch (what `compose` computes)"
     U = lambda k: torch.rand(k, generator=gen)
     N, S = len(bank), bgs.shape[-1]
     def glyphs(idx):
@@ -179,6 +179,86 @@ def compose(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
     a, o = c[:, None] / _STD.view(1, 3), ((b - c) * mu)[:, None] / _STD.view(1, 3) - (_MEAN / _STD).view(1, 3)
     return img.mul_(a[..., None, None]).add_(o[..., None, None]), labels[idx]
 
+# %% ../nbs/06d_pretrain.ipynb #b2d1c8e3
+def draw_batch(N:int, # glyphs in the bank
+               n_bg:int, # backgrounds in the bank
+               n:int, gen:torch.Generator, aug:Augment=Augment(),
+              ) -> dict: # idx, bg, layers (back to front), b, c: every random choice of the batch
+    "The random choices of `compose_reference(..., n, gen, aug)`, drawn from `gen` in the same order"
+    U = lambda k: torch.rand(k, generator=gen)
+    def hue(k): return (U(k) * 2 - 1) * 180 * aug.hue if aug.hue else None
+    def pose(k): return (U(k) * 2 - 1) * math.radians(aug.rot), U(k) < .5
+    def layer(at, glyph, hue, scale, cx, cy, angle, flip): return dict(at=at, glyph=glyph, hue=hue, scale=scale, cx=cx, cy=cy, angle=angle, flip=flip)
+    idx, bg = torch.randint(N, (n,), generator=gen), torch.randint(n_bg, (n,), generator=gen)
+    layers = []
+    m = U(n) < aug.clutter
+    if (k := int(m.sum())):
+        g = torch.randint(N, (k,), generator=gen); h = hue(k)
+        s = .15 + .2 * U(k); x = U(k); y = U(k)
+        layers.append(layer(m.nonzero()[:, 0], g, h, s, x, y, *pose(k)))
+    sc = aug.scale[0] + (aug.scale[1] - aug.scale[0]) * U(n)
+    cx = .5 + (U(n) - .5) * (1 - .8 * sc); cy = .5 + (U(n) - .5) * (1 - .8 * sc)   # at most a tenth of the glyph leaves the image
+    h = hue(n)
+    layers.append(layer(torch.arange(n), idx, h, sc, cx, cy, *pose(n)))
+    m = U(n) < aug.occlude
+    if (k := int(m.sum())):
+        g = torch.randint(N, (k,), generator=gen); h = hue(k)
+        s = sc[m] * (.3 + .2 * U(k)); x = cx[m] + (U(k) - .5) * sc[m]; y = cy[m] + (U(k) - .5) * sc[m]
+        layers.append(layer(m.nonzero()[:, 0], g, h, s, x, y, *pose(k)))
+    b = 1 + (U(n) * 2 - 1) * aug.jitter; c = 1 + (U(n) * 2 - 1) * aug.jitter   # brightness and contrast factors
+    return dict(idx=idx, bg=bg, layers=layers, b=b, c=c)
+
+def _layer_maps(L:dict) -> tuple:
+    "A layer's (k,4,4) colour matrices (1/255 folded in, alpha kept) and (k,2,3) output -> glyph affine maps (`warp`'s)"
+    k = len(L['at']); M = torch.zeros(k, 4, 4)
+    M[:, :3, :3] = torch.eye(3) if L['hue'] is None else hue_matrices(L['hue']); M[:, 3, 3] = 1
+    c, s = torch.cos(L['angle']), torch.sin(L['angle']); f = torch.where(L['flip'], -1., 1.)
+    A = torch.stack([torch.stack([f * c, f * s], -1), torch.stack([-s, c], -1)], -2) / L['scale'][:, None, None]
+    t = torch.stack([L['cx'] * 2 - 1, L['cy'] * 2 - 1], -1)[..., None]
+    return M / 255, torch.cat([A, -(A @ t)], -1)
+
+def render_batch(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
+                 bgs:torch.Tensor, # (M,3,S,S) uint8 backgrounds
+                 d:dict, # `draw_batch`'s choices
+                 chunk:int=32, # images rendered together (their layers stay in cache)
+                 channels_last:bool=False, # return a channels-last batch
+                ) -> torch.Tensor: # (n,3,S,S) ImageNet-normalised
+    "The images `d` describes, painted back to front in chunks of images (`compose_reference`'s arithmetic, reordered)"
+    n, S, G = len(d['idx']), bgs.shape[-1], bank.shape[-1]
+    out = torch.empty(n, 3, S, S, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    maps = [(L['at'], L['glyph']) + _layer_maps(L) for L in d['layers']]
+    px = (torch.arange(S, dtype=torch.float32) * 2 + 1) / S - 1   # pixel centres in [-1, 1] (align_corners=False)
+    for s0 in range(0, n, chunk):
+        s1 = min(n, s0 + chunk)
+        img = bgs[d['bg'][s0:s1]].float().div_(255)
+        for at, glyph, M, T in maps:
+            w = (at >= s0) & (at < s1)
+            if not (k := int(w.sum())): continue
+            T = T[w]
+            g = torch.bmm(M[w], bank[glyph[w]].flatten(2).float()).view(k, 4, G, G)   # recoloured, in [0, 1]
+            rgb = g[:, :3].clamp_(min=0); torch.minimum(rgb, g[:, 3:], out=rgb)
+            grid = torch.empty(k, S, S, 2)
+            for j in range(2): torch.add(T[:, j, 0, None, None] * px + T[:, j, 1, None, None] * px[:, None], T[:, j, 2, None, None], out=grid[..., j])
+            L = F.grid_sample(g, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+            if k == s1 - s0: img.mul_(1 - L[:, 3:]).add_(L[:, :3])                 # every image of the chunk
+            else:
+                pos = at[w] - s0
+                img.index_copy_(0, pos, img.index_select(0, pos).mul_(1 - L[:, 3:]).add_(L[:, :3]))
+        b, c, mu = d['b'][s0:s1], d['c'][s0:s1], img.mean((1, 2, 3))
+        a, o = c[:, None] / _STD.view(1, 3), ((b - c) * mu)[:, None] / _STD.view(1, 3) - (_MEAN / _STD).view(1, 3)
+        torch.addcmul(o[..., None, None], img, a[..., None, None], out=out[s0:s1])
+    return out
+
+def compose(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
+            labels:torch.Tensor, # (N,) class of each glyph
+            bgs:torch.Tensor, # (M,3,S,S) uint8 backgrounds (`GlyphStream` adds their mirror images)
+            n:int, gen:torch.Generator, aug:Augment=Augment(),
+            channels_last:bool=False, # return a channels-last batch
+           ) -> tuple: # images (n,3,S,S) ImageNet-normalised, labels (n,)
+    "A batch of `n` composited images and their labels, drawn from `gen`: `compose_reference`'s batch, up to float rounding"
+    d = draw_batch(len(bank), len(bgs), n, gen, aug)
+    return render_batch(bank, bgs, d, channels_last=channels_last), labels[d['idx']]
+
 # %% ../nbs/06d_pretrain.ipynb #0929f1b0
 class GlyphStream:
     "A fastai-compatible loader of composited batches: `n_batches` per epoch from (seed, epoch); `fixed`: the same batches every epoch"
@@ -188,23 +268,18 @@ class GlyphStream:
         self.bank, self.labels, self.bgs = torch.as_tensor(bank), torch.as_tensor(labels), torch.cat([bgs, bgs.flip(3)])  # + mirror images
         self.n_batches, self.bs, self.seed, self.aug, self.fixed, self.cl = n_batches, bs, seed, aug, fixed, channels_last
         self.epoch, self.device, self.n = 0, torch.device('cpu'), n_batches * bs
-        self.data_s = self.wait_s = 0.  # seconds spent composing; seconds the consumer waited for a batch
+        self.data_s = 0.  # seconds spent composing (the step waits for each batch: composing is not overlapped)
     def to(self, device): self.device = torch.device(device); return self
     def __len__(self): return self.n_batches
     def _batches(self):
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, 0 if self.fixed else self.epoch))
         for _ in range(self.n_batches):
             t0 = time.perf_counter()
-            x, y = compose(self.bank, self.labels, self.bgs, self.bs, gen, self.aug)
-            if self.cl: x = x.contiguous(memory_format=torch.channels_last)
+            x, y = compose(self.bank, self.labels, self.bgs, self.bs, gen, self.aug, channels_last=self.cl)
             self.data_s += time.perf_counter() - t0
             yield x, y
     def __iter__(self):
-        it = self._batches()
-        while True:
-            t0 = time.perf_counter(); b = next(it, None); self.wait_s += time.perf_counter() - t0
-            if b is None: return
-            yield b[0].to(self.device), b[1].to(self.device)
+        for x, y in self._batches(): yield x.to(self.device), y.to(self.device)
 
 class GlyphLoaders:
     "The train and held-out `GlyphStream`s in the shape fastai's `Learner` expects of `DataLoaders`"
@@ -319,16 +394,16 @@ def _pretrain(out:Path, cfg:PretrainConfig) -> dict:
     if cfg.channels_last: learn.add_cb(ChannelsLast())
     if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = functools.partial(print_epoch_log, learn)
     meta = {k: v for k, v in cfg.to_dict().items() if k not in ('resume', 'progress', 'threads', 'epochs', 'seed')} | dict(corpus=data['fingerprint']['corpus'])
-    t0 = time.time(); ds0 = train.data_s; train.wait_s = 0.
+    t0 = time.time(); ds0 = train.data_s
     fit_resumable(learn, cfg.epochs, out/'checkpoint.pth', seed=cfg.seed, resume=cfg.resume, meta=meta)
-    t_fit, data_s, wait_s = time.time() - t0, train.data_s - ds0, train.wait_s
+    t_fit, data_s = time.time() - t0, train.data_s - ds0
     write_history(learn, out/'history.csv')
     atomic_save({k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}, out/'backbone.pth')  # contiguous: the same bytes whatever the memory format
     t0 = time.time(); scores = heldout_scores(model, data, cfg)
     prev = json.loads((out/'pretrain.json').read_text()) if (out/'pretrain.json').exists() else {}
     rec = dict(config=cfg.to_dict(), fingerprint=data['fingerprint'], heldout=scores, backbone_sha256=sha256_file(out/'backbone.pth'),
-               timing=dict(corpus_s=round(t_corpus, 1), fit_s=round(t_fit, 1), compose_s=round(data_s, 1), wait_s=round(wait_s, 1),
-                           wait_share=round(wait_s / t_fit, 4) if t_fit > 1 else None, heldout_s=round(time.time() - t0, 1),
+               timing=dict(corpus_s=round(t_corpus, 1), fit_s=round(t_fit, 1), compose_s=round(data_s, 1),
+                           data_share=round(data_s / t_fit, 4) if t_fit > 1 else None, heldout_s=round(time.time() - t0, 1),
                            threads=torch.get_num_threads()),  # fit_s: this invocation's training (after a resume: the part it ran)
                version=smvwe.__version__, torch=torch.__version__)
     if t_fit < 1 and prev: rec['timing'] = prev['timing']  # a complete run read again: keep the timing of the run that trained it

@@ -22,8 +22,8 @@ from .experiment import PRESETS, REGIMES, VARIANT_NAMES, PSEUDO_MODE, PRETRAINED
 __all__ = ['BENCHES', 'READOUT_SET', 'TABLE_THR', 'BASELINE', 'CURVE', 'FAULT_KNOBS', 'STUDIES', 'FIRST_RECIPE', 'RECIPES',
            'PRETRAINED_RECIPES', 'LEVELS', 'ORDER', 'BASELINE_L', 'BENCH_TITLES', 'bench_root', 'train_and_maps',
            'score_run', 'write_saliency_level', 'result_name', 'benchmark_record', 'yardstick_verdict',
-           'protocol_study', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims', 'recipe_table',
-           'plot_protocol', 'load_results', 'protocol_cli']
+           'protocol_study', 'study_time', 'readout_table', 'detail_table', 'quality_table', 'protocol_claims',
+           'recipe_table', 'plot_protocol', 'load_results', 'protocol_cli']
 
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
@@ -198,8 +198,9 @@ def protocol_study(study:str, # one of `STUDIES`
                    regime:str='scratch', # one of `REGIMES`: 'scratch' or 'pretrained' (the shipped openmoji-small backbone)
                    **overrides # preset keys for every run (e.g. epochs for a smoke test)
                   ):
-    "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv"
+    "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv and its wall times (BENCH_STUDY_time.json)"
     import pandas as pd
+    t_study, times = time.time(), []  # times: one entry per run of `one` (its folder, its recorded seconds, cached or not)
     if study not in STUDIES: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
     if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
     if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
@@ -214,8 +215,9 @@ def protocol_study(study:str, # one of `STUDIES`
     if sq: base_meta.update(crf=None, curve=[])
     def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag=''):
         t0 = time.time(); tag = tag + ('' if sal == 'saliency' else f'-{sal}')
-        rd = runs/f'{variant}{tag}-seed{seed}'
-        def fn():
+        rd = runs/f'{variant}{tag}-seed{seed}'; ran = []
+        def fn():  # train + maps + scores; its seconds are stored with the scores, so a cached run keeps them
+            ran.append(t := time.time())
             if variant == 'yardstick':
                 from smvwe.yardstick import train_yardstick
                 m = train_yardstick(root, epochs=p['epochs'], bs=p['bs'], size=p['size'], seed=seed)
@@ -224,8 +226,11 @@ def protocol_study(study:str, # one of `STUDIES`
                 diag = yardstick_verdict(m, root)
             else: diag = train_and_maps(root, rd, variant, p, seed, sal_dir=sal, **(ov or {}))
             skw = dict(crf=None, curve=()) if sq else {}
-            return _meta(score_run(rd, root, sal_dirs=sal_dirs, **skw), train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'), word_miou=diag.get('word_miou'))
+            df = score_run(rd, root, sal_dirs=sal_dirs, **skw)
+            return _meta(df, train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'), word_miou=diag.get('word_miou'), run_s=round(time.time() - t, 1))
         df = _scores(rd, fn, dict(base_meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))
+        rs = df['run_s'].iloc[0] if 'run_s' in df and len(df) else np.nan  # scores cached before run_s existed: unknown
+        times.append(dict(run=rd.name, run_s=None if pd.isna(rs) else float(rs), cached=not ran))
         df = _meta(df, bench=bench, study=study, regime=regime, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
         if progress:
             r = df[(df.split == 'train') & (df.readout == 'eps') & (df.crf == 'none') & ~df.curve & (df.saliency == sal_dirs[0])]
@@ -271,7 +276,22 @@ def protocol_study(study:str, # one of `STUDIES`
             for name, (folder, _) in lv.items():
                 for v in ('sal', 'smvwe'): add(one(v, s, sal=folder, sal_dirs=(folder,)).assign(level=name))
     if regime == 'scratch': benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
+    study_time(times, time.time() - t_study, Path(results)/f'{result_name(bench, study, regime)}_time.json', progress, f'[{bench} {study}]')
     return pd.concat(dfs, ignore_index=True)
+
+def study_time(times:list, # one dict per run: run (folder name), run_s (its recorded seconds or None), cached
+               wall_s:float, # this invocation's wall time
+               path, progress:bool=True, tag:str='') -> dict:
+    "Write (and print) a study's wall times: the sum of its runs' recorded seconds (cached runs included) and this invocation's"
+    known = [t['run_s'] for t in times if t['run_s'] is not None]
+    rec = dict(run_s=round(sum(known), 1), runs=len(times), cached=sum(t['cached'] for t in times), runs_without_seconds=len(times) - len(known),
+               wall_s=round(wall_s, 1), per_run=times)
+    atomic_save(json.dumps(rec, indent=1) + '\n', path)
+    if progress:
+        print(f"{tag} {rec['runs']} runs ({rec['cached']} cached): {rec['run_s']:.0f} s of training and scoring"
+              + (f" ({rec['runs_without_seconds']} runs without recorded seconds)" if rec['runs_without_seconds'] else '')
+              + f"; this invocation {rec['wall_s']:.0f} s wall time", flush=True)
+    return rec
 
 # %% ../nbs/12b_protocol.ipynb #8092bad6
 ORDER = ['CAM', 'VWE', 'saliency-only', 'SMVWE', 'yardstick CAM']

@@ -9,7 +9,7 @@ import numpy as np
 from .files import save_gray_png, progress_iter
 
 # %% auto #0
-__all__ = ['SALIENCY_METHODS', 'classical_saliency', 'cv2_saliency', 'saliency_folder']
+__all__ = ['SALIENCY_METHODS', 'classical_saliency', 'cv2_saliency', 'saliency_folder', 'saliency_cli']
 
 # %% ../nbs/00_sal_detectors.ipynb #81b63a5e
 SALIENCY_METHODS = {'fine_grained': 'StaticSaliencyFineGrained_create',
@@ -62,3 +62,17 @@ def saliency_folder(root:str|Path, # VOC-layout folder with JPEGImages/ID.jpg
         sm = classical_saliency(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), method)
         save_gray_png(dst, np.round(sm * 255))
     return out
+
+# %% ../nbs/00_sal_detectors.ipynb #a7c31e21
+from fastcore.script import call_parse
+
+@call_parse
+def saliency_cli(root:str, # VOC-layout dataset folder (ROOT/JPEGImages/ID.jpg)
+                 out:str='saliency_cv2', # output folder, relative to ROOT or absolute; `--out saliency` for the default of train-cls / pseudo
+                 method:str='fine_grained', # fine_grained or spectral_residual (OpenCV's classical detectors)
+                 overwrite:bool=False, # recompute maps that already exist (default: keep them, so an interrupted run resumes)
+                ):
+    "Write classical (OpenCV) saliency maps for every image of a VOC-layout folder, as 8-bit PNGs named by image id"
+    if method not in SALIENCY_METHODS: raise ValueError(f"--method {method!r} is not a detector: choose one of {', '.join(SALIENCY_METHODS)}")
+    o = saliency_folder(root, out, method=method, overwrite=overwrite)
+    print(f'wrote the {method} saliency maps of {root} to {o}')

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from .distance import word_distance, word_distance_reference, ext_status
 
@@ -18,12 +19,20 @@ __all__ = ['N_WORDS', 'standardize', 'word_probs', 'word_labels', 'word_histogra
            'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
+def _rows(x:Tensor)->Tensor:
+    "(B,C,H,W) -> the (B,H,W,C) view: one contiguous row of channels per pixel for a channels-last tensor."
+    return x.permute(0, 2, 3, 1)
+
+def _cols(x:Tensor)->Tensor:
+    "(B,H,W,C) -> the (B,C,H,W) view (channels-last if x was contiguous)."
+    return x.permute(0, 3, 1, 2)
+
 def standardize(feats:Tensor, # (B,K,H,W) features
-                eps:float=1e-5)->Tensor: # (B,K,H,W), every pixel zero mean, unit variance over channels
-    "Per-pixel LayerNorm over the channel axis, without affine parameters."
-    mu = feats.mean(1, keepdim=True)
-    var = feats.var(1, keepdim=True, unbiased=False)
-    return (feats - mu) * torch.rsqrt(var + eps)
+                eps:float=1e-5)->Tensor: # (B,K,H,W) float32 or float64, channels-last; every pixel zero mean, unit variance over channels
+    "Per-pixel LayerNorm over the channel axis, without affine parameters: (M - mean) / sqrt(var + eps), var biased."
+    x = _rows(feats)                                                     # (B,H,W,K): no copy for channels-last features
+    if x.dtype in (torch.float16, torch.bfloat16): x = x.float()         # Eq. 1 runs in float32: standardise in float32
+    return _cols(F.layer_norm(x, x.shape[-1:], eps=eps))                 # one fused pass forward, one backward
 
 def word_probs(D:Tensor, # (B,N,H,W) distances (Eq. 1)
                tau:float=1., # temperature
@@ -31,6 +40,7 @@ def word_probs(D:Tensor, # (B,N,H,W) distances (Eq. 1)
               )->Tensor: # (B,N,H,W) P, sums to 1 over words
     "Eq. 2: P = softmax over words of sign * D / tau."
     if sign not in (-1, 1): raise ValueError(f'word_probs: sign must be -1 or +1, got {sign}')
+    if _rows(D).is_contiguous(): return _cols((_rows(D) * (sign / tau)).softmax(-1))  # channels-last D: softmax along rows
     return (D * (sign / tau)).softmax(1)  # Eq. 2 deviation: sign -1 and temperature tau, (B,N,H,W)
 
 # %% ../nbs/02b_words.ipynb #985ea156
@@ -38,14 +48,14 @@ def word_labels(P:Tensor # (B,N,H,W) word probabilities
                )->tuple[Tensor, Tensor]: # Z (B,H,W) long, z_word (B,N) float multi-hot, both without gradient
     "Eq. 3: per-pixel argmax word Z, and the image's multi-hot set of words z_word."
     P = P.detach()
-    Z = P.argmax(1)
+    Z = _rows(P).argmax(-1) if _rows(P).is_contiguous() else P.argmax(1)   # channels-last P: argmax along rows
     z = torch.zeros(P.shape[:2], dtype=P.dtype, device=P.device).scatter_(1, Z.flatten(1), 1.)
     return Z, z
 
 def word_histogram(P:Tensor # (B,N,H,W) word probabilities
                   )->Tensor: # (B,N) e_word, sums to 1 per image
     "Eq. 4: soft frequency of every word, the mean of P over pixels."
-    return P.mean((2, 3))
+    return _rows(P).mean((1, 2)) if _rows(P).is_contiguous() else P.mean((2, 3))
 
 # %% ../nbs/02b_words.ipynb #4bf6ee26
 @dataclass

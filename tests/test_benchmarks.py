@@ -87,3 +87,55 @@ def test_demo_profile_quick(tmp_path):
     amp = lambda run: json.loads((tmp_path/'w'/run/'cam'/'config.json').read_text())['train_cls']['amp']
     assert (amp('previous'), amp('current')) == (None, 'bf16')
     assert set(res['current']['claims']) == set(res['previous']['claims'])
+
+
+def test_variant_step_quick(tmp_path):
+    "`variant_step.py --quick`: every variant at both sizes, ratios to CAM equal to the printed times' ratios, parts and floor"
+    import json, re
+    from smvwe.distance import load_ext
+    if load_ext() is None: import pytest; pytest.skip('fused kernel not built')
+    out = tmp_path / 'vs.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'variant_step.py'), '--quick', '--previous', '--parts', '--json', str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    res = json.loads(out.read_text())
+    assert set(res['steps']) == set(res['parts']) == {'demo', 'paper'}
+    for size, s in res['steps'].items():
+        v = s['variants']
+        assert set(v) == {'cam', 'vwe', 'sal', 'smvwe', 'vwe (previous encoder)', 'smvwe (previous encoder)'}
+        assert len(v['cam']['rounds']) == s['rounds'] == 2
+        for name, row in v.items():
+            assert row['thread'] > 0 and row['wall'] > 0 and row['process'] >= row['thread'] * 0.5
+            for k in ('thread', 'process', 'wall'):
+                assert abs(row[f'{k}_vs_cam'] - row[k] / v['cam'][k]) < 1e-9
+            # the printed line shows these numbers
+            line = next(l for l in r.stdout.splitlines() if l.startswith(f'{name} ') and 'x' in l and l.split()[-1].endswith('x')
+                        and f"{row['thread']:.2f}" in l)
+            assert f"{row['thread_vs_cam']:.2f}x" in line and f"{row['wall_vs_cam']:.2f}x" in line
+        assert v['cam']['thread_vs_cam'] == 1.0
+    for size, p in res['parts'].items():
+        cur = p['current']['parts']
+        assert set(cur) >= {'standardisation', 'Eq. 1 distance', 'Eq. 2 softmax', 'Eq. 3 word labels', 'Eq. 4 histogram', 'total'}
+        assert cur['total']['fwd'] == sum(r['fwd'] for k, r in cur.items() if k != 'total')
+        sh = p['current']['shape']; assert p['current']['V'] == sh['B'] * sh['h'] ** 2 * sh['N'] * sh['K']
+    assert res['meta']['peak_terms_per_s'] > 0
+    assert len(re.findall(r'Eq\. 1 distance / floor: forward [\d.]+x', r.stdout)) == 2
+
+
+def test_pretrain_data_quick(tmp_path):
+    "`pretrain_data.py --quick`: the step from memory, with `compose`, with `compose_reference`; the shares are the printed times' ratios"
+    import json
+    out = tmp_path / 'pd.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'pretrain_data.py'), '--quick', '--threads', '1', '--json', str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    res = json.loads(out.read_text()); w = res['ways']
+    assert set(w) == {'memory', 'compose', 'reference'} and res['meta']['rounds'] == 2 and res['meta']['recipe']['classes'] == 8
+    assert w['memory']['data_s'] == w['memory']['data_cpu'] == 0
+    for way in ('compose', 'reference'):
+        o = w[way]
+        assert len(o['rounds']['wall']) == 2 and 0 < o['data_s'] < o['wall'] * 1.01 and o['data_cpu'] > 0
+        assert abs(o['share_wall'] - (o['wall'] - w['memory']['wall']) / o['wall']) < 1e-12
+        line = next(l for l in r.stdout.splitlines() if l.startswith(way + ' '))
+        assert f"{1000 * o['data_cpu']:.1f}" in line and f"{100 * o['timed_share_cpu']:.1f}%" in line
+    assert 'reference / compose' in r.stdout

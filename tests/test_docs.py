@@ -1,6 +1,6 @@
 """The docs site (`smvwe docs`, nbs/10b_docs.ipynb) in a real browser: every page opens in headless Chromium without a
 script error, a resource that fails to load, a broken image or math that does not typeset; every local link and anchor
-resolves; screenshots of the landing page and of 02b_words are taken (and refreshed in nbs/images/ when missing or
+resolves; screenshots of the landing page, 02b_words, the results page and the CLI reference are taken (and refreshed in nbs/images/ when missing or
 when SMVWE_UPDATE_SCREENSHOTS=1, so a test run does not dirty the checkout).
 
 Needs Debian's `chromium` (.ci/run installs it); skipped with a message when it is missing, except under CI
@@ -18,7 +18,8 @@ CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--disable-default-apps', '--disable-extensions', '--mute-audio',
          '--hide-scrollbars', '--virtual-time-budget=30000', '--window-size=1280,900']
-SHOTS = {'index': 'docs_index.png', '02b_words': 'docs_02b_words.png'}
+SHOTS = {'index': 'docs_index.png', '02b_words': 'docs_02b_words.png',  # the landing page; equations typeset
+         '13_results': 'docs_13_results.png', 'cli_reference': 'docs_cli_reference.png'}  # the generated results page; the CLI reference
 
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get('CI'),
@@ -145,7 +146,7 @@ def test_pages_in_chromium(site, tmp_path):
 
 @needs_chromium
 def test_screenshots(site, tmp_path):
-    "Screenshots of the landing page and of 02b_words: the sidebar and typeset equations show (index.ipynb links them)."
+    "Screenshots of the landing page, 02b_words, the results page and the CLI reference: the sidebar and the page's text show (index.ipynb links them)."
     from PIL import Image
     import numpy as np
     update = os.environ.get('SMVWE_UPDATE_SCREENSHOTS') == '1'

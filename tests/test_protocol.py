@@ -54,3 +54,27 @@ def test_quality_table_and_detail(df):
     assert '| exact | 3 | 52.0' in t
     d = detail_table(df)
     assert '| SMVWE | 60.0' in d and 'confusion water' in d
+
+
+def test_a_study_records_its_wall_times(tmp_path):
+    "Every run's seconds (training + scoring) are in its rows and in RESULTS/BENCH_STUDY_time.json; a cached run keeps its recorded seconds"
+    import json
+    from smvwe.protocol import protocol_study
+    kw = dict(seeds=(0,), results=tmp_path/'res', progress=False, n_train=12, n_val=6, size=64, epochs=1, crop=64, resize_long=(48, 64), n_words=8)
+    df = protocol_study('yardstick', 'synth', tmp_path/'runs', **kw)
+    rec = json.loads((tmp_path/'res'/'synth_yardstick_time.json').read_text())
+    assert df.run_s.nunique() == 1 and df.run_s.iloc[0] > 0                     # one run: one number on each of its rows
+    assert (rec['runs'], rec['cached'], rec['runs_without_seconds']) == (1, 0, 0)
+    assert rec['run_s'] == df.run_s.iloc[0] and rec['per_run'] == [dict(run='yardstick-seed0', run_s=df.run_s.iloc[0], cached=False)]
+    assert rec['run_s'] <= rec['wall_s'] + 0.1                                   # the run is part of the invocation (both rounded to 0.1 s)
+    again = protocol_study('yardstick', 'synth', tmp_path/'runs', **kw)          # everything cached
+    rec2 = json.loads((tmp_path/'res'/'synth_yardstick_time.json').read_text())
+    assert (rec2['runs'], rec2['cached'], rec2['run_s']) == (1, 1, rec['run_s'])  # the recorded seconds, not the cache read's
+    assert (again.run_s == df.run_s.iloc[0]).all()
+    csv = pd.read_csv(tmp_path/'res'/'synth_yardstick.csv'); assert (csv.run_s == df.run_s.iloc[0]).all()
+
+
+def test_committed_results_without_run_seconds_still_load():
+    "Result files written before run_s existed load as before (the column is simply absent)"
+    df = load_results(ROOT/'nbs'/'results', 'synth', ('variants',))
+    assert df is not None and len(df) and (df.variant == 'smvwe').any()

@@ -13,6 +13,14 @@ def test_committed_outputs_are_what_the_result_files_give():
     assert bad == [], 'stale outputs (run `smvwe report`):\n' + '\n'.join(bad)
 
 
+def test_every_number_of_the_reading_is_measured():
+    "Every {{field}} of the reading names a measured value: a field the result files cannot fill prints n/a (a typo, a level or label that moved)"
+    from smvwe.results import READING, fill
+    filled = fill(READING, load_frames(RES))
+    bad = [l for l in filled.splitlines() if 'n/a' in l]
+    assert bad == [], 'reading fields with no value:\n' + '\n'.join(bad)
+
+
 def _copy(tmp_path):
     "A copy of everything the check reads: the result files, the notebooks it owns, README"
     res, nbs = tmp_path/'nbs'/'results', tmp_path/'nbs'

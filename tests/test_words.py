@@ -143,3 +143,57 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatc
         t = time.time() - age; os.utime(lock, (t, t))
         distance._clear_stale_lock(name)
         assert lock.exists() == kept, name
+
+
+@pytest.mark.skipif(not (HAS_EXT and load_ext().has_rows()), reason='rows kernel not built (needs AVX-512)')
+@pytest.mark.parametrize('shape', [(2, 64, 7, 9, 13), (1, 3, 1, 1, 1), (3, 33, 8, 8, 70), (1, 600, 3, 5, 9), (2, 16, 1, 3, 8)])
+def test_channels_last_rows_kernel_matches_float64_reference(shape):
+    "Channels-last float32 features take the rows kernel: D comes out channels-last; D and both gradients match float64, ties included."
+    B, K, H, W, N = shape
+    torch.manual_seed(0)
+    x = torch.randn(B, K, H, W).contiguous(memory_format=torch.channels_last); c = torch.randn(N, K)
+    if N > 2: c[2] = x[B - 1, :, H - 1, W - 1]               # a word equal to a pixel: sign(0) = 0
+    g = torch.randn(B, N, H, W)
+    xr, cr = x.clone().requires_grad_(), c.clone().requires_grad_()
+    d = word_distance(xr, cr); d.backward(g)
+    assert d.permute(0, 2, 3, 1).is_contiguous() and xr.grad.permute(0, 2, 3, 1).is_contiguous()   # channels-last out
+    x2, c2 = x.double().requires_grad_(), c.double().requires_grad_()
+    d2 = word_distance_reference(x2, c2); d2.backward(g.double())
+    tol = 2e-7 * K * 8
+    assert (d.double() - d2).abs().max() <= tol
+    assert (xr.grad.double() - x2.grad).abs().max() <= 1e-4 and (cr.grad.double() - c2.grad).abs().max() <= 1e-4
+    # the same values as the (B,K,HW) kernel on the channels-first copy
+    torch.testing.assert_close(d, word_distance(x.contiguous(), c), rtol=1e-5, atol=1e-4)
+
+
+def test_encoder_channels_last_bf16_matches_float32_channels_first():
+    "A bf16 channels-last feature map (what the bf16 channels-last backbone gives) gives the fp32 encoder's outputs on the same values."
+    torch.manual_seed(0)
+    enc = VisualWordEncoder(n_words=12, dim=40)
+    xb = torch.randn(2, 40, 6, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    a, b = enc(xb), enc(xb.float().contiguous())
+    for f in ('D', 'P', 'e_word'): torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-5, atol=1e-4)
+    assert torch.equal(a.Z, b.Z) and torch.equal(a.z_word, b.z_word)
+    assert a.D.dtype == torch.float32 and a.D.permute(0, 2, 3, 1).is_contiguous()
+
+
+@pytest.mark.skipif(not HAS_EXT, reason='fused kernel not built')
+@pytest.mark.parametrize('case', ['no AVX-512', 'non-contiguous', 'float64'])
+def test_fallbacks_of_the_rows_kernel_match_the_reference(case, monkeypatch):
+    "Where the rows kernel does not run (a CPU without AVX-512, a strided view that is not channels-last, float64), the result is the reference's"
+    import smvwe.distance as dist
+    torch.manual_seed(0)
+    x, c = torch.randn(2, 24, 6, 7).contiguous(memory_format=torch.channels_last), torch.randn(9, 24)
+    if case == 'no AVX-512': monkeypatch.setattr(dist, '_rows_ok', lambda dt: False)
+    if case == 'non-contiguous': x = torch.randn(2, 48, 6, 7)[:, ::2]                       # every other channel: neither layout
+    if case == 'float64': x, c = x.double(), c.double()
+    assert case == 'no AVX-512' or not (dist._is_channels_last(x) and dist._rows_ok(torch.promote_types(x.dtype, c.dtype)))
+    xr, cr = x.detach().requires_grad_(), c.detach().requires_grad_()        # the same strides
+    assert (case == 'non-contiguous') == (not xr.is_contiguous() and not dist._is_channels_last(xr))
+    g = torch.randn(2, 9, 6, 7, dtype=x.dtype)
+    d = word_distance(xr, cr, impl='fused'); d.backward(g)
+    x2, c2 = x.double().requires_grad_(), c.double().requires_grad_()
+    d2 = word_distance_reference(x2, c2); d2.backward(g.double())
+    tol = 1e-12 if case == 'float64' else 1e-4
+    assert d.dtype == x.dtype and (d.double() - d2).abs().max() <= tol
+    assert (xr.grad.double() - x2.grad).abs().max() <= tol and (cr.grad.double() - c2.grad).abs().max() <= tol

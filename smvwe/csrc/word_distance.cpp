@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <cstring>
 #include <type_traits>
+#include <cstdint>
 #include <vector>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -244,8 +245,203 @@ int64_t abs_diff_ceiling(int64_t reps) {
   return reps * KB * J * R * W * (int64_t)nt;
 }
 
+// ---- Rows layout (channels-last in and out): X (R,K) one row per pixel, C (N,K), D (R,N) one row per pixel ----
+// What a channels-last feature map (B,H,W,K) already is, and what the per-pixel standardisation (a LayerNorm over the
+// last axis) writes: no transposed copy on the way in, and D comes out channels-last, so the softmax over words, the
+// argmax and their backward all read contiguous rows. AVX-512 float32 only (others: the (B,K,HW) kernel above).
+#ifdef __AVX512F__
+constexpr int SR = 12, SKB = 8;   // backward tile: SR rows x one 16-channel slice; SKB slices per block (their G rows stay in L1)
+
+static inline __mmask16 kmask(int64_t k, int64_t K) { return K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1); }
+
+// v[i] (16 vectors) -> one vector whose lanes are the 16 horizontal sums, in the order given by perm (set once below)
+static inline __m512 hsum16(const __m512* v, __m512i perm) {
+  __m512 s[8], t[4], u[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)   // 256-bit halves: [a.lo + a.hi | b.lo + b.hi] as 128-bit chunks
+    s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2*i], v[2*i+1], 0x44), _mm512_shuffle_f32x4(v[2*i], v[2*i+1], 0xEE));
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2*i], s[2*i+1], 0x88), _mm512_shuffle_f32x4(s[2*i], s[2*i+1], 0xDD));
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2*i], t[2*i+1], 0x44), _mm512_shuffle_ps(t[2*i], t[2*i+1], 0xEE));
+  const __m512 w = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xDD));
+  return _mm512_permutexvar_ps(perm, w);
+}
+
+static __m512i hsum16_perm() {  // lane L of the unpermuted sum holds source vector src[L]: find it with constant inputs
+  __m512 v[16]; for (int i = 0; i < 16; ++i) v[i] = _mm512_set1_ps((float)i);
+  alignas(64) float w[16]; _mm512_store_ps(w, hsum16(v, _mm512_set_epi32(15,14,13,12,11,10,9,8,7,6,5,4,3,2,1,0)));
+  alignas(64) int32_t idx[16];
+  for (int L = 0; L < 16; ++L) idx[(int)(w[L] / 16.f + 0.5f)] = L;   // output lane src takes unpermuted lane L
+  return _mm512_load_si512(idx);
+}
+
+// The codebook is first packed into groups of 16 words: Cp[g][v][j][16] holds channels 16v..16v+15 of word 16g+j
+// (zero past N and past K), so one pointer walks the 16 words of a channel vector. A tile is one pixel x 16 words:
+// 16 vector accumulators over a block of QKB channels, then one transposing reduction gives the 16 sums at once.
+constexpr int QKB = 256, QRC = 32;   // channels per block; rows per chunk
+static void rows_fwd(const float* X, const float* C, float* D, int64_t R, int64_t K, int64_t N) {
+  const __m512i perm = hsum16_perm();
+  const int64_t KV = (K + 15) / 16, NG = (N + 15) / 16, KF = K / 16;   // channel vectors, word groups, full vectors
+  std::vector<float> Cpv(NG * KV * 256 + 16, 0.f);   // 64-byte aligned below
+  float* Cp = Cpv.data() + ((64 - (reinterpret_cast<uintptr_t>(Cpv.data()) & 63)) & 63) / sizeof(float);
+  for (int64_t j = 0; j < N; ++j) for (int64_t k = 0; k < K; ++k) Cp[((j / 16 * KV + k / 16) * 16 + j % 16) * 16 + k % 16] = C[j * K + k];
+  const __mmask16 tail = (__mmask16)((1u << (K % 16)) - 1);
+  const int64_t nch = (R + QRC - 1) / QRC;
+  at::parallel_for(0, nch, 1, [&](int64_t s, int64_t e) {   // threads split rows (pixels); every thread reads all of Cp
+    for (int64_t ch = s; ch < e; ++ch) {
+      const int64_t rb = ch * QRC, re = std::min<int64_t>(R, rb + QRC);
+      for (int64_t vb = 0; vb < KV; vb += QKB / 16) {
+        const int64_t ve = std::min<int64_t>(KV, vb + QKB / 16), vf = std::min<int64_t>(ve, KF);
+        for (int64_t g = 0; g < NG; ++g) {
+          const float* cg = Cp + g * KV * 256;
+          const int nj = (int)std::min<int64_t>(16, N - g * 16);
+          for (int64_t r = rb; r < re; ++r) {
+            const float* x = X + r * K;
+            __m512 a[16];
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; ++j) a[j] = _mm512_setzero_ps();
+            for (int64_t v = vb; v < vf; ++v) {
+              const __m512 xv = _mm512_loadu_ps(x + v * 16); const float* c = cg + v * 256;
+#pragma GCC unroll 16
+              for (int j = 0; j < 16; ++j) a[j] = _mm512_add_ps(a[j], _mm512_abs_ps(_mm512_sub_ps(xv, _mm512_load_ps(c + j * 16))));
+            }
+            if (vf < ve) {   // the last, partial channel vector: zero-padded on both sides, adds |0 - 0| = 0
+              const __m512 xv = _mm512_maskz_loadu_ps(tail, x + vf * 16); const float* c = cg + vf * 256;
+#pragma GCC unroll 16
+              for (int j = 0; j < 16; ++j) a[j] = _mm512_add_ps(a[j], _mm512_abs_ps(_mm512_sub_ps(xv, _mm512_load_ps(c + j * 16))));
+            }
+            const __m512 h = hsum16(a, perm);   // lane j: word 16g + j
+            float* d = D + r * N + g * 16; const __mmask16 m = (__mmask16)((1u << nj) - 1);
+            _mm512_mask_storeu_ps(d, m, vb == 0 ? h : _mm512_add_ps(_mm512_maskz_loadu_ps(m, d), h));
+          }
+        }
+      }
+    }
+  });
+}
+
+// dX[r,k] = sum_j G[r,j] sign(X[r,k] - C[j,k]);  dC[j,k] = -sum_r G[r,j] sign(X[r,k] - C[j,k]);  sign(0) = 0.
+// Vectors run over channels, so both sums accumulate lane-wise: dX of SR rows stays in registers over all words,
+// dC is updated once per (word, SR rows). sign(d) in {-1, 0, +1} is one fixup-table instruction (zero -> 0,
+// negative -> -1, positive -> +1, NaN stays NaN), and s * g is exact, so each term is two FMAs.
+// Threads split channel slices: disjoint parts of dX and dC, no reduction.
+static void rows_bwd(const float* X, const float* C, const float* G, float* dX, float* dC, int64_t R, int64_t K, int64_t N) {
+  const int64_t nks = (K + 15) / 16;
+  std::vector<float> zero(N, 0.f);   // G of the rows past R (a partial row tile): zero, so they add nothing
+  at::parallel_for(0, nks, 1, [&](int64_t s, int64_t e) {
+    const __m512 zv = _mm512_setzero_ps();
+    // fixup responses by input class: QNaN, SNaN -> QNaN(d); zero -> +0; +1, +inf, positive -> +1; -inf, negative -> -1
+    const __m512i table = _mm512_set1_epi32((int)0xA9A9A822u);
+    for (int64_t kb = s; kb < e; kb += SKB) {
+      const int64_t kbe = std::min<int64_t>(e, kb + SKB);
+      for (int64_t r0 = 0; r0 < R; r0 += SR) {
+        const float* g[SR]; const float* x[SR];
+        #pragma GCC unroll 16
+        for (int r = 0; r < SR; ++r) {
+          const bool ok = r0 + r < R;
+          g[r] = ok ? G + (r0 + r) * N : zero.data(); x[r] = X + std::min<int64_t>(r0 + r, R - 1) * K;
+        }
+        for (int64_t ks = kb; ks < kbe; ++ks) {
+          const int64_t k = ks * 16; const __mmask16 m = kmask(k, K);
+          __m512 xv[SR], dx[SR];
+          #pragma GCC unroll 16
+          for (int r = 0; r < SR; ++r) { xv[r] = _mm512_maskz_loadu_ps(m, x[r] + k); dx[r] = zv; }
+          for (int64_t j = 0; j < N; ++j) {
+            const __m512 c = _mm512_maskz_loadu_ps(m, C + j * K + k);
+            __m512 la0 = zv, la1 = zv;
+            #pragma GCC unroll 16
+            for (int r = 0; r < SR; r += 2) {
+              const __m512 s0 = _mm512_fixupimm_ps(zv, _mm512_sub_ps(xv[r], c), table, 0);
+              const __m512 s1 = _mm512_fixupimm_ps(zv, _mm512_sub_ps(xv[r + 1], c), table, 0);
+              const __m512 g0 = _mm512_set1_ps(g[r][j]), g1 = _mm512_set1_ps(g[r + 1][j]);
+              dx[r] = _mm512_fmadd_ps(s0, g0, dx[r]); la0 = _mm512_fmadd_ps(s0, g0, la0);
+              dx[r + 1] = _mm512_fmadd_ps(s1, g1, dx[r + 1]); la1 = _mm512_fmadd_ps(s1, g1, la1);
+            }
+            float* dc = dC + j * K + k;
+            _mm512_mask_storeu_ps(dc, m, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dc), _mm512_add_ps(la0, la1)));
+          }
+          for (int r = 0; r < SR && r0 + r < R; ++r) _mm512_mask_storeu_ps(dX + (r0 + r) * K + k, m, dx[r]);
+        }
+      }
+    }
+  });
+}
+#endif
+
+bool has_rows() {
+#ifdef __AVX512F__
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor l1_rows_forward(torch::Tensor X, torch::Tensor C) {  // X (R,K), C (N,K): contiguous float32, CPU -> D (R,N)
+  TORCH_CHECK(has_rows() && X.scalar_type() == torch::kFloat && C.scalar_type() == torch::kFloat, "l1_rows_forward: AVX-512 float32 only");
+  const int64_t R = X.size(0), K = X.size(1), N = C.size(0);
+  auto D = torch::empty({R, N}, X.options());
+#ifdef __AVX512F__
+  rows_fwd(X.data_ptr<float>(), C.data_ptr<float>(), D.data_ptr<float>(), R, K, N);
+#endif
+  return D;
+}
+
+std::vector<torch::Tensor> l1_rows_backward(torch::Tensor X, torch::Tensor C, torch::Tensor G) {  // G (R,N)
+  TORCH_CHECK(has_rows() && X.scalar_type() == torch::kFloat, "l1_rows_backward: AVX-512 float32 only");
+  const int64_t R = X.size(0), K = X.size(1), N = C.size(0);
+  auto dX = torch::empty_like(X); auto dC = torch::zeros_like(C);
+#ifdef __AVX512F__
+  rows_bwd(X.data_ptr<float>(), C.data_ptr<float>(), G.data_ptr<float>(), dX.data_ptr<float>(), dC.data_ptr<float>(), R, K, N);
+#endif
+  return {dX, dC};
+}
+
+// The peak of the forward's arithmetic: acc += |x - c| (sub, abs, add) with everything in registers, 20 independent
+// accumulators (no loads, no stores), run by every thread at once. The tight reference loop for the floor.
+int64_t abs_diff_peak(int64_t reps) {
+  const int nt = at::get_num_threads();
+  std::vector<float> sink(nt, 0.f);
+  at::parallel_for(0, nt, 1, [&](int64_t s, int64_t e) {
+    for (int64_t t = s; t < e; ++t) {
+#ifdef __AVX512F__
+      __m512 acc[20], x[4], c[5];
+      for (int i = 0; i < 20; ++i) acc[i] = _mm512_setzero_ps();
+      for (int i = 0; i < 4; ++i) x[i] = _mm512_set1_ps(0.01f * (i + 1 + t));
+      for (int i = 0; i < 5; ++i) c[i] = _mm512_set1_ps(0.003f * (i + 2));
+      for (int64_t rep = 0; rep < reps; ++rep) {
+#pragma GCC unroll 5
+        for (int j = 0; j < 5; ++j)
+#pragma GCC unroll 4
+          for (int r = 0; r < 4; ++r)
+          acc[j * 4 + r] = _mm512_add_ps(acc[j * 4 + r], _mm512_abs_ps(_mm512_sub_ps(x[r], c[j])));
+        __asm__ volatile("" : "+v"(x[0]), "+v"(x[1]), "+v"(x[2]), "+v"(x[3]));   // x may change: nothing is hoisted
+      }
+      float sum = 0.f; alignas(64) float l[16];
+      for (int i = 0; i < 20; ++i) { _mm512_store_ps(l, acc[i]); for (int q = 0; q < 16; ++q) sum += l[q]; }
+      sink[t] = sum;
+#else
+      sink[t] = 0.f;
+#endif
+    }
+  });
+  float total = 0.f; for (float v : sink) total += v;
+  if (total == -1.f) return 0;
+#ifdef __AVX512F__
+  return reps * 20 * 16 * (int64_t)nt;
+#else
+  return 0;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("l1_forward", &l1_forward, "D (B,N,HW) = sum_k |M (B,K,HW) - C (N,K)|");
   m.def("abs_diff_ceiling", &abs_diff_ceiling, "terms done by a streaming |x - c| accumulate loop in L1 on every thread");
   m.def("l1_backward", &l1_backward, "(dM, dC) from M, C and G = dL/dD");
+  m.def("has_rows", &has_rows, "whether the rows-layout (channels-last) kernels were built (AVX-512)");
+  m.def("l1_rows_forward", &l1_rows_forward, "D (R,N) = sum_k |X (R,K) - C (N,K)|, rows layout");
+  m.def("l1_rows_backward", &l1_rows_backward, "(dX, dC) from X, C and G = dL/dD (R,N), rows layout");
+  m.def("abs_diff_peak", &abs_diff_peak, "terms done by a register-only |x - c| accumulate loop on every thread");
 }
