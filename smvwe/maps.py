@@ -6,6 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
+from .config import forwarded_signature
 
 # %% auto #0
 __all__ = ['BG_THR', 'MODES', 'NORM_OF_MODE', 'READOUTS', 'CRF_PRESETS', 'CRF_DEFAULT', 'CRF_REF_SIZE', 'CRF_ALIASES',
@@ -154,7 +155,7 @@ CRF_ALIASES = {'iters': 'n_iter', 'bi_w': 'compat_bilateral', 'bi_xy_std': 'sxy_
                'pos_w': 'compat_gauss', 'pos_xy_std': 'sxy_gauss'}  # DeepLab's names -> ours
 
 def crf_params(preset:str|None=None, # a `CRF_PRESETS` name (None: `CRF_DEFAULT`)
-               **overrides # any `crf_refine` argument (or DeepLab's name for it), e.g. ref_size=None
+               **overrides # `crf_refine`'s parameters, listed in the signature (or DeepLab's names for them), e.g. ref_size=None
               ) -> dict: # the full keyword arguments of `crf_refine`
     "A CRF preset's parameters with overrides."
     preset = CRF_DEFAULT if preset is None else preset
@@ -207,6 +208,8 @@ def crf_refine(img:np.ndarray, # (H,W,3) uint8 image
     d.addPairwiseBilateral(sxy=sxy_b, srgb=p['srgb'], rgbim=np.array(img, dtype=np.uint8, order='C'), compat=p['compat_bilateral'])
     q = np.array(d.inference(int(p['n_iter'])), np.float32).reshape(C, H, W)
     return q if return_probs else q.argmax(0)
+
+crf_params.__signature__ = forwarded_signature(crf_params, crf_refine, drop=('return_probs',))  # n_iter, ..., ref_size
 
 # %% ../nbs/07a_maps.ipynb #97d5a5fb
 def pseudo_label(img:np.ndarray, # (H,W,3) uint8
