@@ -288,9 +288,9 @@ def study_time(times:list, # one dict per run: run (folder name), run_s (its rec
                wall_s=round(wall_s, 1), per_run=times)
     atomic_save(json.dumps(rec, indent=1) + '\n', path)
     if progress:
-        print(f"{tag} {rec['runs']} runs ({rec['cached']} cached): {rec['run_s']:.0f} s of training and scoring"
-              + (f" ({rec['runs_without_seconds']} runs without recorded seconds)" if rec['runs_without_seconds'] else '')
-              + f"; this invocation {rec['wall_s']:.0f} s wall time", flush=True)
+        runs = (f"{rec['runs']} runs ({rec['cached']} cached): {rec['run_s']:.0f} s of training and scoring"
+                + (f" ({rec['runs_without_seconds']} runs without recorded seconds)" if rec['runs_without_seconds'] else '') + '; ') if times else ''
+        print(f"{tag} {runs}this invocation {rec['wall_s']:.0f} s wall time", flush=True)
     return rec
 
 # %% ../nbs/12b_protocol.ipynb #8092bad6

@@ -78,3 +78,15 @@ def test_committed_results_without_run_seconds_still_load():
     "Result files written before run_s existed load as before (the column is simply absent)"
     df = load_results(ROOT/'nbs'/'results', 'synth', ('variants',))
     assert df is not None and len(df) and (df.variant == 'smvwe').any()
+
+
+def test_study_time_sums_the_recorded_seconds(tmp_path, capsys):
+    "Hand-made runs: 12.3 s + 40.0 s recorded (one cached), one without seconds; the file and the printed line say so"
+    import json
+    from smvwe.protocol import study_time
+    times = [dict(run='cam-seed0', run_s=12.3, cached=False), dict(run='vwe-seed0', run_s=40.0, cached=True), dict(run='sal-seed0', run_s=None, cached=True)]
+    rec = study_time(times, 14.0, tmp_path/'t.json', True, '[synth variants]')
+    assert json.loads((tmp_path/'t.json').read_text()) == rec
+    assert (rec['run_s'], rec['runs'], rec['cached'], rec['runs_without_seconds'], rec['wall_s']) == (52.3, 3, 2, 1, 14.0)
+    out = capsys.readouterr().out
+    assert out.strip() == '[synth variants] 3 runs (2 cached): 52 s of training and scoring (1 runs without recorded seconds); this invocation 14 s wall time'
