@@ -1,5 +1,6 @@
 "The package's shape: no import cycle between its modules (imports inside functions included), and module sizes."
 import ast
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +127,40 @@ def test_no_hyper_parameter_through_kw():
     hidden = sorted(f'{k}(**{found[k]})' for k in set(found) - set(KW_PASS_THROUGH) - KW_PRESET_OVERRIDES)
     assert not hidden, f"exported functions taking options through **: {', '.join(hidden)}: make them explicit or take the stage's config"
     assert not (stale := (set(KW_PASS_THROUGH) | KW_PRESET_OVERRIDES) - set(found)), f'{sorted(stale)} take no ** any more: remove them from the lists'
+
+
+# Each stage's options are the fields of its config; its learner, its function and its command take them from there.
+STAGES = [('smvwe.train', 'ClsConfig', ('cls_learner', 'train_cls'), 'train_cls_cli'),
+          ('smvwe.segment', 'SegConfig', ('seg_learner', 'train_seg'), 'train_seg_cli'),
+          ('smvwe.pseudo', 'PseudoConfig', ('make_pseudo',), 'pseudo_cli')]
+
+
+def declared_params(fn) -> set:
+    "The parameter names that `fn`'s own `def` writes (not a patched `__signature__`)"
+    import inspect, textwrap
+    a = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(fn)))).body[0].args
+    return {p.arg for p in a.posonlyargs + a.args + a.kwonlyargs}
+
+
+def test_declared_params_reads_the_def_not_the_signature():
+    import inspect
+    def f(root, cfg=None, lr:float=0.1, **kw): pass
+    f.__signature__ = inspect.Signature([inspect.Parameter('epochs', inspect.Parameter.KEYWORD_ONLY, default=8)])
+    assert declared_params(f) == {'root', 'cfg', 'lr'}
+
+
+@pytest.mark.parametrize('mod, config, fns, cli', STAGES)
+def test_each_default_once(mod, config, fns, cli):
+    import importlib, inspect
+    from dataclasses import fields
+    from fastcore.script import anno_parser
+    from smvwe.config import _cli_default, _field_default
+    m = importlib.import_module(mod); cfg = getattr(m, config)
+    want = {f.name: _field_default(f) for f in fields(cfg)}
+    for name in fns:
+        fn = getattr(m, name)
+        assert not (again := declared_params(fn) & set(want)), f'{name} declares {sorted(again)} again: take them from {config}'
+        sig = inspect.signature(fn).parameters
+        assert {k: sig[k].default for k in want} == want, f"{name}'s signature does not show {config}'s defaults"
+    opts = {a.dest: a.default for a in anno_parser(getattr(m, cli))._actions}
+    assert {k: opts[k] for k in want} == {k: _cli_default(v) for k, v in want.items()}, f"{cli}'s options do not have {config}'s defaults"
