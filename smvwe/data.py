@@ -119,16 +119,18 @@ class VOCDataset(Dataset):
         "(uint8 image, saliency map or mask) of item k, from the cache once decoded (the transforms never write into them)"
         if k in self._cache: return self._cache[k]
         i = self.ids[k]; img = load_image(self.root, i)
-        aux = load_saliency_u8(self.root, i, self.sal_dir) if self.kind == 'cls' else load_mask(self.root, i, self.mask_dir)
-        if self._cached + img.nbytes + aux.nbytes <= self.cache_mb * 2**20:
-            self._cache[k] = (img, aux); self._cached += img.nbytes + aux.nbytes
+        if self.kind == 'cls': aux = None if self.sal_dir is None else load_saliency_u8(self.root, i, self.sal_dir)  # None: no saliency maps (cam, vwe)
+        else: aux = load_mask(self.root, i, self.mask_dir)
+        nbytes = img.nbytes + (0 if aux is None else aux.nbytes)
+        if self._cached + nbytes <= self.cache_mb * 2**20:
+            self._cache[k] = (img, aux); self._cached += nbytes
         return img, aux
     def __getitem__(self, k):
         rng = np.random.default_rng([self.seed, self.epoch, k])
         img, aux = self._decoded(k)
         if self.kind == 'cls':
             x, s, _ = self.tfm(img, aux, rng=rng)
-            return x, s, self.labels[k]
+            return x, torch.zeros(0) if s is None else s, self.labels[k]  # no saliency maps: an empty (0,) tensor, (B,0) batched
         x, _, m = self.tfm(img, mask=aux, rng=rng)
         return x, m
 
@@ -161,7 +163,7 @@ class VOCDataLoader(TfmdDL):
             if k >= n: continue
             ax.imshow(imgs[k])
             if len(b) == 3:   # (img, sal, label)
-                ax.imshow(b[1][k, 0].cpu().numpy(), cmap='jet', alpha=alpha, vmin=0, vmax=1)
+                if b[1].numel(): ax.imshow(b[1][k, 0].cpu().numpy(), cmap='jet', alpha=alpha, vmin=0, vmax=1)
                 ax.set_title(', '.join(names[j+1] for j in torch.nonzero(b[2][k].cpu()).flatten().tolist()) or '(none)', fontsize=8)
             else:             # (img, mask)
                 m = b[1][k].cpu().numpy(); over = np.zeros(m.shape + (4,), np.float32)
@@ -190,7 +192,7 @@ def _make_dls(root, kind, train, valid, splits, tfm_kw, crop, bs, valid_bs, vali
     return dls
 
 def cls_dls(root, train:str='train', valid:str='val',
-            sal_dir='saliency',           # saliency folder, relative to root or absolute
+            sal_dir='saliency',           # saliency folder, relative to root or absolute; None: no maps (batches carry an empty (B,0) sal)
             classes:list=None,            # class names (default: root/classes.txt or VOC_CLASSES)
             label_file='cls_labels.npy',  # image-level labels; absent -> derived from masks in `mask_dir`
             mask_dir='auto',              # masks used only to derive labels

@@ -75,6 +75,8 @@ class SMVWELoss:
         if w['word'] and s_word is not None and z_word is not None:
             out['word'] = soft_margin_loss(s_word, z_word.detach(), 'none')  # Eq. 8 on words, (B,)
         if w['w2i'] and pred.get('p_w2i') is not None: out['w2i'] = soft_margin_loss(pred['p_w2i'], label, 'none')  # L_cls(p_w2i, z_img), (B,)
+        if w['sal'] and sal is not None and sal.numel() == 0:  # a loader without saliency maps (`sal_dir=None`)
+            raise ValueError('SMVWELoss: the saliency term (w_sal > 0) needs saliency maps but the batch has none: pass their folder (--sal_dir), or train --variant cam or vwe.')
         if w['sal'] and pred.get('maps') is not None and sal is not None:
             o = saliency_map(pred['maps'].softmax(1), label, sal, self.delta, self.mu, self.thr, clamp=self.clamp)  # Eq. 5-7 on softmax maps (unspecified: EPS)
             out['sal'] = saliency_loss(o.F_s, o.sal, 'none')  # Eq. 9, (B,)

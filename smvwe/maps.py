@@ -4,14 +4,16 @@
 
 # %% ../nbs/07a_maps.ipynb #f1cf6f7d
 from __future__ import annotations
+import os, weakref
 from pathlib import Path
 import numpy as np
 from .config import forwarded_signature
 
 # %% auto #0
 __all__ = ['BG_THR', 'MODES', 'NORM_OF_MODE', 'READOUTS', 'CRF_PRESETS', 'CRF_DEFAULT', 'CRF_REF_SIZE', 'CRF_ALIASES',
-           'model_device', 'normalise_maps', 'localization_maps', 'label_scores', 'scores_to_probs', 'maps_to_labels',
-           'parse_readout', 'readout_scores', 'readout_labels', 'crf_params', 'parse_crf', 'crf_refine', 'pseudo_label']
+           'model_device', 'normalise_maps', 'localization_maps', 'forward_peak_bytes', 'activation_px_bytes',
+           'label_scores', 'scores_to_probs', 'maps_to_labels', 'parse_readout', 'readout_scores', 'readout_labels',
+           'crf_params', 'parse_crf', 'crf_refine', 'pseudo_label']
 
 # %% ../nbs/07a_maps.ipynb #a80edce5
 from .files import voc_colormap as voc_palette, save_label_png  # (n,3) VOC colours; atomic palette-PNG writer
@@ -76,6 +78,51 @@ def localization_maps(model, # returns {'maps': (B,L+1,h,w) logits} (an `SMVWENe
     maps = normalise_maps((acc / n).cpu().numpy(), norm)
     maps[:-1][label <= 0] = 0
     return maps
+
+# %% ../nbs/07a_maps.ipynb #69961010
+def _quiet_fd2():
+    "Silence file descriptor 2 for a while: the C++ profiler logs there directly, and a command's stderr is kept for its one-line errors"
+    import contextlib, sys
+    @contextlib.contextmanager
+    def quiet():
+        sys.stderr.flush(); saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try: os.dup2(null, 2); yield
+        finally: os.dup2(saved, 2); os.close(saved); os.close(null)
+    return quiet()
+
+def forward_peak_bytes(model, # any image model: forward((1,3,H,W))
+                       side:int # side of the square zero image
+                      ) -> int: # bytes
+    "Peak bytes one no-grad forward of `model` allocates beyond its input: the CUDA allocator's peak on a GPU, the profiler's memory events on the CPU"
+    import torch
+    dev = torch.device(model_device(model)); x = torch.zeros(1, 3, side, side, device=dev)
+    was = model.training; model.eval()
+    try:
+        with torch.no_grad():
+            if dev.type == 'cuda':
+                torch.cuda.synchronize(dev); torch.cuda.reset_peak_memory_stats(dev); base = torch.cuda.memory_allocated(dev)
+                model(x); torch.cuda.synchronize(dev)
+                return torch.cuda.max_memory_allocated(dev) - base
+            from torch.profiler import profile, ProfilerActivity
+            with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p: model(x)
+    finally: model.train(was)
+    live = peak = 0
+    for _, n in sorted((e.start_ns(), e.nbytes()) for e in p.profiler.kineto_results.events() if e.name() == '[memory]'):
+        live += n; peak = max(peak, live)  # allocations (+) and frees (-) in time order
+    return peak
+
+def activation_px_bytes(model, # any image model: forward((1,3,H,W))
+                        sides:tuple=(48, 96) # two calibration sides
+                       ) -> float: # bytes per input pixel
+    "The model's width term of `smvwe.voc.inference_gb`: how much a forward's peak grows per input pixel, between two image sizes"
+    key = (tuple(sides), str(model_device(model)))
+    if (v := _PX_BYTES.get(model, {}).get(key)) is not None: return v   # measured once per model (a stage calls it per split)
+    a, b = (forward_peak_bytes(model, s) for s in sides)
+    v = max(b - a, 0) / (sides[1]**2 - sides[0]**2)
+    _PX_BYTES.setdefault(model, {})[key] = v
+    return v
+
+_PX_BYTES = weakref.WeakKeyDictionary()  # model -> {(sides, device): bytes per pixel}
 
 # %% ../nbs/07a_maps.ipynb #6d17e2da
 BG_THR = 0.20  # EPS's constant background score, also the CAM threshold's default: the one default of `bg_thr`

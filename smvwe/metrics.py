@@ -55,9 +55,9 @@ class ConfusionMatrix:
         keep = gt != self.ignore
         gt, pred = gt[keep], pred[keep]
         if gt.size and (gt.min() < 0 or gt.max() >= self.n): raise ValueError(f'ground truth has label {gt.max()} but there are {self.n} classes')
+        out = (pred != self.ignore) & ((pred < 0) | (pred >= self.n))  # label n would land in the 'uncertain' column
+        if out.any(): raise ValueError(f'prediction has label {int(pred[out][0])} but there are {self.n} classes (0..{self.n - 1}, and {self.ignore} = uncertain)')
         pred = np.where(pred == self.ignore, self.n, pred)
-        if pred.size and (pred.min() < 0 or pred.max() > self.n):
-            raise ValueError(f'prediction has label {pred.max()} but there are {self.n} classes (and {self.ignore} = uncertain)')
         self.mat += np.bincount(gt * (self.n + 1) + pred, minlength=self.n * (self.n + 1)).reshape(self.n, self.n + 1)
         return self
 
@@ -193,6 +193,8 @@ def evaluate_folder(pred_dir, # folder of ID.png predictions (palette/index PNG,
         if pred.shape != gt.shape: raise ValueError(f'{pp} has shape {pred.shape} but the ground truth {gp} has {gt.shape}')
         bad = np.setdiff1d(np.unique(gt), np.r_[np.arange(len(classes)), 255])  # a ground-truth fault is named under its own path
         if bad.size: raise ValueError(f'ground truth {gp} has labels {bad.tolist()[:8]} outside 0..{len(classes) - 1} (and 255): fix the mask or the class list ({len(classes)} classes)')
+        bad = np.setdiff1d(np.unique(pred), np.r_[np.arange(len(classes)), 255])  # anywhere, also where the ground truth is ignored
+        if bad.size: raise ValueError(f'prediction {pp} has labels {bad.tolist()[:8]} outside 0..{len(classes) - 1} (and 255 = uncertain): it was made for another class list; predict again with the dataset\'s {len(classes)} classes')
         try: cm.update(pred, gt)
         except ValueError as e: raise ValueError(f'{pp}: {e}') from None
         bcount += boundary_counts(pred, gt, tol)

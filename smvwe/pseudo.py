@@ -13,7 +13,7 @@ from .config import StageConfig, cli_from, python_signature
 from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, check_fingerprint, ignore_sigint, check_range
 from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
-                        BG_THR, crf_params, parse_crf)
+                        BG_THR, crf_params, parse_crf, activation_px_bytes)
 
 # %% auto #0
 __all__ = ['NEG', 'load_cams', 'compact_logits', 'load_logits', 'PseudoConfig', 'make_pseudo', 'PseudoTarget', 'pseudo_cli']
@@ -135,14 +135,18 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 **kw # `PseudoConfig` fields: mode, crf, scales, ... (an unknown key is an error)
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
-    from smvwe.voc import read_split, read_classes, image_labels, image_path, load_image, validate_voc, load_saliency, dataset_signature
+    from smvwe.voc import (read_split, read_classes, image_labels, image_path, load_image, validate_voc, load_saliency, dataset_signature,
+                           sal_folder, under_root, check_memory)
     cfg = PseudoConfig.make(cfg, **kw)  # unknown keys and bad values fail before any work
     mode, bg_thr, crf, conf_thr, ignore_disagree = cfg.mode, cfg.bg_thr, cfg.crf, cfg.conf_thr, cfg.ignore_disagree
     scales, flip, n_workers, sal_dir, resume, device = cfg.scales, cfg.flip, cfg.n_workers, cfg.sal_dir, cfg.resume, cfg.device
     save_cams, save_logits, progress, skip_bad = cfg.save_cams, cfg.save_logits, cfg.progress, cfg.skip_bad
     root, out = Path(root), Path(out)
     if not root.is_dir(): raise FileNotFoundError(f'dataset folder {root} not found')
-    sal_root = None if sal_dir is None else (Path(sal_dir) if Path(sal_dir).is_absolute() else root/sal_dir)
+    sal_dir = sal_folder(sal_dir)  # 'none': no saliency maps
+    sal_root = None if sal_dir is None else under_root(root.absolute(), sal_dir)  # absolute: `validate_voc` reads it under a relative root too
+    if sal_root is not None and not sal_root.is_dir():
+        raise FileNotFoundError(f"saliency folder {sal_root} not found: pass --sal_dir with the folder of saliency PNGs, or leave it out (the background then comes from the maps).")
     skipped = []
     if skip_bad and labels is None:  # the loaders' checks, every file up front: bad ids dropped and listed
         v = validate_voc(root, split, sal_dir=sal_root, labels=True, skip_bad=True); ids, labels, skipped = v.ids, v.labels, list(v.bad)
@@ -153,6 +157,7 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
     rank, world_size = resolve_shard(cfg.rank, cfg.world_size)
     sel = list(range(len(ids)))[rank::world_size]
     L = labels.shape[1]
+    check_memory(root, [ids[i] for i in sel], scales, flip, activation_px_bytes(model), L + 1, 'pseudo labels')  # too large: refused before any work
     crf_kw = crf_params(None, **{**(parse_crf(cfg.crf_preset) or {}), **(crf_kw or {})})  # the preset's, then the overrides
     opts = dict(mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=crf_kw, conf_thr=conf_thr, ignore_disagree=ignore_disagree,
                 scales=[float(s) for s in scales], flip=bool(flip), sal_dir=str(sal_dir) if sal_dir else None, save_cams=save_cams,

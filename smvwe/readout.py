@@ -14,7 +14,7 @@ from .files import atomic_write, ignore_sigint
 from .config import forwarded_signature
 from .maps import READOUTS, BG_THR, parse_readout, readout_scores, scores_to_probs, crf_refine, parse_crf
 from .pseudo import load_logits
-from .voc import load_saliency
+from .voc import load_saliency, sal_folder
 from .metrics import ConfusionMatrix, boundary_counts, prf, context_counts, confusion_ratio, load_label
 
 # %% auto #0
@@ -108,6 +108,7 @@ def score_readouts(maps_dir, # make_pseudo output folder (holding logits/) or th
     missing = [i for i in ids if not (ldir/f'{i}.npy').exists()]
     if missing: raise FileNotFoundError(f'{len(missing)} of {len(ids)} logits missing in {ldir}, e.g. {ldir/(missing[0] + ".npy")}: run smvwe pseudo on split {split!r}')
     need_sal = any(parse_readout(s[0])[1] for s in specs)
+    sal_dir = sal_folder(sal_dir)  # 'none': no saliency maps
     if need_sal and not sal_dir: raise ValueError("a '+sal' read-out needs the saliency folder: pass sal_dir (--sal_dir)")
     sdir = (Path(sal_dir) if Path(sal_dir).is_absolute() else root/sal_dir) if need_sal else None
     if sdir is not None and not sdir.is_dir(): raise FileNotFoundError(f'saliency folder {sdir} not found')

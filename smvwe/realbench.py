@@ -213,7 +213,7 @@ def benchmark_stats(root, # a folder written by `make_real_benchmark` (or `make_
                     split:str|None=None, # one split, or None for all
                    ) -> dict:
     "Class counts, context rates, ignore share and saliency quality of a written VOC-layout benchmark."
-    from smvwe.voc import read_split, read_classes, load_mask
+    from smvwe.voc import read_split, read_classes, load_mask, load_saliency_u8
     root = Path(root); classes = read_classes(root)
     ctxs = json.loads((root / 'contexts.json').read_text()) if (root / 'contexts.json').exists() else {}
     ids = [i for sp in ([split] if split else SPLITS) for i in read_split(root, sp)]
@@ -225,7 +225,7 @@ def benchmark_stats(root, # a folder written by `make_real_benchmark` (or `make_
         has = np.array([(x == c['id']).any() for x in cx]); cls = present[:, classes.index(c['class']) - 1]
         rates[name] = dict(cls=c['class'], with_class=float(has[cls].mean()) if cls.any() else None,
                            without_class=float(has[~cls].mean()) if (~cls).any() else None)
-    sal = {d: saliency_quality([np.array(Image.open(root / d / f'{i}.png').convert('L')) for i in ids], gts)
+    sal = {d: saliency_quality([load_saliency_u8(root, i, d) for i in ids], gts)  # 8- or 16-bit maps, one rule (01a_voc)
            for d in ('saliency', 'saliency_cv2', 'saliency_sim') if (root / d).is_dir()}
     return dict(n_images=len(ids), images_per_class=dict(zip(classes[1:], present.sum(0).tolist())),
                 objects_per_image=float(present.sum(1).mean()), ignore_share=float(np.mean([(g == 255).mean() for g in gts])),

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
-from .voc import read_split, load_image, read_classes, dataset_signature
+from .voc import read_split, load_image, read_classes, dataset_signature, check_memory
 from .files import (ignore_sigint, check_range, check_labels, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash,
                          state_hash, check_fingerprint)
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
-from .maps import crf_refine, parse_crf
+from .maps import crf_refine, parse_crf, activation_px_bytes
 from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
@@ -161,6 +161,7 @@ def predict_folder(model:nn.Module, # segmentation model
                 crf=bool(crf), crf_kw=crf_kw or {})  # what makes the PNGs: existing ones are kept only when it matches
     check_fingerprint(out/'predict_config.json', want, resume, 'predictions')
     ids = [i for i in read_split(root, split)[rank::world_size] if not (resume and (out/f'{i}.png').exists())]
+    check_memory(root, ids, scales, flip, activation_px_bytes(model), len(read_classes(root)), 'predictions')  # too large: refused before any work
     n_workers = rank_cores() if n_workers is None else n_workers
     pool = None
     if crf and n_workers > 0 and len(ids) > 1:

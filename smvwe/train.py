@@ -19,7 +19,7 @@ from fastai.torch_core import set_seed, rank_distrib, distrib_barrier, get_model
 import smvwe
 from .config import StageConfig, cli_from, python_signature
 from .data import cls_dls
-from .voc import image_labels, read_split
+from .voc import image_labels, read_split, sal_folder, under_root
 from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 from .files import atomic_save, use_bars, load_torch, check_range
@@ -83,7 +83,7 @@ class ClsConfig(StageConfig):
     word_kwargs:dict|None=None # more VisualWordEncoder arguments as JSON, e.g. '{"sign": 1}'
     backbone_kwargs:dict|None=None # more backbone arguments as JSON, e.g. '{"width": 32}'
     w2i_scale:float|None=None # p_w2i = W^w2i (w2i_scale * e_word) (default: N; 1: the printed form, which barely learns)
-    sal_dir:str='saliency' # folder of saliency PNGs (relative to ROOT, or absolute)
+    sal_dir:str|None='saliency' # folder of saliency PNGs (relative to ROOT, or absolute); none: no maps (cam and vwe never read them)
     train:str='train' # training split (ImageSets/Segmentation/NAME.txt)
     valid:str='val' # validation split
     num_workers:int|None=None # DataLoader workers (default: cls_dls's)
@@ -97,6 +97,9 @@ class ClsConfig(StageConfig):
 
     def __post_init__(self):  # bad values fail here, before any work
         variant_kwargs(self.variant); self.amp = check_amp(self.amp)
+        self.sal_dir = sal_folder(self.sal_dir)  # 'none' is no folder, never a folder named none
+        if self.sal_dir is None and VARIANTS[self.variant][1]['w_sal']:
+            raise ValueError(f"variant {self.variant!r} trains on saliency maps but --sal_dir is none: pass the folder of saliency PNGs (--sal_dir FOLDER), or train --variant cam or vwe, which use none.")
         if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
         for k, rng in (('bs', '[1,inf)'), ('crop', '[8,inf)'), ('lr', '(0,inf)'), ('lr_mult', '(0,inf)'), ('wd', '[0,inf)'), ('mom', '[0,1)'),
                        ('power', '[0,inf)'), ('w_cls', '[0,inf)'), ('delta', '[0,1]'), ('mu', '[0,inf)'), ('n_words', '[1,inf)'),
@@ -180,7 +183,11 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     resize_long = cfg.resize_long or (cfg.crop, round(cfg.crop * 768 / 448))
     args = dict(root=str(root), out=str(out), **cfg.to_dict()) | dict(resize_long=list(resize_long))
     dkw = {} if cfg.num_workers is None else dict(num_workers=cfg.num_workers)
-    dls = cls_dls(root, train=cfg.train, valid=cfg.valid, sal_dir=cfg.sal_dir, crop=cfg.crop, resize_long=resize_long, jitter=cfg.jitter,
+    sal_dir = cfg.sal_dir if VARIANTS[cfg.variant][1]['w_sal'] else None  # cam and vwe never read saliency maps
+    if sal_dir is not None and not under_root(root, sal_dir).is_dir():
+        raise FileNotFoundError(f"saliency folder {under_root(root, sal_dir)} not found: variant {cfg.variant!r} trains on saliency maps (grey PNGs named by image id): "
+                                "pass their folder (--sal_dir FOLDER), or train --variant cam or vwe, which need none.")
+    dls = cls_dls(root, train=cfg.train, valid=cfg.valid, sal_dir=sal_dir, crop=cfg.crop, resize_long=resize_long, jitter=cfg.jitter,
                   bs=cfg.bs, device=device, seed=cfg.seed, skip_bad=cfg.skip_bad, **dkw)
     report_skipped(dls)
     learn = cls_learner(dls, cfg, path=cls_dir)

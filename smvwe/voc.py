@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_voc.ipynb #f0ae93ed
 from __future__ import annotations
-import hashlib, os, warnings
+import hashlib, math, os, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +17,11 @@ voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined wit
 
 
 # %% auto #0
-__all__ = ['voc_palette', 'VOC_CLASSES', 'read_classes', 'under_root', 'split_file', 'read_split', 'image_path',
-           'resolve_mask_dir', 'load_image', 'load_mask', 'saliency_path', 'load_saliency_u8', 'check_saliency_size',
-           'load_saliency', 'dataset_signature', 'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels',
-           'VOCSplit', 'validate_voc', 'make_tiny_voc', 'doctor', 'doctor_cli']
+__all__ = ['voc_palette', 'VOC_CLASSES', 'SAL16_MODES', 'MAX_GB', 'SMALL_PX_BYTES', 'read_classes', 'under_root', 'split_file',
+           'read_split', 'image_path', 'resolve_mask_dir', 'load_image', 'load_mask', 'sal_folder', 'saliency_path',
+           'saliency_bits', 'load_saliency_u8', 'check_saliency_size', 'load_saliency', 'dataset_signature',
+           'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit', 'validate_voc',
+           'make_tiny_voc', 'max_gb', 'inference_gb', 'largest_image', 'check_memory', 'doctor', 'doctor_cli']
 
 # %% ../nbs/01a_voc.ipynb #5398862d
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -50,14 +51,19 @@ def split_file(root, split:str) -> Path:
     return Path(root)/'ImageSets'/'Segmentation'/f'{split}.txt'
 
 def read_split(root, split:str='train') -> list[str]:
-    "Image ids of `split` (first token of each line; `/JPEGImages/x.jpg`-style tokens become `x`)."
+    "Image ids of `split` (first token of each line; `/JPEGImages/x.jpg`-style tokens become `x`); an id listed twice is refused"
     p = split_file(root, split)
     if not p.exists():
         raise FileNotFoundError(f"split file {p} not found: write one image id per line there, or pass an existing "
                                 f"split name or .txt path.")
-    ids = [Path(t).stem if '/' in t else t for t in (l.split()[0] for l in p.read_text().splitlines() if l.strip())]
-    if not ids: raise ValueError(f"split file {p} is empty: it needs one image id per line.")
-    return ids
+    first = {}  # id -> line it is first listed on: a second listing would count the image twice (eval) or train on it twice
+    for n, l in enumerate(p.read_text().splitlines(), 1):
+        if not l.strip(): continue
+        t = l.split()[0]; i = Path(t).stem if '/' in t else t
+        if i in first: raise ValueError(f"split file {p} line {n}: image id {i!r} is listed again (first on line {first[i]}): remove the duplicate line.")
+        first[i] = n
+    if not first: raise ValueError(f"split file {p} is empty: it needs one image id per line.")
+    return list(first)
 
 # %% ../nbs/01a_voc.ipynb #cf2821e4
 def _open(p:Path, what:str) -> Image.Image:
@@ -95,14 +101,37 @@ def load_mask(root, id:str, mask_dir='SegmentationClass') -> np.ndarray:
                          f"(0 background, 1..L, 255 ignore); convert colour-coded masks to indices.")
     return np.asarray(im, dtype=np.uint8)
 
+def sal_folder(sal_dir) -> str|None:
+    "A saliency-folder option as given, or None (no saliency maps) for None, '' or 'none' (a folder named `none` is not read)"
+    return None if sal_dir is None or str(sal_dir).strip().lower() in ('', 'none') else sal_dir
+
 def saliency_path(path_or_root, id:str, sal_dir='saliency') -> Path:
     "`path_or_root/sal_dir/id.png`; `sal_dir` may be absolute, or None when `path_or_root` is the folder itself."
     d = Path(path_or_root) if sal_dir is None else under_root(path_or_root, sal_dir)
     return d/f'{id}.png'
 
+SAL16_MODES = ('I;16', 'I;16B', 'I;16L', 'I')  # how PIL opens a 16-bit grey PNG
+
+def saliency_bits(im:Image.Image, p='saliency map') -> int:
+    "8 or 16, the bit depth a saliency map `im` (opened from file `p`) is read with; other kinds are refused, naming the file"
+    if im.mode in SAL16_MODES:
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"saliency map {p} holds values outside 0..65535 (mode {im.mode}): save it as an 8-bit (0..255) or 16-bit (0..65535) grey PNG.")
+        return 16
+    if im.mode in ('F', 'I;32', 'RGB;16'): raise ValueError(f"saliency map {p} has mode {im.mode}: save it as an 8-bit (0..255) or 16-bit (0..65535) grey PNG.")
+    return 8
+
+def _saliency_raw(path_or_root, id, sal_dir) -> tuple:
+    "(array as stored, bit depth) of saliency map `id`: 8-bit maps grey uint8 (RGB converted), 16-bit maps uint16"
+    p = saliency_path(path_or_root, id, sal_dir); im = _open(p, 'saliency map')
+    if saliency_bits(im, p) == 16: return np.asarray(im).astype(np.uint16), 16
+    return np.asarray(im.convert('L')), 8
+
 def load_saliency_u8(path_or_root, id, sal_dir='saliency') -> np.ndarray:
-    "Saliency map `id` as uint8 (H,W), as stored (RGB maps converted to grey)"
-    return np.asarray(_open(saliency_path(path_or_root, id, sal_dir), 'saliency map').convert('L'))
+    "Saliency map `id` as uint8 (H,W) on the 0..255 scale: 8-bit maps as stored (RGB converted to grey), 16-bit maps v*255/65535 rounded"
+    a, bits = _saliency_raw(path_or_root, id, sal_dir)
+    return a if bits == 8 else ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 def check_saliency_size(p, # the saliency map's file
                         sal_hw:tuple, # its (H,W)
@@ -117,10 +146,10 @@ def load_saliency(path_or_root, id:str, sal_dir='saliency',
                   hw:tuple|None=None, # (H,W) of its image: a map of another size is refused (None: not checked)
                   like:str='its image', # what has size `hw`, named when the map's differs: 'image PATH'
                  ) -> np.ndarray:
-    "Saliency map `id` as float32 (H,W) in [0,1] (8-bit PNG / 255; RGB maps are converted to grey); checked against its image's size `hw`"
-    s = load_saliency_u8(path_or_root, id, sal_dir)
+    "Saliency map `id` as float32 (H,W) in [0,1] (8-bit PNG / 255, 16-bit PNG / 65535; RGB maps converted to grey); checked against its image's size `hw`"
+    s, bits = _saliency_raw(path_or_root, id, sal_dir)
     if hw is not None: check_saliency_size(saliency_path(path_or_root, id, sal_dir), s.shape, hw, like)
-    return s.astype(np.float32)/255.
+    return s.astype(np.float32)/(2**bits - 1)
 
 # %% ../nbs/01a_voc.ipynb #9d250bda
 def dataset_signature(root, # VOC-layout dataset folder
@@ -184,11 +213,12 @@ def image_labels(root, ids:list, classes:list=None, mask_dir='auto', label_file=
 # %% ../nbs/01a_voc.ipynb #0d1b9540
 @dataclass
 class VOCSplit:
-    "Result of `validate_voc`: the usable ids, their labels (n,L) or None, the class names, and skipped `(id, reason)`."
+    "Result of `validate_voc`: the usable ids, their labels (n,L) or None, the class names, skipped `(id, reason)`, {id: saliency bit depth}."
     ids: list
     labels: np.ndarray|None
     classes: list
     bad: list = field(default_factory=list)
+    sal_bits: dict = field(default_factory=dict)
 
 def validate_voc(root, split='train', sal_dir='saliency', mask_dir=None, classes=None, labels=True,
                  label_file='cls_labels.npy', skip_bad=False, workers=4) -> VOCSplit:
@@ -205,30 +235,31 @@ def validate_voc(root, split='train', sal_dir='saliency', mask_dir=None, classes
     def check(i):
         try:
             with _open(image_path(root, i), 'image') as im: size = im.size
+            bits = None
             if sal_dir is not None:
                 sp = saliency_path(root, i, sal_dir)
-                with _open(sp, 'saliency map') as s: check_saliency_size(sp, s.size[::-1], size[::-1], f'image {image_path(root, i)}')
+                with _open(sp, 'saliency map') as s: bits = saliency_bits(s, sp); check_saliency_size(sp, s.size[::-1], size[::-1], f'image {image_path(root, i)}')
             lab = _lookup(lab_d, i, lab_p) if lab_d is not None else None
             if mdir is not None:
                 mp = mdir/f'{i}.png'; m = load_mask(root, i, mdir)
                 if m.shape[::-1] != size: raise ValueError(f"mask {mp} is {m.shape[1]}x{m.shape[0]} (WxH) but image {image_path(root, i)} is {size[0]}x{size[1]}: masks must match their images.")
                 check_mask_values(m, C, mp)
                 if labels and lab is None: lab = mask_labels(m, C)
-            return i, lab, None
-        except (FileNotFoundError, ValueError) as e: return i, None, e
+            return i, lab, None, bits
+        except (FileNotFoundError, ValueError) as e: return i, None, e, None
 
     with ThreadPoolExecutor(max(1, workers)) as ex: res = list(ex.map(check, ids))
-    errs = [(i, e) for i, _, e in res if e is not None]
+    errs = [(i, e) for i, _, e, _ in res if e is not None]
     if errs and not skip_bad:
         i, e = errs[0]
         more = f" ({len(errs)-1} more bad ids in split '{split}'; pass --skip-bad (skip_bad=True in Python) to skip them, listed)" if len(errs) > 1 else ''
         raise type(e)(f"{e}{more}")
     bad = [(i, str(e)) for i, e in errs]
     for i, r in bad: warnings.warn(f"skipping {split}/{i}: {r}")
-    good = [(i, l) for i, l, e in res if e is None]
+    good = [(i, l, b) for i, l, e, b in res if e is None]
     if not good: raise ValueError(f"no usable images left in split '{split}' of {root} after skipping {len(bad)} bad ones.")
-    lab = np.stack([l for _, l in good]).astype(np.float32) if labels else None
-    return VOCSplit([i for i, _ in good], lab, list(classes), bad)
+    lab = np.stack([l for _, l, _ in good]).astype(np.float32) if labels else None
+    return VOCSplit([i for i, _, _ in good], lab, list(classes), bad, {i: b for i, _, b in good if b is not None})
 
 # %% ../nbs/01a_voc.ipynb #7261e790
 def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n_val:int=None,
@@ -268,15 +299,63 @@ def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n
     if cls_labels: np.save(root/'cls_labels.npy', labels, allow_pickle=True)
     return root
 
+# %% ../nbs/01a_voc.ipynb #ee5cd3a0
+MAX_GB = 8.0  # default memory limit (GB) of pseudo labels and predictions; $SMVWE_MAX_GB raises it
+SMALL_PX_BYTES = 190  # bytes a forward of the default classifier (small backbone) holds per input pixel (`07a_maps` measures it)
+
+def max_gb(limit:float|None=None) -> float:
+    "The memory limit in GB: `limit` when given, else $SMVWE_MAX_GB, else `MAX_GB`"
+    v = limit if limit is not None else os.environ.get('SMVWE_MAX_GB') or MAX_GB
+    try: v = float(v)
+    except ValueError: v = -1.
+    if not v > 0: raise ValueError(f"SMVWE_MAX_GB must be a positive number of GB, got {os.environ.get('SMVWE_MAX_GB')!r}.")
+    return v
+
+def inference_gb(hw:tuple, # (H,W) of the image
+                 scales, # inference scales
+                 flip:bool=True, # the flipped copy runs in the same batch
+                 px_bytes:float=SMALL_PX_BYTES, # the model's activation bytes per input pixel (`smvwe.maps.activation_px_bytes`)
+                 n_maps:int=21, # maps (L+1) or class probabilities (C) upsampled to the image size
+                ) -> float: # GB, host and device together
+    "Estimated peak memory of multi-scale inference on one image: the largest scale's batch, then the maps at full size"
+    H, W = hw; n = 2 if flip else 1
+    act = max(n * max(1, round(H*s)) * max(1, round(W*s)) * (3*4 + px_bytes) for s in scales)  # input + activations, float32
+    maps = (n + 2 + 4) * n_maps * H * W * 4  # upsampled maps of the batch, their sum and the accumulator; 4 host copies
+    return (act + maps) / 1e9
+
+def largest_image(root, ids:list) -> tuple|None:
+    "(id, (H,W)) of the image of `ids` with the most pixels, from the file headers (unreadable images are left to their own check)"
+    best = None
+    for i in ids:
+        try:
+            with Image.open(image_path(root, i)) as im: W, H = im.size
+        except Exception: continue
+        if best is None or H*W > best[1][0]*best[1][1]: best = (i, (H, W))
+    return best
+
+def check_memory(root, ids:list, scales, flip:bool=True, px_bytes:float=SMALL_PX_BYTES, n_maps:int=21,
+                 what:str='pseudo labels', # the work, named in the message
+                 limit:float|None=None # GB (None: `max_gb()`)
+                ) -> float: # the estimate of the largest image, GB
+    "Refuse (one line) before any work when the largest image of `ids` would need more memory than the limit"
+    big = largest_image(root, ids)
+    if big is None: return 0.
+    i, (H, W) = big; gb, lim = inference_gb((H, W), scales, flip, px_bytes, n_maps), max_gb(limit)
+    if gb > lim:
+        raise ValueError(f"{what}: image {image_path(root, i)} ({W}x{H}) at scales {','.join(f'{s:g}' for s in scales)} needs about {gb:.3g} GB, "
+                         f"over the {lim:g} GB limit: use smaller --scales or a smaller image, or raise the limit (SMVWE_MAX_GB={math.ceil(gb)}) on a machine with that memory.")
+    return gb
+
 # %% ../nbs/01a_voc.ipynb #4412efed
 def doctor(root, # VOC-layout dataset folder
            splits:list|None=None, # split names (default: every ImageSets/Segmentation/*.txt)
            sal_dir:str|None='saliency', # saliency folder to check (None: none)
            mask_dir='auto', # masks: 'auto' (SegmentationClassAug, else SegmentationClass) or a folder
            show:bool=True, # print the report
-          ) -> dict: # {'problems': [...], 'splits': {name: {...}}}
+           scales=(1.0, 0.5, 1.5, 2.0), # inference scales of the memory estimate (`smvwe pseudo`'s default)
+          ) -> dict: # {'problems': [...], 'splits': {name: {...}}, 'classes', 'sal_bits': {8: n, 16: n}, 'memory': {...}}
     "Check a dataset folder the way the loaders do, every split at once; report (and return) what is wrong"
-    root = Path(root); lines, problems, rep = [], [], {}
+    root = Path(root); lines, problems, rep, bits, ids_all = [], [], {}, {}, []
     if not root.is_dir(): raise FileNotFoundError(f"dataset root {root} is not a folder: pass the folder holding JPEGImages/.")
     try: classes = read_classes(root); lines.append(f"{root}: {len(classes)} classes ({'classes.txt' if (root/'classes.txt').exists() else 'the VOC default'}): {', '.join(classes)}")
     except ValueError as e: classes = None; problems.append(str(e))
@@ -284,8 +363,8 @@ def doctor(root, # VOC-layout dataset folder
         if not (root/d).is_dir(): problems.append(f"{root/d} is missing: a VOC-layout dataset needs it.")
     lab_file = (root/'cls_labels.npy').exists()
     mdir = resolve_mask_dir(root, mask_dir)
-    sal = None if sal_dir is None else under_root(root, sal_dir)
-    if sal is not None and not sal.is_dir(): problems.append(f"saliency folder {sal} is missing: add the maps (8-bit PNGs named by image id) or pass --sal_dir to name the folder."); sal = None
+    sal = None if sal_dir is None else under_root(root.absolute(), sal_dir)  # absolute: `validate_voc` reads it under a relative root too
+    if sal is not None and not sal.is_dir(): problems.append(f"saliency folder {sal} is missing: add the maps (8- or 16-bit grey PNGs named by image id) or pass --sal_dir to name the folder."); sal = None
     lines.append(f"  image labels from {'cls_labels.npy' if lab_file else mdir.name + '/'}; saliency {'in ' + sal.name + '/' if sal else 'not checked'}")
     names = splits or sorted(p.stem for p in (root/'ImageSets'/'Segmentation').glob('*.txt'))
     if not names and (root/'ImageSets'/'Segmentation').is_dir(): problems.append(f"{root/'ImageSets'/'Segmentation'} has no split file (NAME.txt, one image id per line).")
@@ -294,28 +373,44 @@ def doctor(root, # VOC-layout dataset folder
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 v = validate_voc(root, s, sal_dir=sal, mask_dir=None if lab_file else mdir, classes=classes, labels=True, skip_bad=True)
-            ids, bad = v.ids, v.bad
+            ids, bad = v.ids, v.bad; bits.update(v.sal_bits)
         except (FileNotFoundError, ValueError) as e:
-            n = len(read_split(root, s)) if split_file(root, s).exists() else 0
+            try: n = len(read_split(root, s))
+            except (FileNotFoundError, ValueError): n = 0
             ids, bad = [], [('*', str(e))] if 'no usable images' not in str(e) else [('*', f'none of its {n} images is usable')]
+        ids_all += ids
         sizes = sorted({Image.open(image_path(root, i)).size for i in ids})
         rep[s] = dict(n=len(ids) + len([b for b in bad if b[0] != '*']), ok=len(ids), bad=bad, sizes=sizes)
         sz = (f"{sizes[0][0]}x{sizes[0][1]}" + (f" .. {sizes[-1][0]}x{sizes[-1][1]} ({len(sizes)} sizes)" if len(sizes) > 1 else '')) if sizes else '-'
         lines.append(f"  split {s}: {rep[s]['ok']} of {rep[s]['n']} images usable, WxH {sz}")
         for i, why in bad[:10]: lines.append(f"    {s}/{i}: {why}"); problems.append(f"{s}/{i}: {why}")
         if len(bad) > 10: lines.append(f"    ... {len(bad) - 10} more"); problems += [f"{s}/{i}: {why}" for i, why in bad[10:]]
+    nb = {b: list(bits.values()).count(b) for b in sorted(set(bits.values()))}
+    if nb: lines.append("  saliency maps: " + ', '.join(f"{n} {b}-bit (read as value / {2**b - 1})" for b, n in nb.items()))
+    mem = None
+    if (big := largest_image(root, dict.fromkeys(ids_all))):  # the check `smvwe pseudo` makes before any work
+        i, (H, W) = big; gb, lim = inference_gb((H, W), scales, n_maps=len(classes)), max_gb()
+        mem = dict(id=i, hw=(H, W), gb=gb, limit=lim)
+        lines.append(f"  largest image {i} ({W}x{H}): pseudo labels at scales {','.join(f'{s:g}' for s in scales)} need about {gb:.3g} GB "
+                     f"with the small classifier (limit {lim:g} GB, SMVWE_MAX_GB)")
+        if gb > lim: problems.append(f"image {image_path(root, i)} ({W}x{H}) needs about {gb:.3g} GB at scales {','.join(f'{s:g}' for s in scales)}, "
+                                     f"over the {lim:g} GB limit: use smaller --scales or a smaller image, or raise SMVWE_MAX_GB.")
     lines += [f"  problem: {p}" for p in problems if not any(p.startswith(f'{s}/') for s in names)]
     lines.append('ok: every file the loaders read is usable' if not problems else
                  f"{len(problems)} problem(s): fix them, or pass --skip-bad to the commands that read the dataset to leave those images out")
     if show: print('\n'.join(lines))
-    return dict(problems=problems, splits=rep, classes=classes)
+    return dict(problems=problems, splits=rep, classes=classes, sal_bits=nb, memory=mem)
 
 @call_parse
 def doctor_cli(root:str, # VOC-layout dataset folder
                splits:str=None, # comma-separated split names (default: every ImageSets/Segmentation/*.txt)
                sal_dir:str='saliency', # saliency folder to check, relative to ROOT or absolute ('none': skip)
                mask_dir:str='auto', # masks: auto (SegmentationClassAug, else SegmentationClass) or a folder
+               scales:str='1.0,0.5,1.5,2.0', # inference scales of the memory estimate of the largest image
               ):
-    "Check a dataset folder up front, the way the loaders will (layout, every file readable, sizes, labels, saliency)"
-    r = doctor(root, splits.split(',') if splits else None, None if str(sal_dir).lower() == 'none' else sal_dir, mask_dir)
+    "Check a dataset folder up front, the way the loaders will (layout, every file readable, sizes, labels, saliency bit depth, memory)"
+    try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
+    except ValueError: sc = ()
+    if not sc or min(sc) <= 0: raise ValueError(f'--scales must be comma-separated positive numbers, got {scales!r}')
+    r = doctor(root, splits.split(',') if splits else None, sal_folder(sal_dir), mask_dir, scales=sc)
     if r['problems']: raise ValueError(f"{root}: {len(r['problems'])} problem(s), listed above: the first is {r['problems'][0]}")

@@ -165,3 +165,19 @@ def test_train_seg_cli_and_python_signature_come_from_one_definition():
     assert {q.name: q.default for q in params[6:]} == asdict(SegConfig())
     for a in opts: assert docs[a.dest] and a.help.startswith(docs[a.dest]), a.dest
     with pytest.raises(ValueError, match="unknown key 'lr_mul'; valid keys: arch, backbone"): SegConfig.make(lr_mul=2)
+
+
+def test_predictions_refuse_an_image_over_the_memory_limit(tree, tmp_path, monkeypatch):
+    "predict_folder estimates the largest image before any work (smvwe.voc.check_memory, the model's measured width)"
+    from smvwe.maps import activation_px_bytes
+    from smvwe.voc import inference_gb
+    root, _ = tree
+    m = DeepLab(3, backbone='small').eval()
+    gb = inference_gb((40, 48), (1.0, 2.0), True, activation_px_bytes(m), 3)
+    monkeypatch.setenv('SMVWE_MAX_GB', str(gb * 0.9))
+    with pytest.raises(ValueError, match=r'predictions: image .*2008_000000\.jpg \(48x40\) at scales 1,2 needs about .* GB, over the .* GB limit'):
+        predict_folder(m, root, 'val', tmp_path/'p', scales=(1.0, 2.0), n_workers=0, progress=False)
+    assert not list((tmp_path/'p').glob('*.png'))
+    monkeypatch.setenv('SMVWE_MAX_GB', str(gb * 1.1))   # just above the estimate: predicted
+    predict_folder(m, root, 'val', tmp_path/'p', scales=(1.0, 2.0), n_workers=0, progress=False)
+    assert len(list((tmp_path/'p').glob('*.png'))) == 2

@@ -122,7 +122,7 @@ def test_bad_input(voc, tmp_path):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'x', mode='mean', crf=True, n_workers=0)
     with pytest.raises(FileNotFoundError, match='val.txt'):
         make_pseudo(ColourModel(), voc, 'val', tmp_path/'x', crf=True, n_workers=0)
-    with pytest.raises(FileNotFoundError, match='saliency map'):
+    with pytest.raises(FileNotFoundError, match=r'saliency folder .*sal not found: pass --sal_dir'):   # the whole folder is missing
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'y', sal_dir='sal', crf=True, n_workers=0, progress=False)
     with pytest.raises(ValueError, match='labels has 2 rows'):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'z', labels=np.ones((2, 2)), crf=True, n_workers=0)
