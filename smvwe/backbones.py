@@ -169,11 +169,11 @@ def make_backbone(name:str='small', # one of BACKBONES: 'small', 'resnet38', 're
                   output_stride:int=8, # 8 (the paper's, via dilation) or 16; 'small' also 4
                   weights=None, # None (random init), a local file path, or 'imagenet' (torch cache / known file name; never downloaded)
                   freeze_bn:bool|None=None, # frozen BatchNorm (+ stem) as EPS; None: on iff weights are given
-                  **kwargs, # more constructor arguments (e.g. `width`)
+                  backbone_kwargs:dict|None=None, # the backbone class's own arguments, e.g. {'width': 1/16} (`SmallCNN`'s `layout`, `ResNet38`'s `width`)
                  ) -> nn.Module:
     "A backbone by name, with optional pretrained weights from a local file; `.out_channels` gives C."
     if name not in BACKBONES: raise ValueError(f'unknown backbone {name!r}; choose one of {list(BACKBONES)}')
-    net = BACKBONES[name](output_stride=output_stride, **kwargs)
+    net = BACKBONES[name](output_stride=output_stride, **(backbone_kwargs or {}))
     path = resolve_weights(name, weights)
     if path is not None: load_weights(net, path, ignore=('fc.',))  # torchvision's ImageNet classifier
     net.freeze_bn_(path is not None if freeze_bn is None else freeze_bn)

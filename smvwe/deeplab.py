@@ -14,6 +14,7 @@ import torchvision
 
 from .weights import load_weights, resolve_weights
 from .backbones import conv_bn_relu
+from .config import forwarded_signature
 
 # %% auto #0
 __all__ = ['SmallBackbone', 'seg_backbone', 'LargeFOV', 'ASPP', 'DeepLab', 'DeepLabV1', 'DeepLabV2', 'upsample', 'SegLoss',
@@ -128,13 +129,15 @@ class DeepLab(nn.Module):
         else: self.head = ASPP(c, n_classes, rates, hc if backbone == 'vgg16' else None, dropout)
     def forward(self, img:Tensor) -> Tensor: return self.head(self.backbone(img))
 
-def DeepLabV1(n_classes:int=21, backbone:str='vgg16', **kw) -> DeepLab:
+def DeepLabV1(n_classes:int=21, backbone:str='vgg16', **kw) -> DeepLab: # `kw`: `DeepLab`'s other arguments, listed in the signature
     "DeepLab-V1 LargeFOV (default on VGG16)."
     return DeepLab(n_classes, 'v1', backbone, **kw)
 
-def DeepLabV2(n_classes:int=21, backbone:str='resnet101', **kw) -> DeepLab:
+def DeepLabV2(n_classes:int=21, backbone:str='resnet101', **kw) -> DeepLab: # `kw`: as `DeepLabV1`
     "DeepLab-V2 ASPP (default on ResNet101)."
     return DeepLab(n_classes, 'v2', backbone, **kw)
+
+for _f in (DeepLabV1, DeepLabV2): _f.__signature__ = forwarded_signature(_f, DeepLab, drop=('arch',))  # weights, head_channels, ..., with DeepLab's defaults
 
 # %% ../nbs/09a_deeplab.ipynb #75c66f1d
 def upsample(logits:Tensor, size) -> Tensor:

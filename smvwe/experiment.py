@@ -18,9 +18,8 @@ from .pseudo import make_pseudo
 from .metrics import evaluate_folder, word_label_miou, load_label
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRETRAINED', 'REGIMES', 'VARIANT_NAMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'TRAIN_KEYS', 'PSEUDO_KEYS',
-           'MIOU_MARGIN', 'get_preset', 'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt',
-           'check_claims']
+__all__ = ['PRESETS', 'PRETRAINED', 'REGIMES', 'VARIANT_NAMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'PSEUDO_KEYS', 'MIOU_MARGIN',
+           'get_preset', 'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt', 'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
 PRESETS = {
@@ -40,7 +39,6 @@ PRESETS['pretrained'], PRESETS['real-pretrained'] = {**PRESETS['default'], **PRE
 VARIANT_NAMES = {'cam': 'CAM', 'vwe': 'VWE', 'sal': 'saliency-only', 'smvwe': 'SMVWE'}
 PSEUDO_MODE = {'cam': 'threshold', 'vwe': 'threshold', 'sal': 'argmax', 'smvwe': 'argmax'}  # fixed by what each variant trains
 BENCH_KEYS = ('bench', 'n_train', 'n_val', 'size')  # which benchmark, and its size
-TRAIN_KEYS = ('epochs', 'bs', 'crop', 'lr', 'n_words', 'backbone')
 PSEUDO_KEYS = ('scales', 'crf', 'n_workers', 'mode', 'bg_thr', 'flip', 'crf_kw', 'conf_thr')
 
 def get_preset(preset:dict|str='default', # a `PRESETS` name or a dict with the same keys

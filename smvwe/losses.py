@@ -14,7 +14,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Metric
 from fastai.torch_core import find_bs, find_device
 
-from .saliency import saliency_map, saliency_loss
+from .saliency import saliency_map, saliency_loss, DELTA, MU
 
 # %% auto #0
 __all__ = ['LOSS_TERMS', 'soft_margin_loss', 'SMVWELoss', 'LossTermMetric', 'loss_terms_metrics', 'LossTermsLogger',
@@ -52,8 +52,8 @@ class SMVWELoss:
                  w_word:float=1., # word-label loss L_cls(s_word, z_word) (Eq. 8)
                  w_w2i:float=1., # word-to-image loss L_cls(p_w2i, z_img)
                  w_sal:float=1., # saliency loss (Eq. 9)
-                 delta:float=0.4, # overlap-ratio threshold of the fg/bg selection (Eq. 6-7)
-                 mu:float=0.5, # weight of the inverted background map (Eq. 5)
+                 delta:float=DELTA, # overlap-ratio threshold of the fg/bg selection (Eq. 6-7)
+                 mu:float=MU, # weight of the inverted background map (Eq. 5)
                  thr:float=0.5, # binarisation threshold of the overlap ratio
                  clamp:bool=True, # clamp F_s into [0,1]
                  reduction:str='mean', # 'mean' over the batch, or 'none' (per-image total, for get_preds)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os, weakref
 from pathlib import Path
 import numpy as np
+from .config import forwarded_signature
 
 # %% auto #0
-__all__ = ['MODES', 'NORM_OF_MODE', 'READOUTS', 'BG_THR', 'CRF_PRESETS', 'CRF_DEFAULT', 'CRF_REF_SIZE', 'CRF_ALIASES',
+__all__ = ['BG_THR', 'MODES', 'NORM_OF_MODE', 'READOUTS', 'CRF_PRESETS', 'CRF_DEFAULT', 'CRF_REF_SIZE', 'CRF_ALIASES',
            'model_device', 'normalise_maps', 'localization_maps', 'forward_peak_bytes', 'activation_px_bytes',
            'label_scores', 'scores_to_probs', 'maps_to_labels', 'parse_readout', 'readout_scores', 'readout_labels',
            'crf_params', 'parse_crf', 'crf_refine', 'pseudo_label']
@@ -124,13 +125,14 @@ def activation_px_bytes(model, # any image model: forward((1,3,H,W))
 _PX_BYTES = weakref.WeakKeyDictionary()  # model -> {(sides, device): bytes per pixel}
 
 # %% ../nbs/07a_maps.ipynb #6d17e2da
+BG_THR = 0.20  # EPS's constant background score, also the CAM threshold's default: the one default of `bg_thr`
 MODES = ('argmax', 'eps', 'threshold')  # read-outs of normalised maps ('softmax', 'eps', 'cam' maps respectively)
 NORM_OF_MODE = {'argmax': 'softmax', 'eps': 'eps', 'threshold': 'cam'}
 
 def label_scores(maps:np.ndarray, # (L+1,H,W) normalised maps (channel L = background)
                  label, # (L,) multi-hot image label
                  mode:str='argmax', # 'argmax' (learned background map) | 'eps' or 'threshold' (constant background score)
-                 bg_thr:float=0.2, # background score in 'eps' / 'threshold' mode
+                 bg_thr:float=BG_THR, # background score in 'eps' / 'threshold' mode
                  sal:np.ndarray|None=None # optional (H,W) saliency in [0,1]: background score = 1 - sal
                 ) -> tuple[np.ndarray, np.ndarray]: # scores (k+1,H,W), class ids (k+1,) = [0, present...]
     "Score stack over background + present classes."
@@ -153,7 +155,7 @@ def scores_to_probs(scores:np.ndarray, eps:float=1e-5) -> np.ndarray:
 def maps_to_labels(maps:np.ndarray, # (L+1,H,W) maps normalised by `NORM_OF_MODE[mode]`
                    label, # (L,) multi-hot image label
                    mode:str='argmax', # 'argmax' | 'eps' | 'threshold'
-                   bg_thr:float=0.2, # 'eps' / 'threshold': background where every present class <= bg_thr
+                   bg_thr:float=BG_THR, # 'eps' / 'threshold': background where every present class <= bg_thr
                    sal:np.ndarray|None=None # optional saliency: background score 1 - sal
                   ) -> np.ndarray: # (H,W) uint8 labels 0..L
     "Pseudo labels from the localization maps (no CRF)."
@@ -162,7 +164,6 @@ def maps_to_labels(maps:np.ndarray, # (L+1,H,W) maps normalised by `NORM_OF_MODE
 
 # %% ../nbs/07a_maps.ipynb #496398a0
 READOUTS = ('eps', 'argmax', 'threshold')  # base read-outs; 'NAME+sal' takes the saliency map as background
-BG_THR = 0.20  # EPS's constant background score, also the CAM threshold's default
 
 def parse_readout(name:str # 'eps', 'argmax', 'threshold', optionally with '+sal'
                  ) -> tuple[str, bool]: # (base read-out, saliency as background)
@@ -201,7 +202,7 @@ CRF_ALIASES = {'iters': 'n_iter', 'bi_w': 'compat_bilateral', 'bi_xy_std': 'sxy_
                'pos_w': 'compat_gauss', 'pos_xy_std': 'sxy_gauss'}  # DeepLab's names -> ours
 
 def crf_params(preset:str|None=None, # a `CRF_PRESETS` name (None: `CRF_DEFAULT`)
-               **overrides # any `crf_refine` argument (or DeepLab's name for it), e.g. ref_size=None
+               **overrides # `crf_refine`'s parameters, listed in the signature (or DeepLab's names for them), e.g. ref_size=None
               ) -> dict: # the full keyword arguments of `crf_refine`
     "A CRF preset's parameters with overrides."
     preset = CRF_DEFAULT if preset is None else preset
@@ -255,12 +256,14 @@ def crf_refine(img:np.ndarray, # (H,W,3) uint8 image
     q = np.array(d.inference(int(p['n_iter'])), np.float32).reshape(C, H, W)
     return q if return_probs else q.argmax(0)
 
+crf_params.__signature__ = forwarded_signature(crf_params, crf_refine, drop=('return_probs',))  # n_iter, ..., ref_size
+
 # %% ../nbs/07a_maps.ipynb #97d5a5fb
 def pseudo_label(img:np.ndarray, # (H,W,3) uint8
                  maps:np.ndarray, # (L+1,H,W) maps normalised by `NORM_OF_MODE[mode]`
                  label, # (L,) multi-hot
                  mode:str='argmax', # 'argmax' | 'eps' | 'threshold'
-                 bg_thr:float=0.2, # background score in 'eps' / 'threshold' mode
+                 bg_thr:float=BG_THR, # background score in 'eps' / 'threshold' mode
                  crf:bool=True, # refine with the dense CRF
                  crf_kw:dict|None=None, # keyword arguments of `crf_refine` (a preset: `crf_params(name)`)
                  conf_thr:float=0.0, # 255 where the top probability < conf_thr

@@ -13,7 +13,7 @@ from .weights import load_weights
 __all__ = ['SMVWENet', 'cls_splitter']
 
 # %% ../nbs/05c_model.ipynb #7623a4c0
-from .words import VisualWordEncoder
+from .words import VisualWordEncoder, N_WORDS
 
 # %% ../nbs/05c_model.ipynb #01960b39
 class SMVWENet(nn.Module):
@@ -21,7 +21,7 @@ class SMVWENet(nn.Module):
     def __init__(self,
                  n_classes:int, # L, the number of foreground classes
                  backbone:str='small', # 'resnet38' (paper), 'resnet50', 'resnet101' or 'small' (CPU preset)
-                 n_words:int=256, # N, codebook size (§4: 256)
+                 n_words:int=N_WORDS, # N, codebook size (§4.1: 256)
                  use_words:bool=True, # build the visual word encoder and its heads (False: CAM / saliency-only)
                  tau:float|None=None, # temperature of the word softmax (None: the encoder's default)
                  weights=None, # backbone weights: None, a local path, or 'imagenet' (local cache only)
@@ -39,7 +39,7 @@ class SMVWENet(nn.Module):
         if output_stride is None: output_stride = 4 if backbone == 'small' else 8
         backbone_kwargs = dict(backbone_kwargs or {})
         if backbone == 'small': backbone_kwargs.setdefault('layout', 'plain')  # recorded: older files name none and were 'dilated'
-        self.backbone = make_backbone(backbone, output_stride, weights, freeze_bn, **backbone_kwargs)
+        self.backbone = make_backbone(backbone, output_stride, weights, freeze_bn, backbone_kwargs)
         C = self.backbone.out_channels
         if dropout is None: dropout = 0. if backbone == 'small' else 0.5
         self.config = dict(n_classes=n_classes, backbone=backbone, n_words=n_words, use_words=use_words, tau=tau,
@@ -63,9 +63,10 @@ class SMVWENet(nn.Module):
         for m in new: nn.init.xavier_uniform_(m.weight)
 
     @classmethod
-    def from_config(cls, cfg:dict, **overrides):
+    def from_config(cls, cfg:dict # a model's `config` (as saved beside its weights)
+                   ):
         "Rebuild a model from its `config` (no pretrained weights are loaded: a checkpoint will overwrite them)."
-        cfg = {'w2i_scale': 1.} | dict(cfg) | {'weights': None} | overrides  # files without w2i_scale fed e_word as is
+        cfg = {'w2i_scale': 1.} | dict(cfg) | {'weights': None}  # files without w2i_scale fed e_word as is
         if cfg.get('backbone') == 'small' and 'layout' not in (cfg.get('backbone_kwargs') or {}):  # files before the plain layout
             cfg['backbone_kwargs'] = dict(cfg.get('backbone_kwargs') or {}, layout='dilated')
         return cls(**cfg)

@@ -5,17 +5,18 @@
 # %% ../nbs/07b_pseudo.ipynb #5ae25d54
 from __future__ import annotations
 import json, os, sys
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from fastcore.script import call_parse
+from .config import StageConfig, cli_from, python_signature
 from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, check_fingerprint, ignore_sigint, check_range
 from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
-                        crf_params, parse_crf, activation_px_bytes)
+                        BG_THR, crf_params, parse_crf, activation_px_bytes)
 
 # %% auto #0
-__all__ = ['NEG', 'load_cams', 'compact_logits', 'load_logits', 'make_pseudo', 'pseudo_cli']
+__all__ = ['NEG', 'load_cams', 'compact_logits', 'load_logits', 'PseudoConfig', 'make_pseudo', 'PseudoTarget', 'pseudo_cli']
 
 # %% ../nbs/07b_pseudo.ipynb #f5d23be8
 def load_cams(path, # cams/ID.npy written by `make_pseudo`
@@ -92,38 +93,56 @@ def _pseudo_one(id, img, cams16, label, opts, cam_p, png_p, sal=None, logits16=N
 
 
 # %% ../nbs/07b_pseudo.ipynb #7916e67f
+@dataclass
+class PseudoConfig(StageConfig):
+    "Every option of the pseudo-label stage (`make_pseudo`, `smvwe pseudo`), each default stated once"
+    mode:str='argmax' # read-out: argmax (the learned background map), eps (EPS's), threshold (plain CAM + bg_thr)
+    bg_thr:float=BG_THR # background score of --mode eps / threshold (EPS's constant, `maps.BG_THR`)
+    crf:bool=False # dense-CRF refinement (--crf): the paper's labels for DeepLab; off: EPS's scoring protocol
+    crf_preset:str|None=None # CRF preset and overrides, e.g. deeplab, psa or 'deeplab,bi_w=5,ref_size=none' (default: CRF_DEFAULT)
+    conf_thr:float=0.0 # write 255 where the top probability is below this
+    ignore_disagree:bool=False # write 255 where the CRF changed the label
+    scales:tuple[float,...]=(1.0, 0.5, 1.5, 2.0) # inference scales, comma-separated
+    flip:bool=True # also the horizontally flipped image (--no-flip: not)
+    n_workers:int|None=None # CRF/PNG processes (default: this rank's cores; 0: in-process)
+    sal_dir:str|None=None # saliency folder (under ROOT or a path): background score = 1 - saliency
+    resume:bool=True # skip images whose outputs exist and are valid (--no-resume: redo every image)
+    save_cams:bool=True # also write cams/ID.npy
+    save_logits:bool=True # also write logits/ID.npy (raw averaged logits, `compact_logits`): every read-out later, no model
+    device:str|None=None # torch device of the model (default: the model's; on the command line fastai's default, the GPU if any)
+    rank:int|None=None # this process's shard ids[rank::world_size] (default: RANK of torchrun / accelerate launch, else 0)
+    world_size:int|None=None # number of shards (default: WORLD_SIZE of the launcher, else 1)
+    skip_bad:bool=False # skip images that cannot be read or whose saliency map is missing or of another size, listed (default: stop at the first)
+    progress:bool=True # progress: a bar on a terminal, else a line per 10% (--no-progress: none)
+
+    def __post_init__(self):  # bad values fail here, before any work (a bad CRF spec before the model loads)
+        if self.mode not in MODES: raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
+        self.scales = tuple(float(s) for s in self.scales)
+        if not self.scales: raise ValueError("scales must be comma-separated numbers like '1,0.5'.")
+        if self.crf_preset: parse_crf(self.crf_preset)
+        for k, rng in (('bg_thr', '[0,1]'), ('conf_thr', '[0,1)'), ('n_workers', '[0,inf)')): check_range(k, getattr(self, k), rng)
+        for s in self.scales: check_range('scales', s, '(0,16]')  # out of range: useless labels with exit 0 (conf_thr 1 ignores every pixel)
+
 def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                 root, # VOC-layout dataset folder
-                split:str='train', # image set (ImageSets/Segmentation/SPLIT.txt)
-                out='.', # run folder: writes out/cams/ID.npy, out/logits/ID.npy and out/pseudo/ID.png
-                scales=(1.0, 0.5, 1.5, 2.0), # inference scales
-                flip:bool=True, # also the flipped image
-                mode:str='argmax', # 'argmax' (learned background) | 'eps' (EPS's read-out) | 'threshold' (plain CAM)
-                bg_thr:float=0.2, # background score of 'eps' / 'threshold' mode
-                crf:bool=True, # dense-CRF refinement
-                crf_kw:dict|None=None, # `crf_refine` arguments overriding the preset's
-                crf_preset:str|None=None, # `CRF_PRESETS` name (None: `CRF_DEFAULT`)
-                conf_thr:float=0.0, # 255 where the top probability < conf_thr
-                ignore_disagree:bool=False, # 255 where the CRF changed the label
-                n_workers:int|None=None, # CPU-stage processes (None: os.cpu_count(); 0: in-process)
-                resume:bool=True, # skip images whose outputs exist and are valid
-                sal_dir:str|None=None, # optional saliency folder (name under root or a path): background = 1 - saliency
+                split:str, # image set (ImageSets/Segmentation/SPLIT.txt)
+                out, # run folder: writes out/cams/ID.npy, out/logits/ID.npy and out/pseudo/ID.png
+                cfg:PseudoConfig|dict|None=None, # the options (default: `PseudoConfig()`); `kw` changes its fields
+                crf_kw:dict|None=None, # `crf_refine` arguments overriding the preset's (Python only)
                 labels=None, # (n,L) image labels aligned with the split's ids (default: from the dataset)
-                device=None, # model device (default: the model's)
-                rank:int|None=None, world_size:int|None=None, # process ids[rank::world_size] (None: RANK / WORLD_SIZE of torchrun, else 0, 1)
                 mp_context:str|None=None, # pool start method (None: 'fork' on Linux, like DataLoader workers; else 'spawn')
-                save_cams:bool=True, # also write cams/ID.npy
-                save_logits:bool=True, # also write logits/ID.npy (raw averaged logits, `compact_logits`): every read-out later, no model
-                progress:bool=True, # progress: a bar on a terminal, else a line per 10%
-                skip_bad:bool=False, # skip images that cannot be read or whose saliency map is missing or of another size (listed)
                 source:dict|None=None, # what made the maps (e.g. the classifier file's hash): kept in pseudo_config.json, compared on resume
+                **kw # `PseudoConfig` fields: mode, crf, scales, ... (an unknown key is an error)
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
     from smvwe.voc import (read_split, read_classes, image_labels, image_path, load_image, validate_voc, load_saliency, dataset_signature,
                            sal_folder, under_root, check_memory)
+    cfg = PseudoConfig.make(cfg, **kw)  # unknown keys and bad values fail before any work
+    mode, bg_thr, crf, conf_thr, ignore_disagree = cfg.mode, cfg.bg_thr, cfg.crf, cfg.conf_thr, cfg.ignore_disagree
+    scales, flip, n_workers, sal_dir, resume, device = cfg.scales, cfg.flip, cfg.n_workers, cfg.sal_dir, cfg.resume, cfg.device
+    save_cams, save_logits, progress, skip_bad = cfg.save_cams, cfg.save_logits, cfg.progress, cfg.skip_bad
     root, out = Path(root), Path(out)
     if not root.is_dir(): raise FileNotFoundError(f'dataset folder {root} not found')
-    if mode not in MODES: raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     sal_dir = sal_folder(sal_dir)  # 'none': no saliency maps
     sal_root = None if sal_dir is None else under_root(root.absolute(), sal_dir)  # absolute: `validate_voc` reads it under a relative root too
     if sal_root is not None and not sal_root.is_dir():
@@ -135,11 +154,11 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
         ids = read_split(root, split)
         labels = image_labels(root, ids, read_classes(root)) if labels is None else np.asarray(labels, np.float32)
     if len(labels) != len(ids): raise ValueError(f'labels has {len(labels)} rows but split {split!r} has {len(ids)} ids')
-    rank, world_size = resolve_shard(rank, world_size)
+    rank, world_size = resolve_shard(cfg.rank, cfg.world_size)
     sel = list(range(len(ids)))[rank::world_size]
     L = labels.shape[1]
     check_memory(root, [ids[i] for i in sel], scales, flip, activation_px_bytes(model), L + 1, 'pseudo labels')  # too large: refused before any work
-    crf_kw = crf_params(crf_preset, **(crf_kw or {}))
+    crf_kw = crf_params(None, **{**(parse_crf(cfg.crf_preset) or {}), **(crf_kw or {})})  # the preset's, then the overrides
     opts = dict(mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=crf_kw, conf_thr=conf_thr, ignore_disagree=ignore_disagree,
                 scales=[float(s) for s in scales], flip=bool(flip), sal_dir=str(sal_dir) if sal_dir else None, save_cams=save_cams,
                 save_logits=save_logits, source=source or {}, data=dataset_signature(root, split, ids))
@@ -191,36 +210,24 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
         for id, why in skipped: print(f'  {id}: {why}', file=sys.stderr)
     return out
 
+make_pseudo.__signature__ = python_signature(make_pseudo, PseudoConfig)  # `help(make_pseudo)` lists every field, typed
+
 # %% ../nbs/07b_pseudo.ipynb #f4567304
-@call_parse
-def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
-               root:str, # VOC-layout dataset folder
-               split:str='train', # image set to label
-               out:str=None, # output folder (default: RUN_DIR)
-               mode:str='argmax', # 'argmax' (background map), 'eps' (EPS's read-out) or 'threshold' (CAM + bg_thr)
-               bg_thr:float=0.2, # background score of --mode eps / threshold
-               crf:bool=False, # refine with the dense CRF
-               crf_preset:str=None, # CRF preset and overrides, e.g. deeplab, psa or 'deeplab,bi_w=5,ref_size=none' (default: CRF_DEFAULT)
-               conf_thr:float=0.0, # write 255 where the top probability is below this
-               ignore_disagree:bool=False, # write 255 where the CRF changed the label
-               scales:str='1.0,0.5,1.5,2.0', # comma-separated inference scales
-               flip:bool=True, # also the horizontally flipped image (--no-flip to skip)
-               n_workers:int=None, # CRF/PNG processes (default: all cores; 0: in-process)
-               sal_dir:str=None, # saliency folder: background score = 1 - saliency
-               resume:bool=True, # skip images already done (--no-resume to redo)
-               save_logits:bool=True, # write logits/ID.npy for scoring read-outs later (--no-save_logits to skip)
-               device:str=None, # torch device of the model (default: fastai's default device, the GPU if any)
-               rank:int=None, # this process's shard (default: RANK of torchrun / accelerate launch, else 0)
-               world_size:int=None, # number of shards (default: WORLD_SIZE of the launcher, else 1)
-               skip_bad:bool=False, # skip unreadable images and missing or wrong-size saliency maps, listed (default: stop at the first)
-              ):
+@dataclass
+class PseudoTarget(StageConfig):
+    "Which split `smvwe pseudo` labels and where it writes"
+    split:str='train' # image set to label
+    out:str|None=None # output folder (default: RUN_DIR)
+
+    def __post_init__(self):  # also where `field_docs` finds this class's source in a notebook
+        if not str(self.split).strip(): raise ValueError('--split must name an image set (ImageSets/Segmentation/SPLIT.txt), e.g. train')
+        if self.out is not None: self.out = str(self.out)
+
+@cli_from(PseudoTarget, PseudoConfig, run_dir='run folder holding cls/model.pth', root='VOC-layout dataset folder')
+def pseudo_cli(run_dir, root, split, out, **kw):
     "Localization maps (cams/ID.npy), raw logits (logits/ID.npy) and pseudo labels (pseudo/ID.png) for a split."
-    ckw = parse_crf(crf_preset) if crf_preset else {}   # a bad preset fails before the model loads
-    try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
-    except ValueError: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}') from None
-    if not sc: raise ValueError(f'--scales must be comma-separated numbers, got {scales!r}')
-    for k, v, rng in [('bg_thr', bg_thr, '[0,1]'), ('conf_thr', conf_thr, '[0,1)'), ('n_workers', n_workers, '[0,inf)')] + [('scales', s, '(0,16]') for s in sc]:
-        check_range(k, v, rng)   # out of range: useless labels with exit 0 (conf_thr 1 ignores every pixel)
+    cfg = PseudoConfig.make(**kw)   # bad values (a bad CRF preset) fail before the model loads
+    device = cfg.device
     mp = Path(run_dir)/'cls'/'model.pth'
     if not mp.exists(): raise FileNotFoundError(f'{mp} not found: train the classification stage first (smvwe train-cls)')
     from smvwe.train import load_cls_model
@@ -234,9 +241,7 @@ def pseudo_cli(run_dir:str, # run folder holding cls/model.pth
     classes = read_classes(root)
     if getattr(model, 'classes', None) and list(model.classes) != classes:
         raise ValueError(f'{mp} was trained on classes {model.classes} but {root} has {classes}')
-    o = make_pseudo(model, root, split, out or run_dir, scales=sc, flip=flip, mode=mode, bg_thr=bg_thr, crf=crf, crf_kw=ckw,
-                    conf_thr=conf_thr, ignore_disagree=ignore_disagree, n_workers=n_workers, resume=resume,
-                    sal_dir=sal_dir, device=device, rank=rank, world_size=world_size, save_logits=save_logits, skip_bad=skip_bad,
+    o = make_pseudo(model, root, split, out or run_dir, cfg, device=device,
                     source=dict(classifier=str(mp.resolve()), classifier_sha256=file_hash(mp), classes=classes))  # which classifier made the labels
     if launched:
         import torch.distributed as dist

@@ -11,6 +11,7 @@ from PIL import Image
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from .files import atomic_write, ignore_sigint
+from .config import forwarded_signature
 from .maps import READOUTS, BG_THR, parse_readout, readout_scores, scores_to_probs, crf_refine, parse_crf
 from .pseudo import load_logits
 from .voc import load_saliency, sal_folder
@@ -153,10 +154,12 @@ CURVE_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.601, 0.05), 2))
 def bg_curve(maps_dir, root, split:str='train',
              readouts=('eps', 'threshold'), # read-outs to sweep (threshold-free ones give one row each)
              thresholds=CURVE_THRESHOLDS, # background scores
-             **kw # `score_readouts` arguments (crf, sal_dir, n_workers, ...)
+             **kw # `score_readouts`'s other options (crf, sal_dir, n_workers, ...), listed in the signature
             ): # DataFrame as `score_readouts`, one row per threshold
     "mIoU (and the rest) against the background threshold."
     return score_readouts(maps_dir, root, split, readouts, list(thresholds), **kw)
+
+bg_curve.__signature__ = forwarded_signature(bg_curve, score_readouts, drop=('bg_thr',))  # the thresholds are `bg_thr`
 
 def plot_curve(df, # `bg_curve` / `score_readouts` rows
                path=None, # save the figure here (PNG), atomically

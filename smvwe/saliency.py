@@ -14,7 +14,7 @@ from torch import Tensor
 from .files import save_gray_png, progress_iter
 
 # %% auto #0
-__all__ = ['resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss']
+__all__ = ['DELTA', 'MU', 'resize_saliency', 'overlap_ratio', 'SalOut', 'saliency_map', 'saliency_loss']
 
 # %% ../nbs/03_saliency.ipynb #e79d82fb
 def resize_saliency(sal:Tensor, # (B,1,H,W) or (B,H,W) saliency in [0,1]
@@ -55,11 +55,14 @@ class SalOut(NamedTuple):
     sal: Tensor    # (B,1,H,W) the saliency target resized to the maps
 
 # %% ../nbs/03_saliency.ipynb #2993e5fd
+DELTA = 0.4  # delta of Eq. 6-7: a present class with overlap ratio phi > delta is foreground (§4.1)
+MU = 0.5  # mu of Eq. 5: weight of the inverted background map (§4.1)
+
 def saliency_map(maps:Tensor, # (B,L+1,H,W) normalised maps (softmax over L+1; channel L = background)
                  label:Tensor, # (B,L) multi-hot image labels z
                  sal:Tensor, # (B,1,H,W) off-the-shelf saliency in [0,1], any size (resized to the maps)
-                 delta:float=0.4, # overlap-ratio threshold: phi > delta puts a present class in the foreground
-                 mu:float=0.5, # weight of the inverted background map in Eq. 5
+                 delta:float=DELTA, # overlap-ratio threshold: phi > delta puts a present class in the foreground
+                 mu:float=MU, # weight of the inverted background map in Eq. 5
                  thr:float=0.5, # binarisation threshold of the maps and the saliency map for phi
                  is_fg:Tensor|None=None, # (B,L) bool: fixed foreground selection instead of phi > delta
                  clamp:bool=True, # clamp F_s into [0,1]

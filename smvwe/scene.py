@@ -4,6 +4,7 @@
 
 # %% ../nbs/00a_scene.ipynb #a5071f52
 from __future__ import annotations
+import inspect
 import numpy as np, cv2
 
 # %% auto #0
@@ -184,8 +185,6 @@ def render_scene(rng:np.random.Generator, # drawing randomness (one per image)
     return dict(image=img, gt=gt, context=ctx, parts=parts, objects=objs, contexts=ctxs, clutter=clutter)
 
 # %% ../nbs/00a_scene.ipynb #3e50025c
-SAL_DEFAULTS = dict(sal_blur=1.5, sal_miss=0.05, sal_bias=0.3, sal_bias_strength=0.6, sal_noise=0.03, sal_clutter=0.05)
-
 def simulate_saliency(rng:np.random.Generator, # saliency randomness (separate from the drawing's)
                       scene:dict, # from `render_scene`
                       sal_blur:float=1.5, # Gaussian sigma (px) of the detector's soft, inexact boundaries
@@ -216,3 +215,6 @@ def simulate_saliency(rng:np.random.Generator, # saliency randomness (separate f
     if sal_blur > 0: sal = cv2.GaussianBlur(sal, (0, 0), sal_blur)
     sal = sal + sal_noise * (rng.normal(0, 1, (S, S)) + smooth_noise(rng, S, S, 16))
     return np.clip(sal * 255 + .5, 0, 255).astype(np.uint8)
+
+SAL_DEFAULTS = {k: p.default for k, p in inspect.signature(simulate_saliency).parameters.items() if k.startswith('sal_')}  # the fault knobs' defaults, stated once: in the signature above
+

@@ -31,8 +31,52 @@ from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample
 
 # %% auto #0
-__all__ = ['SEG_MODEL_KEYS', 'pixel_acc', 'seg_learner', 'predict', 'predict_folder', 'SegConfig', 'label_signature', 'train_seg',
+__all__ = ['SEG_MODEL_KEYS', 'SegConfig', 'pixel_acc', 'seg_learner', 'predict', 'predict_folder', 'label_signature', 'train_seg',
            'load_seg_model', 'PredictConfig', 'train_seg_cli']
+
+# %% ../nbs/09b_segment.ipynb #4315540b
+SEG_MODEL_KEYS = ('head_channels', 'dilation', 'rates', 'dropout', 'freeze_bn')
+
+@dataclass
+class SegConfig(StageConfig):
+    "Every argument of the segmentation stage, with DeepLab's values"
+    arch:str='v1' # v1 (DeepLab-V1 LargeFOV) or v2 (DeepLab-V2 ASPP)
+    backbone:str='vgg16' # vgg16 (DeepLab-V1's), resnet101 (V2's) or small (CPU preset)
+    epochs:int=12 # training epochs
+    bs:int=20 # batch size (DeepLab-V1: 20)
+    crop:int=321 # training crop size (DeepLab: 321)
+    lr:float=1e-3 # backbone learning rate (head: lr*lr_mult), poly decay every iteration
+    lr_mult:float=10. # head learning-rate multiplier
+    wd:float=5e-4 # weight decay (L2)
+    mom:float=0.9 # SGD momentum
+    power:float=0.9 # exponent of the poly decay
+    weights:str|None=None # backbone weights: a local torchvision-format .pth, or for the small backbone the shipped openmoji-small
+    head_channels:int|None=None # LargeFOV fc6/fc7 channels (default: 1024, small: 256)
+    dilation:int=12 # LargeFOV fc6 dilation
+    rates:tuple[int,...]=(6, 12, 18, 24) # ASPP rates
+    dropout:float=0.5 # dropout in the head
+    freeze_bn:bool|None=None # ResNet101 BatchNorm statistics fixed (default: when weights are given)
+    train:str='train' # training split (its labels: the pseudo-label folder)
+    valid:str='val' # validation split (its labels: the ground truth)
+    num_workers:int=0 # DataLoader workers
+    amp:str|None=None # mixed precision: bf16 or fp16 (default: none)
+    channels_last:bool=False # channels-last memory format
+    device:str|None=None # cpu, cuda, cuda:1 ... (default: a GPU if there is one)
+    seed:int=0 # random seed
+    resume:bool=True # continue from checkpoints, keep finished outputs (--no-resume: start again)
+    progress:bool=True # progress: bars on a terminal, else a line per epoch and per 10% of a loop (--no-progress: no bars)
+    skip_bad:bool=False # skip images whose image or label PNG is unreadable or of the wrong size, listed (default: stop at the first)
+
+    def __post_init__(self):  # bad values fail here, before any work
+        if self.arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {self.arch!r}")
+        self.amp = check_amp(self.amp)
+        if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
+        for k in ('bs', 'crop', 'lr', 'num_workers', 'seed'):
+            if hasattr(self, k): check_range(k, getattr(self, k), '(0,inf)' if k == 'lr' else '[0,inf)' if k in ('num_workers', 'seed') else '[1,inf)')
+        if self.weights is not None: self.weights = str(self.weights)
+        self.rates = tuple(int(r) for r in self.rates)
+
+    def model_kw(self) -> dict: return {k: getattr(self, k) for k in SEG_MODEL_KEYS}  # more `DeepLab` arguments
 
 # %% ../nbs/09b_segment.ipynb #b260126a
 def pixel_acc(logits:Tensor, mask:Tensor, ignore_index:int=255) -> Tensor:
@@ -43,33 +87,26 @@ def pixel_acc(logits:Tensor, mask:Tensor, ignore_index:int=255) -> Tensor:
     return (pred[keep] == mask[keep]).float().mean() if keep.any() else pred.new_zeros((), dtype=torch.float)
 
 def seg_learner(dls, # DataLoaders of (img, mask) batches (`smvwe.data.seg_dls`)
-                arch:str='v1', # 'v1' LargeFOV or 'v2' ASPP
-                backbone:str='small', # 'small', 'vgg16', 'resnet101'
+                cfg:SegConfig|dict|None=None, # the recipe (default: `SegConfig()`); `kw` changes its fields
                 n_classes:int|None=None, # classes incl. background (default: len(dls.classes))
-                lr:float=1e-3, # backbone learning rate; the head gets `lr*lr_mult`
-                lr_mult:float=10., # head learning-rate multiplier
-                wd:float=5e-4, # L2 weight decay
-                mom:float=0.9, # SGD momentum
-                power:float=0.9, # poly decay exponent
-                amp:str|None=None, # mixed precision: None, 'bf16' or 'fp16'
-                channels_last:bool=False, # channels-last memory format
-                weights=None, # local backbone state dict (torchvision format)
                 cbs=None, # extra callbacks
                 path='.', # Learner path
-                **model_kw) -> Learner: # more `DeepLab` arguments (head_channels, rates, ...)
+                **kw) -> Learner: # `SegConfig` fields: arch, backbone, lr, ... (an unknown key is an error)
     "A fastai SGD `Learner` for DeepLab: head at `lr_mult` x the backbone's LR, poly decay, 255 ignored."
-    amp = check_amp(amp)
+    cfg = SegConfig.make(cfg, **kw)
     if n_classes is None:
         cl = list(getattr(dls, 'classes', None) or [])
         if len(cl) < 2: raise ValueError("n_classes not given and dls has no `classes` (background first): pass n_classes")
         n_classes = len(cl)
-    model = DeepLab(n_classes, arch, backbone, weights=weights, **model_kw).to(getattr(dls, 'device', None) or default_device())
-    learn = Learner(dls, model, loss_func=SegLoss(), opt_func=partial(SGD, mom=mom, decouple_wd=False),
-                    lr=[lr, lr*lr_mult], wd=wd, splitter=seg_splitter, metrics=[pixel_acc],
-                    cbs=[PolyLR(power), NaNGuard()] + list(cbs or []), path=Path(path))
-    if amp: learn.add_cb(AMP(amp))
-    if channels_last: learn.add_cb(ChannelsLast())
+    model = DeepLab(n_classes, cfg.arch, cfg.backbone, weights=cfg.weights, **cfg.model_kw()).to(getattr(dls, 'device', None) or default_device())
+    learn = Learner(dls, model, loss_func=SegLoss(), opt_func=partial(SGD, mom=cfg.mom, decouple_wd=False),
+                    lr=[cfg.lr, cfg.lr*cfg.lr_mult], wd=cfg.wd, splitter=seg_splitter, metrics=[pixel_acc],
+                    cbs=[PolyLR(cfg.power), NaNGuard()] + list(cbs or []), path=Path(path))
+    if cfg.amp: learn.add_cb(AMP(cfg.amp))
+    if cfg.channels_last: learn.add_cb(ChannelsLast())
     return learn
+
+seg_learner.__signature__ = python_signature(seg_learner, SegConfig)  # every field, typed, with SegConfig's default
 
 # %% ../nbs/09b_segment.ipynb #3bb70ced
 def _device_of(model, device=None):
@@ -145,50 +182,6 @@ def predict_folder(model:nn.Module, # segmentation model
         if pool is not None: pool.shutdown(cancel_futures=True)
     return out
 
-# %% ../nbs/09b_segment.ipynb #4315540b
-SEG_MODEL_KEYS = ('head_channels', 'dilation', 'rates', 'dropout', 'freeze_bn')
-
-@dataclass
-class SegConfig(StageConfig):
-    "Every argument of the segmentation stage, with DeepLab's values"
-    arch:str='v1' # v1 (DeepLab-V1 LargeFOV) or v2 (DeepLab-V2 ASPP)
-    backbone:str='vgg16' # vgg16 (DeepLab-V1's), resnet101 (V2's) or small (CPU preset)
-    epochs:int=12 # training epochs
-    bs:int=20 # batch size (DeepLab-V1: 20)
-    crop:int=321 # training crop size (DeepLab: 321)
-    lr:float=1e-3 # backbone learning rate (head: lr*lr_mult), poly decay every iteration
-    lr_mult:float=10. # head learning-rate multiplier
-    wd:float=5e-4 # weight decay (L2)
-    mom:float=0.9 # SGD momentum
-    power:float=0.9 # exponent of the poly decay
-    weights:str|None=None # backbone weights: a local torchvision-format .pth, or for the small backbone the shipped openmoji-small
-    head_channels:int|None=None # LargeFOV fc6/fc7 channels (default: 1024, small: 256)
-    dilation:int=12 # LargeFOV fc6 dilation
-    rates:tuple[int,...]=(6, 12, 18, 24) # ASPP rates
-    dropout:float=0.5 # dropout in the head
-    freeze_bn:bool|None=None # ResNet101 BatchNorm statistics fixed (default: when weights are given)
-    train:str='train' # training split (its labels: the pseudo-label folder)
-    valid:str='val' # validation split (its labels: the ground truth)
-    num_workers:int=0 # DataLoader workers
-    amp:str|None=None # mixed precision: bf16 or fp16 (default: none)
-    channels_last:bool=False # channels-last memory format
-    device:str|None=None # cpu, cuda, cuda:1 ... (default: a GPU if there is one)
-    seed:int=0 # random seed
-    resume:bool=True # continue from checkpoints, keep finished outputs (--no-resume: start again)
-    progress:bool=True # progress: bars on a terminal, else a line per epoch and per 10% of a loop (--no-progress: no bars)
-    skip_bad:bool=False # skip images whose image or label PNG is unreadable or of the wrong size, listed (default: stop at the first)
-
-    def __post_init__(self):  # bad values fail here, before any work
-        if self.arch not in ('v1', 'v2'): raise ValueError(f"arch must be 'v1' (LargeFOV) or 'v2' (ASPP), got {self.arch!r}")
-        self.amp = check_amp(self.amp)
-        if self.epochs < 1: raise ValueError(f'epochs must be at least 1, got {self.epochs}.')
-        for k in ('bs', 'crop', 'lr', 'num_workers', 'seed'):
-            if hasattr(self, k): check_range(k, getattr(self, k), '(0,inf)' if k == 'lr' else '[0,inf)' if k in ('num_workers', 'seed') else '[1,inf)')
-        if self.weights is not None: self.weights = str(self.weights)
-        self.rates = tuple(int(r) for r in self.rates)
-
-    def model_kw(self) -> dict: return {k: getattr(self, k) for k in SEG_MODEL_KEYS}  # more `DeepLab` arguments
-
 # %% ../nbs/09b_segment.ipynb #c7536f78
 def _read_json(p) -> dict:
     try: return json.loads(Path(p).read_text())
@@ -227,8 +220,7 @@ def train_seg(root, # VOC-layout dataset folder
     dls = seg_dls(root, train=cfg.train, valid=cfg.valid, mask_dir=str(pseudo_dir.resolve()), crop=cfg.crop, bs=cfg.bs,
                   num_workers=cfg.num_workers, device=device, seed=cfg.seed, skip_bad=cfg.skip_bad, **(dls_kw or {}))
     report_skipped(dls)
-    learn = seg_learner(dls, cfg.arch, cfg.backbone, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
-                        channels_last=cfg.channels_last, weights=cfg.weights, path=seg, **cfg.model_kw())
+    learn = seg_learner(dls, cfg, path=seg)
     if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)  # off a terminal: a line per epoch
     if not rank_distrib(): update_json(Path(out)/'config.json', 'train_seg', args)
     recipe = dict(to_plain({k: args[k] for k in ('bs', 'crop', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'train', 'valid', 'pseudo_dir')}),

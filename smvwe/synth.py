@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 import numpy as np
 from .voc_writer import SPLITS, write_benchmark, bench_cli
-from .scene import CLASSES, CONTEXTS, SYNTH_VERSION, SAL_DEFAULTS, render_scene, simulate_saliency
+from .config import forwarded_signature
+from .scene import CLASSES, CONTEXTS, SYNTH_VERSION, render_scene, simulate_saliency
 from .sal_detectors import cv2_saliency
 
 # %% auto #0
@@ -22,16 +23,18 @@ def make_sample(seed:int=0, # benchmark seed
                 idx:int=0, # image index within the split
                 size:int=96, max_objects:int=2, cooc:float=0.92, ctx_alone:float=0.08,
                 cv2_method:str='fine_grained', # `cv2_saliency` method
-                **sal_kw, # `simulate_saliency` fault knobs (SAL_DEFAULTS)
+                **sal_kw, # `simulate_saliency`'s fault knobs, listed in the signature with their defaults
                ) -> dict:
     "One image of the benchmark in memory: `render_scene` + `simulate_saliency` + `cv2_saliency`."
     # one seed per (seed, split, image): images do not depend on the split sizes, and the saliency
     # faults draw from their own stream, so changing a knob changes only the saliency maps
     draw, noise = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, SPLITS.index(split), idx]).spawn(2))
     scene = render_scene(draw, size, max_objects, cooc, ctx_alone)
-    scene['saliency'] = simulate_saliency(noise, scene, **{**SAL_DEFAULTS, **sal_kw})
+    scene['saliency'] = simulate_saliency(noise, scene, **sal_kw)
     scene['saliency_cv2'] = cv2_saliency(scene['image'], cv2_method)
     return scene
+
+make_sample.__signature__ = forwarded_signature(make_sample, simulate_saliency)  # sal_blur, sal_miss, ... (an unknown key fails there)
 
 # %% ../nbs/00b_synth.ipynb #a50ad2fc
 def _check_args(a):

@@ -24,13 +24,15 @@ from .model import SMVWENet, cls_splitter
 from .losses import SMVWELoss, loss_terms_metrics, CleanPreds
 from .files import atomic_save, use_bars, load_torch, check_range
 from .voc import dataset_signature
+from .words import N_WORDS
+from .saliency import DELTA, MU
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
 from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
                        update_json, print_epoch_log, write_history, NaNGuard, report_skipped)  # the shared training machinery (06a_fit)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'MODEL_KEYS', 'LOSS_KEYS', 'variant_kwargs', 'cls_learner', 'save_cls_model', 'load_cls_model',
-           'ClsConfig', 'train_cls', 'train_cls_cli']
+__all__ = ['VARIANTS', 'MODEL_KEYS', 'LOSS_KEYS', 'variant_kwargs', 'ClsConfig', 'cls_learner', 'save_cls_model',
+           'load_cls_model', 'train_cls', 'train_cls_cli']
 
 # %% ../nbs/06b_train.ipynb #bd8eda5d
 VARIANTS = {  # name -> (SMVWENet kwargs, SMVWELoss kwargs)
@@ -49,64 +51,6 @@ def variant_kwargs(variant:str # one of `VARIANTS`
     m, l = VARIANTS[variant]
     return dict(m), dict(l)
 
-# %% ../nbs/06b_train.ipynb #994daaa4
-def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.classes` with 'background' first
-                variant:str='smvwe', # one of `VARIANTS`
-                backbone:str='small', # `smvwe.model.make_backbone` name ('small', 'resnet38', 'resnet50', 'resnet101')
-                n_words:int=256, # N, words in the codebook (§4.1)
-                lr:float=0.01, # base learning rate of the backbone (§4.1)
-                wd:float=5e-4, # weight decay (L2)
-                mom:float=0.9, # SGD momentum
-                amp:str|None=None, # mixed precision: None, 'bf16' or 'fp16'
-                channels_last:bool=False, # channels-last memory format (for GPUs)
-                weights:str|None=None, # pretrained backbone weights file (`smvwe.model.load_weights`)
-                path=None, # `Learner.path` (where `learn.save` writes)
-                lr_mult:float|None=None, # the new layers' rate is `lr*lr_mult` (None: 10 with pretrained `weights`, else 1)
-                power:float=0.9, # exponent of `PolyLR`
-                loss_kw:dict|None=None, # overrides of the variant's `SMVWELoss` arguments
-                model_kw:dict|None=None, # more `SMVWENet` arguments (`ClsConfig.model_kw()`); they win over the three above
-               ) -> Learner:
-    "A fastai `Learner` for the SMVWE classification stage, `variant` as switches on one model and one loss"
-    mkw, lkw = variant_kwargs(variant)
-    amp = check_amp(amp)
-    classes = list(getattr(dls, 'classes', []))
-    if len(classes) < 2: raise ValueError("dls.classes must list the class names with 'background' first (see smvwe.data.cls_dls).")
-    model = SMVWENet(len(classes) - 1, **{**dict(backbone=backbone, n_words=n_words, weights=weights), **mkw, **(model_kw or {})})
-    model = model.to(getattr(dls, 'device', None) or default_device())
-    loss = SMVWELoss(**{**lkw, **(loss_kw or {})})
-    n_groups = len(cls_splitter(model))
-    lrs = [lr] * n_groups
-    if lr_mult is None: lr_mult = 10. if weights else 1.  # from scratch every layer is new: one rate for all
-    if n_groups > 1: lrs[-1] = lr * lr_mult
-    learn = Learner(dls, model, loss_func=loss, opt_func=partial(SGD, mom=mom, decouple_wd=False), lr=lrs, wd=wd,
-                    splitter=cls_splitter, metrics=loss_terms_metrics(loss) + [ImageMetric('map'), ImageMetric('f1')], path=Path(path or '.'), cbs=[PolyLR(power), CleanPreds(), NaNGuard()])
-    learn.recorder.train_metrics = True  # each loss term on the training set too
-    if amp: learn.add_cb(AMP(amp))
-    if channels_last: learn.add_cb(ChannelsLast())
-    learn.model_config, learn.variant, learn.classes = model.config, variant, classes  # what `load_cls_model` needs
-    return learn
-
-# %% ../nbs/06b_train.ipynb #ddb4068a
-def save_cls_model(learn:Learner, fname) -> Path:
-    "Write `learn`'s weights, model config, variant and classes to `fname` (what `load_cls_model` reads)"
-    return atomic_save(dict(model=get_model(learn.model).state_dict(), config=to_plain(learn.model_config),
-                            classes=list(learn.classes), variant=learn.variant, version=smvwe.__version__,
-                            diagnostics=getattr(learn, 'diagnostics', None)), fname)
-
-def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_model`
-                   device=None # where to put it (default: fastai's `default_device()`)
-                  ) -> SMVWENet:
-    "Rebuild the classification model from `path` alone, in eval mode; `.classes` and `.variant` attached"
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path} does not exist: train it with `smvwe train-cls ROOT OUT` (writes OUT/cls/model.pth).")
-    ck = load_torch(path, "train it again with `smvwe train-cls ROOT OUT --no-resume` or restore the file")
-    if not {'model', 'config'} <= set(ck): raise ValueError(f"{path} is not a model file written by train_cls (keys {sorted(ck)}).")
-    model = SMVWENet.from_config(ck['config'])  # no pretrained weights are read: the file has them all
-    model.load_state_dict(ck['model'])
-    model.classes, model.variant = ck.get('classes'), ck.get('variant')
-    model.diagnostics = ck.get('diagnostics')  # the classifier's verdict at the end of training (05d_diagnose), None for older files
-    return model.to(device or default_device()).eval()
-
 # %% ../nbs/06b_train.ipynb #fcdea726
 MODEL_KEYS = ('backbone', 'n_words', 'weights', 'tau', 'output_stride', 'word_dim', 'dropout', 'freeze_bn', 'word_kwargs', 'backbone_kwargs', 'w2i_scale')
 LOSS_KEYS = ('w_cls', 'delta', 'mu')
@@ -121,15 +65,15 @@ class ClsConfig(StageConfig):
     resize_long:tuple[int,int]|None=None # random long side 'MIN,MAX' before the crop (default: crop to crop*768/448, EPS's range)
     jitter:tuple[float,float,float,float]|None=(0.3, 0.3, 0.3, 0.1) # colour jitter 'BRIGHTNESS,CONTRAST,SATURATION,HUE' as EPS; none: off
     lr:float=0.01 # base learning rate (§4.1), polynomial decay every iteration
-    lr_mult:float|None=None # learning-rate multiplier of the new layers (default: 10 with pretrained weights as DeepLab and EPS, 1 from scratch)
+    lr_mult:float|None=None # learning-rate multiplier of the new layers (default: 1, one rate for every layer; DeepLab and EPS: 10 with pretrained weights, as the pretrained presets)
     wd:float=5e-4 # weight decay (L2)
     mom:float=0.9 # SGD momentum
     power:float=0.9 # exponent of the poly decay
     w_cls:float=1. # weight of the image-label loss on the L foreground maps (EPS's term; the paper's Eq. 10 leaves it out)
-    delta:float=0.4 # overlap-ratio threshold of the fg/bg map selection (Eq. 6-7)
-    mu:float=0.5 # weight of the inverted background map 1-F_bg in Eq. 5 (F_s = F_fg + mu * mass on absent classes)
+    delta:float=DELTA # overlap-ratio threshold of the fg/bg map selection (Eq. 6-7)
+    mu:float=MU # weight of the inverted background map 1-F_bg in Eq. 5 (F_s = F_fg + mu * mass on absent classes)
     backbone:str='small' # small (CPU preset), resnet38 (the paper's), resnet50, resnet101
-    n_words:int=256 # number of semantic words N (§4.1)
+    n_words:int=N_WORDS # number of semantic words N (§4.1)
     weights:str|None=None # pretrained backbone weights: a file, 'imagenet' (ResNets, local cache), or the shipped openmoji-small (small backbone)
     tau:float|None=None # temperature of the word softmax (default: the encoder's)
     output_stride:int|None=None # backbone output stride: 8 or 16 (None: 8, and 4 for the small backbone)
@@ -174,6 +118,55 @@ class ClsConfig(StageConfig):
     def model_kw(self) -> dict: return {k: getattr(self, k) for k in MODEL_KEYS}  # what reaches `SMVWENet`
     def loss_kw(self) -> dict: return {k: getattr(self, k) for k in LOSS_KEYS}    # what reaches `SMVWELoss`
 
+# %% ../nbs/06b_train.ipynb #994daaa4
+def cls_learner(dls, # `smvwe.data.cls_dls`: batches (img, sal, label), `dls.classes` with 'background' first
+                cfg:ClsConfig|dict|None=None, # the recipe (default: `ClsConfig()`); `kw` changes its fields
+                path=None, # `Learner.path` (where `learn.save` writes)
+                **kw # `ClsConfig` fields: variant, backbone, n_words, lr, ... (an unknown key is an error)
+               ) -> Learner:
+    "A fastai `Learner` for the SMVWE classification stage, `variant` as switches on one model and one loss"
+    cfg = ClsConfig.make(cfg, **kw)
+    mkw, lkw = variant_kwargs(cfg.variant)
+    classes = list(getattr(dls, 'classes', []))
+    if len(classes) < 2: raise ValueError("dls.classes must list the class names with 'background' first (see smvwe.data.cls_dls).")
+    model = SMVWENet(len(classes) - 1, **{**mkw, **cfg.model_kw()})
+    model = model.to(getattr(dls, 'device', None) or default_device())
+    loss = SMVWELoss(**{**lkw, **cfg.loss_kw()})
+    n_groups = len(cls_splitter(model))
+    lrs = [cfg.lr] * n_groups
+    if n_groups > 1: lrs[-1] = cfg.lr * (1. if cfg.lr_mult is None else cfg.lr_mult)  # default: one rate for every layer
+    learn = Learner(dls, model, loss_func=loss, opt_func=partial(SGD, mom=cfg.mom, decouple_wd=False), lr=lrs, wd=cfg.wd,
+                    splitter=cls_splitter, metrics=loss_terms_metrics(loss) + [ImageMetric('map'), ImageMetric('f1')], path=Path(path or '.'), cbs=[PolyLR(cfg.power), CleanPreds(), NaNGuard()])
+    learn.recorder.train_metrics = True  # each loss term on the training set too
+    if cfg.amp: learn.add_cb(AMP(cfg.amp))
+    if cfg.channels_last: learn.add_cb(ChannelsLast())
+    learn.model_config, learn.variant, learn.classes = model.config, cfg.variant, classes  # what `load_cls_model` needs
+    return learn
+
+cls_learner.__signature__ = python_signature(cls_learner, ClsConfig)  # every field, typed, with ClsConfig's default
+
+
+# %% ../nbs/06b_train.ipynb #ddb4068a
+def save_cls_model(learn:Learner, fname) -> Path:
+    "Write `learn`'s weights, model config, variant and classes to `fname` (what `load_cls_model` reads)"
+    return atomic_save(dict(model=get_model(learn.model).state_dict(), config=to_plain(learn.model_config),
+                            classes=list(learn.classes), variant=learn.variant, version=smvwe.__version__,
+                            diagnostics=getattr(learn, 'diagnostics', None)), fname)
+
+def load_cls_model(path, # a `model.pth` written by `train_cls` / `save_cls_model`
+                   device=None # where to put it (default: fastai's `default_device()`)
+                  ) -> SMVWENet:
+    "Rebuild the classification model from `path` alone, in eval mode; `.classes` and `.variant` attached"
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"{path} does not exist: train it with `smvwe train-cls ROOT OUT` (writes OUT/cls/model.pth).")
+    ck = load_torch(path, "train it again with `smvwe train-cls ROOT OUT --no-resume` or restore the file")
+    if not {'model', 'config'} <= set(ck): raise ValueError(f"{path} is not a model file written by train_cls (keys {sorted(ck)}).")
+    model = SMVWENet.from_config(ck['config'])  # no pretrained weights are read: the file has them all
+    model.load_state_dict(ck['model'])
+    model.classes, model.variant = ck.get('classes'), ck.get('variant')
+    model.diagnostics = ck.get('diagnostics')  # the classifier's verdict at the end of training (05d_diagnose), None for older files
+    return model.to(device or default_device()).eval()
+
 # %% ../nbs/06b_train.ipynb #d548b862
 def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmentation/, saliency maps, classes.txt)
               out, # run folder: writes OUT/config.json and OUT/cls/{model.pth,checkpoint.pth,history.csv}
@@ -197,8 +190,7 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     dls = cls_dls(root, train=cfg.train, valid=cfg.valid, sal_dir=sal_dir, crop=cfg.crop, resize_long=resize_long, jitter=cfg.jitter,
                   bs=cfg.bs, device=device, seed=cfg.seed, skip_bad=cfg.skip_bad, **dkw)
     report_skipped(dls)
-    learn = cls_learner(dls, cfg.variant, lr=cfg.lr, lr_mult=cfg.lr_mult, wd=cfg.wd, mom=cfg.mom, power=cfg.power, amp=cfg.amp,
-                        channels_last=cfg.channels_last, path=cls_dir, loss_kw=cfg.loss_kw(), model_kw=cfg.model_kw())
+    learn = cls_learner(dls, cfg, path=cls_dir)
     if not use_bars(cfg.progress): learn.remove_cb(ProgressCallback); learn.logger = partial(print_epoch_log, learn)  # off a terminal: a line per epoch
     if not rank_distrib(): update_json(out/'config.json', 'train_cls', args)
     recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'jitter', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',

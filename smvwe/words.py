@@ -14,7 +14,8 @@ from .distance import word_distance, word_distance_reference, ext_status
 _all_ = ['word_distance']
 
 # %% auto #0
-__all__ = ['standardize', 'word_probs', 'word_labels', 'word_histogram', 'WordOutput', 'VisualWordEncoder', 'word_distance']
+__all__ = ['N_WORDS', 'standardize', 'word_probs', 'word_labels', 'word_histogram', 'WordOutput', 'VisualWordEncoder',
+           'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
 def standardize(feats:Tensor, # (B,K,H,W) features
@@ -56,10 +57,12 @@ class WordOutput:
     z_word: Tensor  # (B,N) float multi-hot word labels of the image (no gradient)
     e_word: Tensor  # (B,N) soft word histogram, Eq. 4
 
+N_WORDS = 256  # N, the number of visual words (§4.1): the one default of every stage that builds an encoder
+
 class VisualWordEncoder(nn.Module):
     "Encodes a (B,K,H,W) feature map into N learnable visual words (Eq. 1-4)."
     def __init__(self,
-                 n_words:int=256, # N, number of words (paper: 256)
+                 n_words:int=N_WORDS, # N, number of words (paper: 256)
                  dim:int=4096, # K, feature channels = codebook dimension (ResNet38: 4096)
                  tau:float|None=None, # temperature of Eq. 2; None = sqrt(dim)
                  sign:int=-1, # -1: softmax(-D/tau); +1: Eq. 2 as printed (ablation)

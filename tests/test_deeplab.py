@@ -68,7 +68,7 @@ def test_tiny_training_lowers_loss(tree):
     root, pseudo = tree
     set_seed(0)
     dls = seg_dls(root, mask_dir=str(pseudo), crop=32, bs=4, num_workers=0, device='cpu', seed=0)
-    learn = seg_learner(dls, 'v1', 'small', lr=0.01)
+    learn = seg_learner(dls, arch='v1', backbone='small', lr=0.01)
     xb, yb = dls.valid.one_batch()
     with torch.no_grad(): l0 = learn.loss_func(learn.model.eval()(xb), yb).item()
     with learn.no_bar(), learn.no_logging(): learn.fit(4)

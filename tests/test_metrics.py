@@ -98,7 +98,7 @@ def test_pseudo_labels_scored(tmp_path):
     from test_pseudo import tiny_voc, ColourModel
     from smvwe.pseudo import make_pseudo
     root = tiny_voc(tmp_path/'voc')
-    out = make_pseudo(ColourModel(), root, 'train', tmp_path/'run', n_workers=0, progress=False)
+    out = make_pseudo(ColourModel(), root, 'train', tmp_path/'run', crf=True, n_workers=0, progress=False)
     m = evaluate_folder(out/'pseudo', root, 'train')
     assert m['miou'] > 0.9 and m['boundary']['f1'] > 0.8 and m['confusion'] == {}
 

@@ -58,8 +58,8 @@ def voc(tmp_path): return tiny_voc(tmp_path/'voc')
 
 @pytest.mark.parametrize('ctx', ['fork', 'spawn'])
 def test_parallel_equals_serial_and_recovers_masks(voc, tmp_path, ctx):
-    make_pseudo(ColourModel(), voc, 'train', tmp_path/'ser', n_workers=0, progress=False)
-    make_pseudo(ColourModel(), voc, 'train', tmp_path/'par', n_workers=2, mp_context=ctx, progress=False)
+    make_pseudo(ColourModel(), voc, 'train', tmp_path/'ser', crf=True, n_workers=0, progress=False)
+    make_pseudo(ColourModel(), voc, 'train', tmp_path/'par', crf=True, n_workers=2, mp_context=ctx, progress=False)
     s, p = snapshot(tmp_path/'ser'), snapshot(tmp_path/'par')
     assert len(s) == 18 and contents(s) == contents(p)  # 6 images x (cams, logits, pseudo)
     for i in range(6):
@@ -71,9 +71,9 @@ def test_parallel_equals_serial_and_recovers_masks(voc, tmp_path, ctx):
 
 def test_resume_skips_done_and_redoes_corrupt(voc, tmp_path):
     out = tmp_path/'run'
-    make_pseudo(ColourModel(), voc, 'train', out, n_workers=0, progress=False)
+    make_pseudo(ColourModel(), voc, 'train', out, crf=True, n_workers=0, progress=False)
     s1 = snapshot(out)
-    make_pseudo(ColourModel(), voc, 'train', out, n_workers=0, progress=False)
+    make_pseudo(ColourModel(), voc, 'train', out, crf=True, n_workers=0, progress=False)
     assert snapshot(out) == s1                                          # nothing rewritten
     (out/'pseudo'/'img0.png').write_bytes((out/'pseudo'/'img0.png').read_bytes()[:40])   # truncated PNG
     b = (out/'cams'/'img3.npy').read_bytes(); (out/'cams'/'img3.npy').write_bytes(b[:len(b)//2])  # partial npy
@@ -82,7 +82,7 @@ def test_resume_skips_done_and_redoes_corrupt(voc, tmp_path):
     b = (out/'logits'/'img1.npy').read_bytes(); (out/'logits'/'img1.npy').write_bytes(b[:len(b)//2])  # partial logits
     for p in out.rglob('*'):
         if p.is_file(): os.utime(p, ns=(10**18, 10**18))               # an old stamp: a file written again loses it
-    make_pseudo(ColourModel(), voc, 'train', out, n_workers=2, progress=False)
+    make_pseudo(ColourModel(), voc, 'train', out, crf=True, n_workers=2, progress=False)
     s2 = snapshot(out)
     assert contents(s2) == contents(s1)
     redone = {k.split('/')[1].split('.')[0] for k in s1 if s2[k][0] != 10**18}
@@ -90,16 +90,16 @@ def test_resume_skips_done_and_redoes_corrupt(voc, tmp_path):
 
 
 def test_resume_refuses_other_options(voc, tmp_path):
-    make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', n_workers=0, progress=False)
+    make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', crf=True, n_workers=0, progress=False)
     with pytest.raises(ValueError, match='made by another run'):
         make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', crf=False, n_workers=0, progress=False)
     make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', crf=False, resume=False, n_workers=0, progress=False)
 
 
 def test_shards_partition_the_split(voc, tmp_path):
-    make_pseudo(ColourModel(), voc, 'train', tmp_path/'full', n_workers=0, progress=False)
+    make_pseudo(ColourModel(), voc, 'train', tmp_path/'full', crf=True, n_workers=0, progress=False)
     for r in range(3):
-        make_pseudo(ColourModel(), voc, 'train', tmp_path/f's{r}', n_workers=0, rank=r, world_size=3, progress=False)
+        make_pseudo(ColourModel(), voc, 'train', tmp_path/f's{r}', crf=True, n_workers=0, rank=r, world_size=3, progress=False)
     names = [set(snapshot(tmp_path/f's{r}')) for r in range(3)]
     assert all(len(n) == 6 for n in names)  # 2 images x (cams, logits, pseudo) and not (names[0] & names[1]) and not (names[1] & names[2])
     merged = {}
@@ -108,7 +108,7 @@ def test_shards_partition_the_split(voc, tmp_path):
 
 
 def test_cams_reproduce_labels(voc, tmp_path):
-    out = make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', mode='threshold', n_workers=0, progress=False)
+    out = make_pseudo(ColourModel(), voc, 'train', tmp_path/'r', mode='threshold', crf=True, n_workers=0, progress=False)
     lab = np.array([1., 1.])
     img = np.array(Image.open(voc/'JPEGImages'/'img0.jpg').convert('RGB'))
     maps = load_cams(out/'cams'/'img0.npy', lab)
@@ -119,13 +119,13 @@ def test_cams_reproduce_labels(voc, tmp_path):
 
 def test_bad_input(voc, tmp_path):
     with pytest.raises(ValueError, match="'argmax', 'eps', 'threshold'"):
-        make_pseudo(ColourModel(), voc, 'train', tmp_path/'x', mode='mean', n_workers=0)
+        make_pseudo(ColourModel(), voc, 'train', tmp_path/'x', mode='mean', crf=True, n_workers=0)
     with pytest.raises(FileNotFoundError, match='val.txt'):
-        make_pseudo(ColourModel(), voc, 'val', tmp_path/'x', n_workers=0)
+        make_pseudo(ColourModel(), voc, 'val', tmp_path/'x', crf=True, n_workers=0)
     with pytest.raises(FileNotFoundError, match=r'saliency folder .*sal not found: pass --sal_dir'):   # the whole folder is missing
-        make_pseudo(ColourModel(), voc, 'train', tmp_path/'y', sal_dir='sal', n_workers=0, progress=False)
+        make_pseudo(ColourModel(), voc, 'train', tmp_path/'y', sal_dir='sal', crf=True, n_workers=0, progress=False)
     with pytest.raises(ValueError, match='labels has 2 rows'):
-        make_pseudo(ColourModel(), voc, 'train', tmp_path/'z', labels=np.ones((2, 2)), n_workers=0)
+        make_pseudo(ColourModel(), voc, 'train', tmp_path/'z', labels=np.ones((2, 2)), crf=True, n_workers=0)
 
 
 def test_one_pass_gives_every_readout(voc, tmp_path):
@@ -143,10 +143,10 @@ def test_one_pass_gives_every_readout(voc, tmp_path):
 
 
 def test_crf_preset_recorded_and_bad_preset(voc, tmp_path, capsys):
-    out = make_pseudo(ColourModel(), voc, 'train', tmp_path/'d', crf_preset='deeplab', n_workers=0, progress=False)
+    out = make_pseudo(ColourModel(), voc, 'train', tmp_path/'d', crf_preset='deeplab', crf=True, n_workers=0, progress=False)
     assert json.loads((out/'pseudo_config.json').read_text())['crf_kw'] == crf_params('deeplab')
     with pytest.raises(ValueError, match="unknown CRF preset 'dense'"):
-        make_pseudo(ColourModel(), voc, 'train', tmp_path/'e', crf_preset='dense', n_workers=0, progress=False)
+        make_pseudo(ColourModel(), voc, 'train', tmp_path/'e', crf_preset='dense', crf=True, n_workers=0, progress=False)
     from smvwe.cli import main
     (tmp_path/'run'/'cls').mkdir(parents=True); (tmp_path/'run'/'cls'/'model.pth').write_bytes(b'')
     assert main(['pseudo', str(tmp_path/'run'), str(voc), '--crf', '--crf-preset', 'psa,sigma=2']) == 1

@@ -71,7 +71,7 @@ def _fake_resnet38_params(path, width=1 / 16, version='v2'):
 @pytest.mark.parametrize('version', ['legacy', 'v2'])
 def test_resnet38_params_file_loads(tmp_path, version):
     arrays = _fake_resnet38_params(tmp_path / 'ilsvrc-cls_rna-a1_cls1000_ep-0001.params', version=version)
-    net = make_backbone('resnet38', weights=tmp_path / 'ilsvrc-cls_rna-a1_cls1000_ep-0001.params', width=1 / 16)
+    net = make_backbone('resnet38', weights=tmp_path / 'ilsvrc-cls_rna-a1_cls1000_ep-0001.params', backbone_kwargs=dict(width=1 / 16))
     sd = net.state_dict()
     for k, v in arrays.items():
         if resnet38_key(k): assert torch.equal(sd[resnet38_key(k)], v), k
@@ -85,7 +85,7 @@ def test_resnet38_params_file_loads(tmp_path, version):
 def test_resnet38_converted_pth_loads(tmp_path):
     src = ResNet38(width=1 / 16)
     torch.save(src.state_dict(), tmp_path / 'resnet38d.pth')
-    net = make_backbone('resnet38', weights=str(tmp_path / 'resnet38d.pth'), width=1 / 16)
+    net = make_backbone('resnet38', weights=str(tmp_path / 'resnet38d.pth'), backbone_kwargs=dict(width=1 / 16))
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), src.state_dict().values()))
 
 
@@ -125,7 +125,7 @@ def test_torch_cache_lookup_never_downloads(tmp_path, monkeypatch):
     # ResNet38's MXNet file in the cache
     _fake_resnet38_params(expected.parent / 'ilsvrc-cls_rna-a1_cls1000_ep-0001.params')
     assert resolve_weights('resnet38', 'imagenet').name == 'ilsvrc-cls_rna-a1_cls1000_ep-0001.params'
-    make_backbone('resnet38', weights='imagenet', width=1 / 16)
+    make_backbone('resnet38', weights='imagenet', backbone_kwargs=dict(width=1 / 16))
 
 
 def test_resolve_weights_bad_names(tmp_path):
