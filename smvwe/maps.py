@@ -44,10 +44,12 @@ def normalise_maps(maps:np.ndarray, # (L+1,H,W) raw averaged logits
     if norm == 'raw': return maps.copy()
     raise ValueError(f"norm must be 'softmax', 'eps', 'cam' or 'raw', got {norm!r}")
 
+from .voc import SCALES  # the one default of the inference scales (the data layer's memory estimate uses it too)
+
 def localization_maps(model, # returns {'maps': (B,L+1,h,w) logits} (an `SMVWENet`)
                       img:np.ndarray, # (H,W,3) uint8 image
                       label, # (L,) multi-hot image label over the foreground classes
-                      scales=(1.0, 0.5, 1.5, 2.0), # input scales
+                      scales=SCALES, # input scales
                       flip:bool=True, # also the horizontally flipped image
                       device=None, # default: the model's device
                       norm:str='softmax' # see `normalise_maps`

@@ -12,7 +12,7 @@ from PIL import Image
 from .config import StageConfig, cli_from, python_signature
 from .files import atomic_write, save_npy, save_label_png, progress_iter, file_hash, check_fingerprint, ignore_sigint, check_range
 from .parallel import resolve_shard, rank_cores, single_thread_worker
-from .maps import (model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
+from .maps import (SCALES, model_device, localization_maps, normalise_maps, pseudo_label, MODES, NORM_OF_MODE,
                         BG_THR, crf_params, parse_crf, activation_px_bytes)
 
 # %% auto #0
@@ -102,7 +102,7 @@ class PseudoConfig(StageConfig):
     crf_preset:str|None=None # CRF preset and overrides, e.g. deeplab, psa or 'deeplab,bi_w=5,ref_size=none' (default: CRF_DEFAULT)
     conf_thr:float=0.0 # write 255 where the top probability is below this
     ignore_disagree:bool=False # write 255 where the CRF changed the label
-    scales:tuple[float,...]=(1.0, 0.5, 1.5, 2.0) # inference scales, comma-separated
+    scales:tuple[float,...]=SCALES # inference scales, comma-separated
     flip:bool=True # also the horizontally flipped image (--no-flip: not)
     n_workers:int|None=None # CRF/PNG processes (default: this rank's cores; 0: in-process)
     sal_dir:str|None=None # saliency folder (under ROOT or a path): background score = 1 - saliency

@@ -17,11 +17,12 @@ voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined wit
 
 
 # %% auto #0
-__all__ = ['voc_palette', 'VOC_CLASSES', 'SAL16_MODES', 'MAX_GB', 'SMALL_PX_BYTES', 'read_classes', 'under_root', 'split_file',
-           'read_split', 'image_path', 'resolve_mask_dir', 'load_image', 'load_mask', 'sal_folder', 'saliency_path',
-           'saliency_bits', 'load_saliency_u8', 'check_saliency_size', 'load_saliency', 'dataset_signature',
-           'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit', 'validate_voc',
-           'make_tiny_voc', 'max_gb', 'inference_gb', 'largest_image', 'check_memory', 'doctor', 'doctor_cli']
+__all__ = ['voc_palette', 'VOC_CLASSES', 'SAL16_MODES', 'SCALES', 'MAX_GB', 'SMALL_PX_BYTES', 'read_classes', 'under_root',
+           'split_file', 'read_split', 'image_path', 'resolve_mask_dir', 'load_image', 'load_mask', 'sal_folder',
+           'saliency_path', 'saliency_bits', 'load_saliency_u8', 'check_saliency_size', 'load_saliency',
+           'dataset_signature', 'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit',
+           'validate_voc', 'make_tiny_voc', 'max_gb', 'inference_gb', 'largest_image', 'check_memory', 'doctor',
+           'doctor_cli']
 
 # %% ../nbs/01a_voc.ipynb #5398862d
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -300,6 +301,7 @@ def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n
     return root
 
 # %% ../nbs/01a_voc.ipynb #ee5cd3a0
+SCALES = (1.0, 0.5, 1.5, 2.0)  # EPS's (and the paper's) multi-scale inference, with flip: the one default of the inference scales
 MAX_GB = 8.0  # default memory limit (GB) of pseudo labels and predictions; $SMVWE_MAX_GB raises it
 SMALL_PX_BYTES = 190  # bytes a forward of the default classifier (small backbone) holds per input pixel (`07a_maps` measures it)
 
@@ -352,7 +354,7 @@ def doctor(root, # VOC-layout dataset folder
            sal_dir:str|None='saliency', # saliency folder to check (None: none)
            mask_dir='auto', # masks: 'auto' (SegmentationClassAug, else SegmentationClass) or a folder
            show:bool=True, # print the report
-           scales=(1.0, 0.5, 1.5, 2.0), # inference scales of the memory estimate (`smvwe pseudo`'s default)
+           scales=SCALES, # inference scales of the memory estimate (`smvwe pseudo`'s default)
           ) -> dict: # {'problems': [...], 'splits': {name: {...}}, 'classes', 'sal_bits': {8: n, 16: n}, 'memory': {...}}
     "Check a dataset folder the way the loaders do, every split at once; report (and return) what is wrong"
     root = Path(root); lines, problems, rep, bits, ids_all = [], [], {}, {}, []
@@ -406,11 +408,11 @@ def doctor_cli(root:str, # VOC-layout dataset folder
                splits:str=None, # comma-separated split names (default: every ImageSets/Segmentation/*.txt)
                sal_dir:str='saliency', # saliency folder to check, relative to ROOT or absolute ('none': skip)
                mask_dir:str='auto', # masks: auto (SegmentationClassAug, else SegmentationClass) or a folder
-               scales:str='1.0,0.5,1.5,2.0', # inference scales of the memory estimate of the largest image
+               scales:str=None, # inference scales of the memory estimate of the largest image (default: `smvwe pseudo`'s)
               ):
     "Check a dataset folder up front, the way the loaders will (layout, every file readable, sizes, labels, saliency bit depth, memory)"
-    try: sc = tuple(float(s) for s in scales.split(',') if s.strip())
+    try: sc = None if scales is None else tuple(float(s) for s in scales.split(',') if s.strip())
     except ValueError: sc = ()
-    if not sc or min(sc) <= 0: raise ValueError(f'--scales must be comma-separated positive numbers, got {scales!r}')
-    r = doctor(root, splits.split(',') if splits else None, sal_folder(sal_dir), mask_dir, scales=sc)
+    if sc is not None and (not sc or min(sc) <= 0): raise ValueError(f'--scales must be comma-separated positive numbers, got {scales!r}')
+    r = doctor(root, splits.split(',') if splits else None, sal_folder(sal_dir), mask_dir, scales=SCALES if sc is None else sc)
     if r['problems']: raise ValueError(f"{root}: {len(r['problems'])} problem(s), listed above: the first is {r['problems'][0]}")
