@@ -247,8 +247,15 @@ def protocol_study(study:str, # one of `STUDIES`
         return pd.DataFrame([row])
     dfs, csv = [], Path(results)/f'{result_name(bench, study, regime)}.csv'
     Path(results).mkdir(parents=True, exist_ok=True)
+    kept = []  # the file's rows of other seeds (and, for saliency quality, other levels): `--seeds 1,2` adds to seed 0's rows
+    if csv.exists():
+        old = pd.read_csv(csv); mine = old.seed.isin(seeds)
+        if sq and 'level' in old: mine &= old.level.isin([k for k in LEVELS[bench] if levels is None or k in levels])
+        if (~mine).any():
+            kept = [old[~mine]]
+            if progress: print(f'[{bench} {study}] {csv}: keeps its {int((~mine).sum())} rows of other seeds or levels', flush=True)
     def add(df):  # the result file is rewritten after every run: an interrupted study keeps what it finished
-        dfs.append(df); d = pd.concat(dfs, ignore_index=True)
+        dfs.append(df); d = pd.concat(kept + dfs, ignore_index=True)
         atomic_write(csv, lambda f: d.to_csv(f, index=False, float_format='%.5g'))
     if study == 'variants':
         for s in seeds:  # seed-major: a study cut short still has every variant of its first seeds

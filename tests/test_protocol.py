@@ -72,6 +72,10 @@ def test_a_study_records_its_wall_times(tmp_path):
     assert (rec2['runs'], rec2['cached'], rec2['run_s']) == (1, 1, rec['run_s'])  # the recorded seconds, not the cache read's
     assert (again.run_s == df.run_s.iloc[0]).all()
     csv = pd.read_csv(tmp_path/'res'/'synth_yardstick.csv'); assert (csv.run_s == df.run_s.iloc[0]).all()
+    one = protocol_study('yardstick', 'synth', tmp_path/'runs', **dict(kw, seeds=(1,)))  # another seed adds to the file
+    after = pd.read_csv(tmp_path/'res'/'synth_yardstick.csv')
+    assert sorted(after.seed.unique()) == [0, 1] and len(after) == len(df) + len(one)
+    pd.testing.assert_frame_equal(after[after.seed == 0].reset_index(drop=True), csv)  # seed 0's rows kept as they were
 
 
 def test_committed_results_without_run_seconds_still_load():
