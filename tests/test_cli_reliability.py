@@ -96,11 +96,13 @@ def test_ctrl_c_pseudo_with_workers(voc, trained, tmp_path):
 
 def test_second_writer_of_a_run_folder_is_refused(voc, tmp_path):
     run = tmp_path / 'run'
-    p = start('train-cls', voc, run, '--epochs', '50', *TINY)
+    # the first writer must still hold the folder when the second arrives: far more epochs than it can run (it is killed)
+    p = start('train-cls', voc, run, '--epochs', '100000', *TINY)
     try:
         wait_for(p, lambda: (run / 'config.json').exists(), 'the first writer')
         r = smvwe('train-cls', voc, run, '--epochs', '3', '--lr', '0.02', *TINY)
         line = one_line(r.stderr)
+        assert p.poll() is None, 'the first writer ended before the second arrived: the test checked nothing'
         assert r.returncode == 1 and f'{run} is being written by another command (pid {p.pid}' in line and 'train-cls' in line, line
     finally:
         os.killpg(p.pid, signal.SIGKILL); p.communicate()
