@@ -16,7 +16,7 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'synth':     ('smvwe.synth',   'synth_cli',     'write the built-in benchmark (VOC layout) to a folder'),
     'synth-real': ('smvwe.realbench', 'synth_real_cli', 'write the OpenMoji benchmark of real object images (VOC layout)'),
     'pretrain':  ('smvwe.pretrain', 'pretrain_cli', 'pretrain the small backbone on the OpenMoji corpus (the shipped openmoji-small weights)'),
-    'doctor':    ('smvwe.voc',     'doctor_cli',    'check a dataset folder up front: layout, every file readable, sizes, labels, saliency'),
+    'doctor':    ('smvwe.doctor',  'doctor_cli',    'check a dataset folder up front: layout, every file readable, sizes, labels, saliency'),
     'saliency':  ('smvwe.sal_detectors', 'saliency_cli', 'classical (OpenCV) saliency maps for a dataset that has none'),
     'train-cls': ('smvwe.train',   'train_cls_cli', 'train the classification stage (CAM / VWE / saliency-only / SMVWE)'),
     'pseudo':    ('smvwe.pseudo',  'pseudo_cli',    'localization maps and (CRF-refined) pseudo labels'),

@@ -116,7 +116,7 @@ def forward_peak_bytes(model, # any image model: forward((1,3,H,W))
 def activation_px_bytes(model, # any image model: forward((1,3,H,W))
                         sides:tuple=(48, 96) # two calibration sides
                        ) -> float: # bytes per input pixel
-    "The model's width term of `smvwe.voc.inference_gb`: how much a forward's peak grows per input pixel, between two image sizes"
+    "The model's width term of `smvwe.doctor.inference_gb`: how much a forward's peak grows per input pixel, between two image sizes"
     key = (tuple(sides), str(model_device(model)))
     if (v := _PX_BYTES.get(model, {}).get(key)) is not None: return v   # measured once per model (a stage calls it per split)
     a, b = (forward_peak_bytes(model, s) for s in sides)

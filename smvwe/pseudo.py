@@ -136,7 +136,8 @@ def make_pseudo(model, # returns {'maps': (B,L+1,h,w)} (an `SMVWENet`)
                ) -> Path: # out
     "Localization maps and pseudo labels for a split, resumable and parallel."
     from smvwe.voc import (read_split, read_classes, image_labels, image_path, load_image, validate_voc, load_saliency, dataset_signature,
-                           sal_folder, under_root, check_memory)
+                           sal_folder, under_root)
+    from smvwe.doctor import check_memory
     cfg = PseudoConfig.make(cfg, **kw)  # unknown keys and bad values fail before any work
     mode, bg_thr, crf, conf_thr, ignore_disagree = cfg.mode, cfg.bg_thr, cfg.crf, cfg.conf_thr, cfg.ignore_disagree
     scales, flip, n_workers, sal_dir, resume, device = cfg.scales, cfg.flip, cfg.n_workers, cfg.sal_dir, cfg.resume, cfg.device

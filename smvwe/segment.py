@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from .config import StageConfig, cli_from, python_signature
 from .data import seg_dls, to_tensor_img
-from .voc import read_split, load_image, read_classes, dataset_signature, check_memory
+from .voc import read_split, load_image, read_classes, dataset_signature
+from .doctor import check_memory
 from .files import (ignore_sigint, check_range, check_labels, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash,
                          state_hash, check_fingerprint)
 from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped

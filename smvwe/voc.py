@@ -4,25 +4,23 @@
 
 # %% ../nbs/01a_voc.ipynb #f0ae93ed
 from __future__ import annotations
-import hashlib, math, os, warnings
+import hashlib, os, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from fastcore.script import call_parse
 from .files import voc_colormap, save_label_png, save_gray_png, save_jpg
 
 voc_palette = voc_colormap  # the PASCAL VOC colour map (n,3) uint8, defined with the file writers (00_files)
+SCALES = (1.0, 0.5, 1.5, 2.0)  # EPS's (and the paper's) multi-scale inference, with flip: the one default of the inference scales
 
 
 # %% auto #0
-__all__ = ['voc_palette', 'VOC_CLASSES', 'SAL16_MODES', 'SCALES', 'MAX_GB', 'SMALL_PX_BYTES', 'read_classes', 'under_root',
-           'split_file', 'read_split', 'image_path', 'resolve_mask_dir', 'load_image', 'load_mask', 'sal_folder',
-           'saliency_path', 'saliency_bits', 'load_saliency_u8', 'check_saliency_size', 'load_saliency',
-           'dataset_signature', 'check_mask_values', 'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit',
-           'validate_voc', 'make_tiny_voc', 'max_gb', 'inference_gb', 'largest_image', 'check_memory', 'doctor',
-           'doctor_cli']
+__all__ = ['voc_palette', 'SCALES', 'VOC_CLASSES', 'SAL16_MODES', 'read_classes', 'under_root', 'split_file', 'read_split',
+           'image_path', 'resolve_mask_dir', 'load_image', 'load_mask', 'sal_folder', 'saliency_path', 'saliency_bits',
+           'load_saliency_u8', 'check_saliency_size', 'load_saliency', 'dataset_signature', 'check_mask_values',
+           'mask_labels', 'load_label_file', 'image_labels', 'VOCSplit', 'validate_voc', 'make_tiny_voc']
 
 # %% ../nbs/01a_voc.ipynb #5398862d
 VOC_CLASSES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -299,120 +297,3 @@ def make_tiny_voc(root, n:int=8, classes:list=None, size=(48, 64), seed:int=0, n
             labels[i] = mask_labels(m_out, len(classes))
     if cls_labels: np.save(root/'cls_labels.npy', labels, allow_pickle=True)
     return root
-
-# %% ../nbs/01a_voc.ipynb #ee5cd3a0
-SCALES = (1.0, 0.5, 1.5, 2.0)  # EPS's (and the paper's) multi-scale inference, with flip: the one default of the inference scales
-MAX_GB = 8.0  # default memory limit (GB) of pseudo labels and predictions; $SMVWE_MAX_GB raises it
-SMALL_PX_BYTES = 190  # bytes a forward of the default classifier (small backbone) holds per input pixel (`07a_maps` measures it)
-
-def max_gb(limit:float|None=None) -> float:
-    "The memory limit in GB: `limit` when given, else $SMVWE_MAX_GB, else `MAX_GB`"
-    v = limit if limit is not None else os.environ.get('SMVWE_MAX_GB') or MAX_GB
-    try: v = float(v)
-    except ValueError: v = -1.
-    if not v > 0: raise ValueError(f"SMVWE_MAX_GB must be a positive number of GB, got {os.environ.get('SMVWE_MAX_GB')!r}.")
-    return v
-
-def inference_gb(hw:tuple, # (H,W) of the image
-                 scales, # inference scales
-                 flip:bool=True, # the flipped copy runs in the same batch
-                 px_bytes:float=SMALL_PX_BYTES, # the model's activation bytes per input pixel (`smvwe.maps.activation_px_bytes`)
-                 n_maps:int=21, # maps (L+1) or class probabilities (C) upsampled to the image size
-                ) -> float: # GB, host and device together
-    "Estimated peak memory of multi-scale inference on one image: the largest scale's batch, then the maps at full size"
-    H, W = hw; n = 2 if flip else 1
-    act = max(n * max(1, round(H*s)) * max(1, round(W*s)) * (3*4 + px_bytes) for s in scales)  # input + activations, float32
-    maps = (n + 2 + 4) * n_maps * H * W * 4  # upsampled maps of the batch, their sum and the accumulator; 4 host copies
-    return (act + maps) / 1e9
-
-def largest_image(root, ids:list) -> tuple|None:
-    "(id, (H,W)) of the image of `ids` with the most pixels, from the file headers (unreadable images are left to their own check)"
-    best = None
-    for i in ids:
-        try:
-            with Image.open(image_path(root, i)) as im: W, H = im.size
-        except Exception: continue
-        if best is None or H*W > best[1][0]*best[1][1]: best = (i, (H, W))
-    return best
-
-def check_memory(root, ids:list, scales, flip:bool=True, px_bytes:float=SMALL_PX_BYTES, n_maps:int=21,
-                 what:str='pseudo labels', # the work, named in the message
-                 limit:float|None=None # GB (None: `max_gb()`)
-                ) -> float: # the estimate of the largest image, GB
-    "Refuse (one line) before any work when the largest image of `ids` would need more memory than the limit"
-    big = largest_image(root, ids)
-    if big is None: return 0.
-    i, (H, W) = big; gb, lim = inference_gb((H, W), scales, flip, px_bytes, n_maps), max_gb(limit)
-    if gb > lim:
-        raise ValueError(f"{what}: image {image_path(root, i)} ({W}x{H}) at scales {','.join(f'{s:g}' for s in scales)} needs about {gb:.3g} GB, "
-                         f"over the {lim:g} GB limit: use smaller --scales or a smaller image, or raise the limit (SMVWE_MAX_GB={math.ceil(gb)}) on a machine with that memory.")
-    return gb
-
-# %% ../nbs/01a_voc.ipynb #4412efed
-def doctor(root, # VOC-layout dataset folder
-           splits:list|None=None, # split names (default: every ImageSets/Segmentation/*.txt)
-           sal_dir:str|None='saliency', # saliency folder to check (None: none)
-           mask_dir='auto', # masks: 'auto' (SegmentationClassAug, else SegmentationClass) or a folder
-           show:bool=True, # print the report
-           scales=SCALES, # inference scales of the memory estimate (`smvwe pseudo`'s default)
-          ) -> dict: # {'problems': [...], 'splits': {name: {...}}, 'classes', 'sal_bits': {8: n, 16: n}, 'memory': {...}}
-    "Check a dataset folder the way the loaders do, every split at once; report (and return) what is wrong"
-    root = Path(root); lines, problems, rep, bits, ids_all = [], [], {}, {}, []
-    if not root.is_dir(): raise FileNotFoundError(f"dataset root {root} is not a folder: pass the folder holding JPEGImages/.")
-    try: classes = read_classes(root); lines.append(f"{root}: {len(classes)} classes ({'classes.txt' if (root/'classes.txt').exists() else 'the VOC default'}): {', '.join(classes)}")
-    except ValueError as e: classes = None; problems.append(str(e))
-    for d in ('JPEGImages', 'ImageSets/Segmentation'):
-        if not (root/d).is_dir(): problems.append(f"{root/d} is missing: a VOC-layout dataset needs it.")
-    lab_file = (root/'cls_labels.npy').exists()
-    mdir = resolve_mask_dir(root, mask_dir)
-    sal = None if sal_dir is None else under_root(root.absolute(), sal_dir)  # absolute: `validate_voc` reads it under a relative root too
-    if sal is not None and not sal.is_dir(): problems.append(f"saliency folder {sal} is missing: add the maps (8- or 16-bit grey PNGs named by image id) or pass --sal_dir to name the folder."); sal = None
-    lines.append(f"  image labels from {'cls_labels.npy' if lab_file else mdir.name + '/'}; saliency {'in ' + sal.name + '/' if sal else 'not checked'}")
-    names = splits or sorted(p.stem for p in (root/'ImageSets'/'Segmentation').glob('*.txt'))
-    if not names and (root/'ImageSets'/'Segmentation').is_dir(): problems.append(f"{root/'ImageSets'/'Segmentation'} has no split file (NAME.txt, one image id per line).")
-    for s in names if classes else []:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                v = validate_voc(root, s, sal_dir=sal, mask_dir=None if lab_file else mdir, classes=classes, labels=True, skip_bad=True)
-            ids, bad = v.ids, v.bad; bits.update(v.sal_bits)
-        except (FileNotFoundError, ValueError) as e:
-            try: n = len(read_split(root, s))
-            except (FileNotFoundError, ValueError): n = 0
-            ids, bad = [], [('*', str(e))] if 'no usable images' not in str(e) else [('*', f'none of its {n} images is usable')]
-        ids_all += ids
-        sizes = sorted({Image.open(image_path(root, i)).size for i in ids})
-        rep[s] = dict(n=len(ids) + len([b for b in bad if b[0] != '*']), ok=len(ids), bad=bad, sizes=sizes)
-        sz = (f"{sizes[0][0]}x{sizes[0][1]}" + (f" .. {sizes[-1][0]}x{sizes[-1][1]} ({len(sizes)} sizes)" if len(sizes) > 1 else '')) if sizes else '-'
-        lines.append(f"  split {s}: {rep[s]['ok']} of {rep[s]['n']} images usable, WxH {sz}")
-        for i, why in bad[:10]: lines.append(f"    {s}/{i}: {why}"); problems.append(f"{s}/{i}: {why}")
-        if len(bad) > 10: lines.append(f"    ... {len(bad) - 10} more"); problems += [f"{s}/{i}: {why}" for i, why in bad[10:]]
-    nb = {b: list(bits.values()).count(b) for b in sorted(set(bits.values()))}
-    if nb: lines.append("  saliency maps: " + ', '.join(f"{n} {b}-bit (read as value / {2**b - 1})" for b, n in nb.items()))
-    mem = None
-    if (big := largest_image(root, dict.fromkeys(ids_all))):  # the check `smvwe pseudo` makes before any work
-        i, (H, W) = big; gb, lim = inference_gb((H, W), scales, n_maps=len(classes)), max_gb()
-        mem = dict(id=i, hw=(H, W), gb=gb, limit=lim)
-        lines.append(f"  largest image {i} ({W}x{H}): pseudo labels at scales {','.join(f'{s:g}' for s in scales)} need about {gb:.3g} GB "
-                     f"with the small classifier (limit {lim:g} GB, SMVWE_MAX_GB)")
-        if gb > lim: problems.append(f"image {image_path(root, i)} ({W}x{H}) needs about {gb:.3g} GB at scales {','.join(f'{s:g}' for s in scales)}, "
-                                     f"over the {lim:g} GB limit: use smaller --scales or a smaller image, or raise SMVWE_MAX_GB.")
-    lines += [f"  problem: {p}" for p in problems if not any(p.startswith(f'{s}/') for s in names)]
-    lines.append('ok: every file the loaders read is usable' if not problems else
-                 f"{len(problems)} problem(s): fix them, or pass --skip-bad to the commands that read the dataset to leave those images out")
-    if show: print('\n'.join(lines))
-    return dict(problems=problems, splits=rep, classes=classes, sal_bits=nb, memory=mem)
-
-@call_parse
-def doctor_cli(root:str, # VOC-layout dataset folder
-               splits:str=None, # comma-separated split names (default: every ImageSets/Segmentation/*.txt)
-               sal_dir:str='saliency', # saliency folder to check, relative to ROOT or absolute ('none': skip)
-               mask_dir:str='auto', # masks: auto (SegmentationClassAug, else SegmentationClass) or a folder
-               scales:str=None, # inference scales of the memory estimate of the largest image (default: `smvwe pseudo`'s)
-              ):
-    "Check a dataset folder up front, the way the loaders will (layout, every file readable, sizes, labels, saliency bit depth, memory)"
-    try: sc = None if scales is None else tuple(float(s) for s in scales.split(',') if s.strip())
-    except ValueError: sc = ()
-    if sc is not None and (not sc or min(sc) <= 0): raise ValueError(f'--scales must be comma-separated positive numbers, got {scales!r}')
-    r = doctor(root, splits.split(',') if splits else None, sal_folder(sal_dir), mask_dir, scales=SCALES if sc is None else sc)
-    if r['problems']: raise ValueError(f"{root}: {len(r['problems'])} problem(s), listed above: the first is {r['problems'][0]}")

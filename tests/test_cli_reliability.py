@@ -234,7 +234,7 @@ def test_a_large_image_is_refused_before_any_work(voc, trained, tmp_path):
     "A 4000 x 3000 photo at scales 1 and 2: refused from its header (nothing that size is allocated); doctor gives the same estimate"
     import numpy as np
     from smvwe.files import save_jpg, save_gray_png, save_label_png
-    from smvwe.voc import inference_gb, SMALL_PX_BYTES
+    from smvwe.doctor import inference_gb, SMALL_PX_BYTES
     root = copy_voc(voc, tmp_path)
     save_jpg(root / 'JPEGImages' / 'big.jpg', np.zeros((3000, 4000, 3), np.uint8))
     save_gray_png(root / 'saliency' / 'big.png', np.zeros((3000, 4000), np.uint8))

@@ -168,9 +168,9 @@ def test_train_seg_cli_and_python_signature_come_from_one_definition():
 
 
 def test_predictions_refuse_an_image_over_the_memory_limit(tree, tmp_path, monkeypatch):
-    "predict_folder estimates the largest image before any work (smvwe.voc.check_memory, the model's measured width)"
+    "predict_folder estimates the largest image before any work (smvwe.doctor.check_memory, the model's measured width)"
     from smvwe.maps import activation_px_bytes
-    from smvwe.voc import inference_gb
+    from smvwe.doctor import inference_gb
     root, _ = tree
     m = DeepLab(3, backbone='small').eval()
     gb = inference_gb((40, 48), (1.0, 2.0), True, activation_px_bytes(m), 3)
