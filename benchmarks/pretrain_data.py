@@ -8,7 +8,7 @@ sizes (`PretrainConfig()`: batches of 128 at 64 px from the 48 px glyph bank of 
 the batches, interleaved round by round (a load that comes and goes hits all alike):
 
 - `memory`: `--steps` batches composed before the clock starts; the step only;
-- `compose`: `GlyphStream` composing each batch as training does (`smvwe.pretrain.compose`);
+- `compose`: `GlyphStream` composing each batch as training does (`smvwe.glyphs.compose`);
 - `reference`: the same stream with the compositor the shipped run used (`compose_reference`, then a channels-last copy).
 
 Per way: the median over rounds of the per-step wall time and process CPU time (all threads), and of composing's own
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import smvwe.glyphs as G
 import smvwe.pretrain as P
 
 QUICK = dict(max_classes=8, size=24, glyph=16, n_bg=8, bs=8)
@@ -35,9 +36,9 @@ WAYS = ('memory', 'compose', 'reference')
 @contextlib.contextmanager
 def compositor(way, cpu:list):
     "GlyphStream composes with `compose` (training's) or `compose_reference` (the shipped run's) in the block; cpu[0] += its thread CPU time"
-    fast = P.compose
-    def ref(bank, labels, bgs, n, gen, aug=P.Augment(), channels_last=False):
-        x, y = P.compose_reference(bank, labels, bgs, n, gen, aug)
+    fast = P.compose  # the name `GlyphStream` (smvwe.pretrain) calls, imported there from smvwe.glyphs
+    def ref(bank, labels, bgs, n, gen, aug=G.Augment(), channels_last=False):
+        x, y = G.compose_reference(bank, labels, bgs, n, gen, aug)
         return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
     def timed(*a, **k):
         t = time.thread_time(); r = (ref if way == 'reference' else fast)(*a, **k); cpu[0] += time.thread_time() - t

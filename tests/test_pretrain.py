@@ -9,7 +9,7 @@ import torch
 import smvwe.weights
 from smvwe.backbones import SmallCNN
 from smvwe.cli import main
-from smvwe.pretrain import benchmark_codes, corpus_classes, _plain
+from smvwe.glyphs import benchmark_codes, corpus_classes, _plain
 from smvwe.segment import load_seg_model
 from smvwe.train import load_cls_model
 from smvwe.voc import make_tiny_voc
