@@ -9,89 +9,12 @@ from pathlib import Path
 import jinja2, nbformat
 from nbconvert import HTMLExporter
 from execnb.nbio import read_nb
-from nbdev.process import NBProcessor
-from nbdev.processors import (populate_language, add_show_docs, strip_ansi, hide_line, rm_header_dash, clean_magics,
-                              hide_, strip_hidden_metadata)
-from nbdev.doclinks import NbdevLookup
-from nbdev.showdoc import show_doc
 from fastcore.script import call_parse
 from .files import atomic_write
+from .pages import nb_paths, page_name, nb_title, extra_pages, process_nb, nbdev_lookup
 
 # %% auto #0
-__all__ = ['TEMPLATE', 'SITE_JS', 'SITE_CSS', 'EXTRA_PAGES', 'nb_paths', 'page_name', 'nb_title', 'default_exp',
-           'docs_before_code', 'mark_exported', 'doc_markdown', 'render_show_docs', 'link_notebooks', 'sidebar',
-           'fix_links', 'readme_page', 'cli_page', 'extra_pages', 'to_nbformat', 'linkify', 'process_nb', 'build_docs',
-           'docs_cli']
-
-# %% ../nbs/10b_docs.ipynb #75d4eb23
-def nb_paths(nbs:Path) -> list[Path]:
-    "The site's notebooks: `index.ipynb` first, then the others in file-name (pipeline) order."
-    nbs = Path(nbs)
-    if not nbs.is_dir(): raise FileNotFoundError(f'{nbs}: no such notebook folder (pass the repository\'s nbs/)')
-    rest = sorted(p for p in nbs.glob('*.ipynb') if p.stem != 'index')
-    if not rest and not (nbs/'index.ipynb').exists(): raise FileNotFoundError(f'{nbs}: no notebooks (*.ipynb) in it')
-    return ([nbs/'index.ipynb'] if (nbs/'index.ipynb').exists() else []) + rest
-
-def page_name(stem:str) -> str:
-    "The HTML file of notebook `stem`: `02b_words` -> `02b_words.html`."
-    return f'{stem}.html'
-
-_re_title, _re_summary = re.compile(r'^#\s+(.+)$', re.M), re.compile(r'^>\s*(.+)$', re.M)
-def nb_title(nb) -> tuple[str, str]:
-    "(title, summary) from the notebook's first markdown cell (`# Title`, `> summary`)."
-    src = next((c.source for c in nb.cells if c.cell_type == 'markdown'), '')
-    t, s = _re_title.search(src), _re_summary.search(src)
-    return (t.group(1).strip() if t else ''), (s.group(1).strip() if s else '')
-
-_re_defexp = re.compile(r'^\s*#\|\s*default_exp\s+(\S+)', re.M)
-def default_exp(nb) -> str|None:
-    "The module a notebook exports to (`#| default_exp words` -> 'words'), or None."
-    return next((m.group(1) for c in nb.cells if c.cell_type == 'code' for m in [_re_defexp.search(c.source)] if m), None)
-
-# %% ../nbs/10b_docs.ipynb #7b81fb28
-class docs_before_code:
-    "Put the `show_doc` cells that `add_show_docs` inserted after a cell before it, in source order."
-    def __init__(self, nb): self.nb = nb
-    def begin(self):
-        cells, out, i = self.nb.cells, [], 0
-        while i < len(cells):
-            j = i + 1
-            while j < len(cells) and getattr(cells[j], 'has_sd', False): j += 1
-            out += cells[i+1:j][::-1] + [cells[i]]; i = j
-        self.nb.cells[:] = out
-    def __call__(self, cell): pass
-
-def mark_exported(cell):
-    "Tag `#| export` cells `exported` (shown as code with a marker); drop `#| default_exp` cells."
-    if cell.cell_type != 'code': return
-    d = getattr(cell, 'directives_', None) or {}
-    if 'default_exp' in d: del cell['source']
-    elif d.keys() & {'export', 'exports'}: cell.metadata.setdefault('tags', []).append('exported')
-
-# %% ../nbs/10b_docs.ipynb #7131a84d
-def doc_markdown(obj, name:str) -> str:
-    "nbdev's `show_doc` markdown for `obj`, without the `[source]` link, after an anchor `#name` (lower case, as nbdev's)."
-    md = show_doc(obj, name=name)._repr_markdown_()
-    md = re.sub(r'^\[source\]\(.*$\n*', '', md, flags=re.M).strip()
-    return f'<a id="{html.escape(name.lower())}"></a>\n\n{md}'
-
-class render_show_docs:
-    "Replace each `show_doc(name)` cell by a markdown cell of `doc_markdown`, from the imported module `smvwe.<default_exp>`."
-    def __init__(self, nb, lib='smvwe'): self.nb, self.lib = nb, lib
-    def __call__(self, cell):
-        if not getattr(cell, 'has_sd', False): return
-        name = re.fullmatch(r'show_doc\((.+)\)', cell.source.strip()).group(1)
-        obj = importlib.import_module(f'{self.lib}.{self.nb.mod_}')
-        for part in name.split('.'): obj = getattr(obj, part)
-        cell.cell_type, cell.source = 'markdown', doc_markdown(obj, name)
-        cell.pop('outputs', None); cell.pop('execution_count', None)
-
-def link_notebooks(stems):
-    "A processor that links every `stem` named in backticks in markdown (`` `02b_words` `` -> [`02b_words`](02b_words.ipynb))."
-    pat = re.compile(r'(?<![\[\w])`(' + '|'.join(map(re.escape, sorted(stems, key=len, reverse=True))) + r')`(?![\]\w(])')
-    def _link(cell):
-        if cell.cell_type == 'markdown': cell.source = pat.sub(r'[`\1`](\1.ipynb)', cell.source)
-    return _link
+__all__ = ['TEMPLATE', 'SITE_JS', 'SITE_CSS', 'sidebar', 'fix_links', 'to_nbformat', 'build_docs', 'docs_cli']
 
 # %% ../nbs/10b_docs.ipynb #5b150ce3
 TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
@@ -212,49 +135,12 @@ def fix_links(page:str, ids:dict, doc_url:str, doc_pages:dict) -> str:
     page = re.sub(r'href="(?:\./)?([\w.-]+)\.ipynb(?:#([^"]*))?"', _nb, page)
     return re.sub(r'href="' + re.escape(doc_url) + r'([\w-]+)\.html(?:#([^"]*))?"', _doc, page)
 
-# %% ../nbs/10b_docs.ipynb #x7ra0002
-def _md_nb(cells:list[str]) -> dict:
-    return {'cells': [{'cell_type': 'markdown', 'id': f'm{i}', 'metadata': {}, 'source': c} for i, c in enumerate(cells)],
-            'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
+def _doc_url(lib) -> str:
+    "Where nbdev would publish `lib`'s docs (`doc_host` + `doc_baseurl` from `_modidx.py`)."
+    s = importlib.import_module(f'{lib}._modidx').d['settings']
+    return s['doc_host'].rstrip('/') + '/' + s['doc_baseurl'].strip('/') + '/'
 
-def readme_page(readme:Path) -> dict:
-    "README.md as a notebook of one markdown cell (after a title cell), its repository links made site links"
-    text = Path(readme).read_text()
-    summary = next((l.lstrip('> ').strip() for l in text.splitlines() if l.startswith('>')), '')
-    body = re.sub(r'^# .*\n', '', text, count=1)
-    body = re.sub(r'\]\(nbs/results/README\.md\)', '](13_results.ipynb)', body)
-    body = re.sub(r'\]\(nbs/(images/[^)\s]+|[\w.-]+\.ipynb[^)\s]*)\)', r'](\1)', body)
-    return _md_nb([f'# README\n\n> {summary}', body])
-
-def cli_page() -> dict:
-    "Every `smvwe` command's `--help` (100 columns), one section each, after the top-level usage"
-    import os
-    from fastcore.script import anno_parser
-    from smvwe.cli import COMMANDS, usage
-    old = os.environ.get('COLUMNS'); os.environ['COLUMNS'] = '100'
-    try:
-        cells = ['# Command-line reference\n\n> Every `smvwe` command and its options, as `smvwe COMMAND --help` prints them.',
-                 f'```text\n{usage()}\n```']
-        for cmd, (mod, fn, text) in COMMANDS.items():
-            helptext = anno_parser(getattr(importlib.import_module(mod), fn), prog=f'smvwe {cmd}').format_help().rstrip()
-            cells.append(f'## smvwe {cmd}\n\n{text[0].upper() + text[1:]}.\n\n```text\n{helptext}\n```')
-    finally:
-        if old is None: os.environ.pop('COLUMNS', None)
-        else: os.environ['COLUMNS'] = old
-    return _md_nb(cells)
-
-EXTRA_PAGES = ('README', 'cli_reference')  # after the landing page, in this order
-
-def extra_pages(nbs:Path, tmp:Path) -> list[Path]:
-    "Write the extra pages' notebooks into `tmp` (README only when the repository, the folder above `nbs`, has a README.md); their paths"
-    out = []
-    readme = Path(nbs).resolve().parent/'README.md'
-    for stem, make in (('README', lambda: readme_page(readme) if readme.exists() else None), ('cli_reference', cli_page)):
-        nb = make()
-        if nb is not None: (Path(tmp)/f'{stem}.ipynb').write_text(json.dumps(nb)); out.append(Path(tmp)/f'{stem}.ipynb')
-    return out
-
-# %% ../nbs/10b_docs.ipynb #f613044b
+# %% ../nbs/10b_docs.ipynb #3afa2f12
 _KEYS = {'markdown': ('cell_type', 'id', 'metadata', 'source', 'attachments'), 'raw': ('cell_type', 'id', 'metadata', 'source'),
          'code': ('cell_type', 'id', 'metadata', 'source', 'outputs', 'execution_count')}
 
@@ -269,39 +155,7 @@ def to_nbformat(nb, title:str):
     meta = {**dict(nb.get('metadata', {})), 'title': title}
     return nbformat.reads(json.dumps({'nbformat': 4, 'nbformat_minor': 5, 'metadata': meta, 'cells': cells}), as_version=4)
 
-def _lookup(lib):
-    "nbdev's symbol lookup for `lib` (from its `_modidx.py`), or None when the library is not installed with its nbdev entry point."
-    try: return NbdevLookup(strip_libs=lib, incl_libs=lib)
-    except Exception: return None
-
-def _doc_url(lib) -> str:
-    "Where nbdev would publish `lib`'s docs (`doc_host` + `doc_baseurl` from `_modidx.py`)."
-    s = importlib.import_module(f'{lib}._modidx').d['settings']
-    return s['doc_host'].rstrip('/') + '/' + s['doc_baseurl'].strip('/') + '/'
-
-# %% ../nbs/10b_docs.ipynb #78448f19
-_re_mdlink = re.compile(r'!?\[[^\]\n]*\]\([^)\s]*\)')
-
-def linkify(lookup):
-    "nbdev's `add_links` with our lookup: backticked library names in markdown become links, except inside an existing link."
-    def _link(cell):
-        if cell.cell_type != 'markdown': return
-        held = []  # nbdev's linkify would nest a link inside `[`word_probs`](02b_words.ipynb#word_probs)`
-        def _hold(m): held.append(m.group(0)); return f'\x00{len(held)-1}\x00'
-        src = lookup.linkify(_re_mdlink.sub(_hold, cell.source))
-        cell.source = re.sub(r'\x00(\d+)\x00', lambda m: held[int(m.group(1))], src)
-    return _link
-
-def process_nb(path:Path, stems, lookup=None, lib='smvwe'):
-    "Read the notebook at `path` and run nbdev's processors and ours on it (see the table at the top)."
-    nb = read_nb(path)
-    nb.mod_ = default_exp(nb)
-    procs = [populate_language, add_show_docs, docs_before_code, strip_ansi, hide_line, rm_header_dash, clean_magics,
-             hide_, mark_exported, render_show_docs, strip_hidden_metadata, link_notebooks(stems)]
-    if lookup is not None: procs.append(linkify(lookup))
-    NBProcessor(nb=nb, procs=procs, process=True)
-    return nb
-
+# %% ../nbs/10b_docs.ipynb #3727d1ae
 def build_docs(nbs:Path, # the notebook folder (the repository's nbs/)
                out:Path, # the site's folder (created; pages in it are overwritten)
                pages:list|None=None, # notebook names (stems) to write; None: all
@@ -317,7 +171,7 @@ def build_docs(nbs:Path, # the notebook folder (the repository's nbs/)
     stems = [p.stem for p in paths]
     if pages is not None and (bad := set(pages) - set(stems)): raise ValueError(f'pages: no notebook {sorted(bad)} in {nbs}')
     titles = {p.stem: nb_title(read_nb(p)) for p in paths}
-    lookup, doc_url = _lookup(lib), _doc_url(lib)
+    lookup, doc_url = nbdev_lookup(lib), _doc_url(lib)
     doc_pages = {_re_num.sub('', s): s for s in stems}  # nbdev names the page of `02b_words` 'words.html'
     ex = HTMLExporter(template_name='lab', template_file='site.html.j2', exclude_input_prompt=True, exclude_output_prompt=True,
                       extra_loaders=[jinja2.DictLoader({'site.html.j2': TEMPLATE})])
