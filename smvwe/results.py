@@ -161,7 +161,7 @@ def page_cells(results='nbs/results', images:str='images') -> list[str]:
              '## The headline\n\nPseudo-label mIoU % (train split, no CRF, mean ± std over seeds; background score / threshold '
              f'{TABLE_THR:g}). The baseline is CAM with the saliency map as background: the saliency map used directly, which '
              'the paper argues against.\n\n' + headline_table(frames) + '\n\n' + '\n'.join(findings(frames)),
-             '## Claims\n\nA claim holds when it holds on the mean and on every seed (`12b_protocol`).\n\n' + claims_table(frames),
+             '## Claims\n\nA claim holds when it holds on the mean and on every seed (the rule: `08c_summary`; the claims: `12c_claims`).\n\n' + claims_table(frames),
              '## Reading\n\n' + fill(READING, frames),
              '## How these were made\n\n' + COMMANDS_MD]
     cells += [bench_sections(f, b, r, images, frames.get((b, 'scratch'))) for (b, r), f in frames.items()]
