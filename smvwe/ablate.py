@@ -14,7 +14,8 @@ from .synth import make_benchmark
 from .files import atomic_write, atomic_save
 from .train import train_cls
 from .words import VisualWordEncoder
-from .experiment import VARIANT_NAMES, get_preset, run_variant
+from .summary import VARIANT_NAMES, cell
+from .experiment import get_preset, run_variant
 
 # %% auto #0
 __all__ = ['STUDIES', 'PARAMS', 'defaults', 'canonical', 'params', 'run_key', 'study_runs', 'flatten_metrics', 'run_one',
@@ -168,16 +169,12 @@ def summarize(df, metrics=None):
     return df.groupby('label', sort=False)[metrics].agg(['mean', 'std', 'count'])
 
 def markdown_table(df, metrics=None) -> str:
-    "A markdown table of mean ± std per setting"
-    metrics, s = metrics or main_metrics(df), summarize(df, metrics)
-    def cell(c, lab):
-        mu, sd, n = s.loc[lab, (c, 'mean')], s.loc[lab, (c, 'std')], s.loc[lab, (c, 'count')]
-        if n == 0: return 'n/a'
-        k, fmt = (1, '{:.3f}') if c.startswith('conf_') else (100, '{:.1f}')
-        return fmt.format(k*mu) + ('' if n < 2 else ' ± ' + fmt.format(k*sd))
+    "A markdown table of mean ± std per setting (each cell `smvwe.summary.cell`)"
+    metrics = metrics or main_metrics(df)
     n = df.groupby('label', sort=False)['seed'].nunique()
     lines = ['| setting | seeds | ' + ' | '.join(metric_title(c) for c in metrics) + ' |', '|---|---|' + '---|'*len(metrics)]
-    lines += [f'| {lab} | {n[lab]} | ' + ' | '.join(cell(c, lab) for c in metrics) + ' |' for lab in s.index]
+    lines += [f'| {lab} | {n[lab]} | ' + ' | '.join(cell(g[c], *((1, 3) if c.startswith('conf_') else (100, 1))) for c in metrics) + ' |'
+              for lab, g in df.groupby('label', sort=False)]
     return '\n'.join(lines)
 
 # %% ../nbs/12_ablate.ipynb #35ce984c

@@ -19,7 +19,8 @@ from .parallel import Lanes, default_jobs
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label
-from .experiment import (VARIANT_NAMES, PSEUDO_MODE, PRETRAINED, get_preset, run_variant, run_seg, check_claims, word_maps,
+from .summary import VARIANT_NAMES
+from .experiment import (PSEUDO_MODE, PRETRAINED, get_preset, run_variant, run_seg, check_claims, word_maps,
                               write_json, fmt)
 
 

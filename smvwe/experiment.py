@@ -18,8 +18,8 @@ from .pseudo import make_pseudo
 from .metrics import evaluate_folder, word_label_miou, load_label
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRETRAINED', 'REGIMES', 'VARIANT_NAMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'PSEUDO_KEYS', 'MIOU_MARGIN',
-           'get_preset', 'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt', 'check_claims']
+__all__ = ['PRESETS', 'PRETRAINED', 'REGIMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'PSEUDO_KEYS', 'MIOU_MARGIN', 'get_preset',
+           'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt', 'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
 PRESETS = {
@@ -36,7 +36,6 @@ PRESETS = {
 PRETRAINED = dict(weights='openmoji-small', lr=0.01, lr_mult=10., freeze_bn=False, seg_weights='openmoji-small', seg_lr=0.01)  # the paper's regime (see below)
 REGIMES = {'scratch': {}, 'pretrained': PRETRAINED}  # regime -> the keys it changes in a benchmark's preset
 PRESETS['pretrained'], PRESETS['real-pretrained'] = {**PRESETS['default'], **PRETRAINED}, {**PRESETS['real'], **PRETRAINED}
-VARIANT_NAMES = {'cam': 'CAM', 'vwe': 'VWE', 'sal': 'saliency-only', 'smvwe': 'SMVWE'}
 PSEUDO_MODE = {'cam': 'threshold', 'vwe': 'threshold', 'sal': 'argmax', 'smvwe': 'argmax'}  # fixed by what each variant trains
 BENCH_KEYS = ('bench', 'n_train', 'n_val', 'size')  # which benchmark, and its size
 PSEUDO_KEYS = ('scales', 'crf', 'n_workers', 'mode', 'bg_thr', 'flip', 'crf_kw', 'conf_thr')

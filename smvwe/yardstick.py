@@ -14,7 +14,7 @@ from .data import to_tensor_img
 from .voc import read_split, read_classes, image_labels, load_image
 
 # %% auto #0
-__all__ = ['YardstickCAM', 'load_split_tensors', 'train_yardstick']
+__all__ = ['YardstickCAM', 'load_split_tensors', 'train_yardstick', 'yardstick_verdict']
 
 # %% ../nbs/06c_yardstick.ipynb #077cbac2
 def _cbr(cin, cout, stride=1): return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -60,3 +60,12 @@ def train_yardstick(root, # VOC-layout dataset (images of one size, or give `siz
             loss = F.multilabel_soft_margin_loss(model(xb)['logits'], yb)
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     return model.eval()
+
+# %% ../nbs/06c_yardstick.ipynb #42f28089
+def yardstick_verdict(model, root, split:str='val') -> dict:
+    "The yardstick's classifier verdict on `split` (mAP, chance, skill), as `train_cls` gives every variant's"
+    from smvwe.diagnose import mean_ap, chance_map, verdict
+    x, y = load_split_tensors(root, split)
+    with torch.no_grad(): s = torch.sigmoid(torch.cat([model(b)['logits'] for b in x.split(64)])).numpy()
+    y = y.numpy()
+    return verdict(mean_ap(s, y), chance_map(y))

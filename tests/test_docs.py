@@ -109,7 +109,7 @@ def test_docstrings_render(site):
     "A docstring after an import renders as Python's default 'Call self as a function.': the two that did now render their own"
     pages = {p.name: p.read_text() for p in site.glob('*.html')}
     assert not [n for n, t in pages.items() if 'Call self as a function' in t]
-    assert 'per method under one read-out (+ the baseline row)' in pages['12b_protocol.html']   # protocol.detail_table
+    assert 'per method under one read-out (+ the baseline row)' in pages['12d_tables.html']   # tables.detail_table
     assert 'The device of <code>model</code>' in pages['07a_maps.html'] or "The device of `model`" in pages['07a_maps.html']  # maps.model_device
 
 
@@ -139,8 +139,8 @@ def test_pages_in_chromium(site, tmp_path):
         math[page.stem], code[page.stem] = check['math'], check['code']
     assert not bad, '\n'.join(bad)
     assert math['02b_words'] > 20 and math['03_saliency'] > 20, math
-    # long code lines exist (exported cells of 12b_protocol and 12c_results) and scroll sideways
-    for stem in ('12b_protocol', '12c_results'):
+    # long code lines exist (exported cells of 12b_protocol and 12e_results) and scroll sideways
+    for stem in ('12b_protocol', '12e_results'):
         assert code[stem]['wide'] > 0 and code[stem]['scrollable'] == code[stem]['wide'], (stem, code[stem])
 
 
@@ -167,7 +167,7 @@ def test_screenshots(site, tmp_path):
 
 def test_docstrings_come_before_the_code():
     "The two functions whose import sat before the docstring (so Python saw no docstring) now have theirs"
-    from smvwe.protocol import detail_table
+    from smvwe.tables import detail_table
     from smvwe.maps import model_device
     assert detail_table.__doc__.startswith('Markdown: per method under one read-out')
     assert model_device.__doc__.startswith("The device of `model`'s first parameter")

@@ -1,10 +1,12 @@
-"The fair protocol's tables and claims on a hand-made result table (the results page and README's headline: tests/test_stale.py)."
+"The fair protocol's tables and claims on a hand-made result table (the results page and README's headline: tests/test_stale.py), and its studies' wall times."
 import math
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from smvwe.protocol import READOUT_SET, TABLE_THR, readout_table, detail_table, protocol_claims, quality_table, load_results
+from smvwe.summary import READOUT_SET, TABLE_THR, load_results
+from smvwe.tables import readout_table, detail_table, quality_table
+from smvwe.claims import protocol_claims
 
 ROOT = Path(__file__).resolve().parents[1]
 

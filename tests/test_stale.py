@@ -1,7 +1,8 @@
 "No stale output: every committed output that shows results is what `smvwe report` gives from today's result files."
 import json, re, shutil
 from pathlib import Path
-from smvwe.results import stale_outputs, write_outputs, load_frames, bench_key, CHECKED_CELLS
+from smvwe.summary import bench_key
+from smvwe.results import stale_outputs, write_outputs, load_frames, CHECKED_CELLS
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS, RES, README = ROOT/'nbs', ROOT/'nbs'/'results', ROOT/'README.md'
