@@ -25,17 +25,18 @@ from pathlib import Path
 
 import torch
 
-FP32 = dict(amp=None, channels_last=False)
+FP32 = {'cls.amp': None, 'cls.channels_last': False}  # DeepLab follows the classifier's precision
 
 
 def recipes(preset:str, previous:str='fp32') -> dict:
-    "{'previous': (preset dict, jobs), 'current': (preset dict, jobs)}"
+    "{'previous': (Preset, jobs), 'current': (Preset, jobs)}"
     from smvwe.experiment import get_preset
     from smvwe.protocol import FIRST_RECIPE  # the recipe study's first row
     cur = get_preset(preset)
-    prev = get_preset(preset, **FP32)
+    prev = get_preset(preset, FP32)
     if previous == 'first-recipe':
-        prev.update(FIRST_RECIPE, resize_long=(round(cur['crop'] * 0.75), cur['crop']))  # its random long side, 0.75-1x the crop
+        prev = get_preset(prev, {**{f'cls.{k}': v for k, v in FIRST_RECIPE.items()},
+                                 'cls.resize_long': (round(cur.cls.crop * 0.75), cur.cls.crop)})  # its random long side, 0.75-1x the crop
     return {'previous': (prev, 1), 'current': (cur, None)}
 
 
@@ -88,8 +89,8 @@ def profile_steps(preset:str, steps:int=5, top:int=8, previous:str='fp32') -> st
     from smvwe.fit import _to_float
     sys.path.insert(0, str(Path(__file__).resolve().parent)); import throughput  # its models, batches and training step
     out = []
-    for name, (p, _) in recipes(preset, previous).items():
-        S, B = p['crop'], p['bs']
+    for name, (pr, _) in recipes(preset, previous).items():
+        p = pr.recipe(); S, B = p['crop'], p['bs']
         for stage in ('cls', 'seg'):  # cls: SMVWE, visual words on, all four loss terms
             cfg = dict(stage=stage, size=S, bs=B, n_words=p['n_words'], backbone=p['backbone'] if stage == 'cls' else p['seg_backbone'],
                        arch=p['seg_arch'], model_kw={k: p[k] for k in ('output_stride', 'backbone_kwargs') if k in p})

@@ -12,13 +12,12 @@ from fastcore.script import call_parse
 
 from .synth import make_benchmark
 from .files import atomic_write, atomic_save
-from .train import train_cls
 from .words import VisualWordEncoder
 from .summary import VARIANT_NAMES, cell
-from .experiment import get_preset, run_variant
+from .experiment import SET_OPTION, get_preset, flat_name, parse_overrides, override_args, run_variant
 
 # %% auto #0
-__all__ = ['STUDIES', 'PARAMS', 'defaults', 'canonical', 'params', 'run_key', 'study_runs', 'flatten_metrics', 'run_one',
+__all__ = ['STUDIES', 'PARAMS', 'GRIDS', 'defaults', 'canonical', 'params', 'run_key', 'study_runs', 'flatten_metrics', 'run_one',
            'result_row', 'main_metrics', 'metric_title', 'summarize', 'markdown_table', 'plot_study', 'command',
            'run_study', 'ablate_cli']
 
@@ -31,42 +30,44 @@ STUDIES = {  # name -> what it compares
     'cls-term': 'SMVWE with and without the image-label term (w_cls 1 vs 0)',
 }
 PARAMS = ('n_words', 'mu', 'delta', 'w_cls', 'sign')  # the knobs the studies turn, one column each in results.csv
-_NOKEY = ('device', 'num_workers')  # overrides that do not change the result
+_NOKEY = ('cls.device', 'cls.num_workers')  # overrides that do not change the result
 
 def _check_study(study):
     if study not in STUDIES: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
 
 def defaults(preset='default') -> dict:
-    "The value of every `PARAMS` knob when a run does not override it"
-    p, tc = get_preset(preset), inspect.signature(train_cls).parameters
-    d = {k: p.get(k, tc[k].default) for k in PARAMS if k != 'sign'}
-    return d | {'sign': inspect.signature(VisualWordEncoder).parameters['sign'].default}
+    "The value of every `PARAMS` knob when a run does not override it: the preset's classifier config (the sign: `VisualWordEncoder`'s unless its `word_kwargs` set one)"
+    c = get_preset(preset).cls; sign = inspect.signature(VisualWordEncoder).parameters['sign'].default
+    return {k: getattr(c, k) for k in PARAMS if k != 'sign'} | {'sign': (c.word_kwargs or {}).get('sign', sign)}
 
-def canonical(overrides:dict, preset='default') -> dict:
-    "`overrides` without the entries that equal the preset's (or `train_cls`'s) value"
-    p, tc, d = get_preset(preset), inspect.signature(train_cls).parameters, defaults(preset)
+def canonical(overrides:dict, # 'stage.field' -> value (an unknown stage or field is refused)
+              preset='default') -> dict:
+    "`overrides` without the entries that equal the preset's value"
+    p, d = get_preset(preset), defaults(preset)
     out = {}
     for k, v in overrides.items():
         if v is None: continue
-        if k == 'word_kwargs':
+        cur = p.value(k)
+        if k == 'cls.word_kwargs':
             v = {a: b for a, b in v.items() if not (a == 'sign' and b == d['sign'])}
             if v: out[k] = dict(v)
-        elif k in p: 
-            if json.dumps(v) != json.dumps(p[k]): out[k] = v
-        elif k not in tc or tc[k].default != v: out[k] = v
+        elif k in p.stated:
+            if json.dumps(v) != json.dumps(cur): out[k] = v
+        elif cur != v: out[k] = v
     return out
 
 def params(overrides:dict, preset='default') -> dict:
     "The studied knobs' values in a run with these overrides"
-    return defaults(preset) | {k: overrides[k] for k in PARAMS if k in overrides} | \
-           {'sign': overrides.get('word_kwargs', {}).get('sign', defaults(preset)['sign'])}
+    d = defaults(preset)
+    return d | {k: overrides[f'cls.{k}'] for k in PARAMS if f'cls.{k}' in overrides} | \
+           {'sign': (overrides.get('cls.word_kwargs') or {}).get('sign', d['sign'])}
 
 def _fmt(v): return f'{v:g}' if isinstance(v, float) else str(v)
 
 def run_key(variant:str, seed:int, overrides:dict, preset='default') -> str:
-    "Folder name of a run: preset, variant, the canonical overrides, seed"
+    "Folder name of a run: preset, variant, the canonical overrides (under their flat recipe names), seed"
     o = canonical(overrides, preset)
-    flat = {**{k: v for k, v in o.items() if k != 'word_kwargs' and k not in _NOKEY}, **o.get('word_kwargs', {})}
+    flat = {**{flat_name(k): v for k, v in o.items() if k != 'cls.word_kwargs' and k not in _NOKEY}, **o.get('cls.word_kwargs', {})}
     name = '-'.join([preset if isinstance(preset, str) else 'custom', variant] + [f'{k}={_fmt(v)}' for k, v in sorted(flat.items())] + [f'seed{seed}'])
     return re.sub(r'[^A-Za-z0-9_.=,-]', '_', name)
 
@@ -80,24 +81,24 @@ def _grid(v, typ=float) -> tuple:
 
 def study_runs(study:str, # one of `STUDIES`
                seeds=(0, 1, 2), # training seeds of every setting
-               preset='default', # `smvwe.experiment.PRESETS` name (or dict)
+               preset='default', # `smvwe.experiment.PRESETS` name (or a `Preset`)
                words_grid=(16, 64, 256), # N of the `words` study
                mu_grid=(0., .5, 1.), delta_grid=(.2, .4, .6), # the `saliency` grid
                cross:bool=False, # `saliency`: vary mu and delta one at a time around the preset's values, not the full grid
-               **overrides # applied to every run (backbone, crop, epochs, device, ...)
+               overrides:dict|None=None, # 'stage.field' -> value for every run, e.g. {'cls.epochs': 3, 'cls.device': 'cpu'}
               ) -> list[dict]:
     "The runs of `study`: dicts with label, variant, seed, overrides (canonical), params and key"
     _check_study(study)
-    seeds, ov = _grid(seeds, int), {k: v for k, v in overrides.items() if v is not None}
+    seeds, ov = _grid(seeds, int), {k: v for k, v in (overrides or {}).items() if v is not None}
     if study == 'variants':   grid = [(VARIANT_NAMES[v], v, {}) for v in ('cam', 'vwe', 'sal', 'smvwe')]
-    elif study == 'words':    grid = [(f'N={n}', 'smvwe', {'n_words': n}) for n in _grid(words_grid, int)]
+    elif study == 'words':    grid = [(f'N={n}', 'smvwe', {'cls.n_words': n}) for n in _grid(words_grid, int)]
     elif study == 'saliency':
         d0 = defaults(preset)
         pairs = [(m, d) for m in _grid(mu_grid) for d in _grid(delta_grid)]
         if cross: pairs = list(dict.fromkeys([(m, d0['delta']) for m in _grid(mu_grid)] + [(d0['mu'], d) for d in _grid(delta_grid)]))
-        grid = [(f'mu={m:g} delta={d:g}', 'smvwe', {'mu': m, 'delta': d}) for m, d in pairs]
-    elif study == 'sign':     grid = [('-D (ours)', 'smvwe', {}), ('+D (Eq. 2 as printed)', 'smvwe', {'word_kwargs': {'sign': 1}})]
-    else:                     grid = [('w_cls=1', 'smvwe', {}), ('w_cls=0', 'smvwe', {'w_cls': 0.})]
+        grid = [(f'mu={m:g} delta={d:g}', 'smvwe', {'cls.mu': m, 'cls.delta': d}) for m, d in pairs]
+    elif study == 'sign':     grid = [('-D (ours)', 'smvwe', {}), ('+D (Eq. 2 as printed)', 'smvwe', {'cls.word_kwargs': {'sign': 1}})]
+    else:                     grid = [('w_cls=1', 'smvwe', {}), ('w_cls=0', 'smvwe', {'cls.w_cls': 0.})]
     runs = []
     for label, variant, o in grid:
         o = canonical({**ov, **o}, preset)
@@ -129,21 +130,21 @@ def _stage1(recipe:dict) -> dict:
 
 def run_one(run:dict, root, out, preset='default', runner=None, progress:bool=True) -> dict:
     "Metrics of one run of `study_runs`, computed by `runner` unless `OUT/runs/KEY/metrics.json` already has them"
-    runner = runner or run_variant
+    runner, p = runner or run_variant, get_preset(preset, run['overrides'])
     d = Path(out)/'runs'/run['key']
     f = d/'metrics.json'
     if f.exists():
         m = json.loads(f.read_text())
-        have, want = _stage1(m.get('recipe') or {}), _stage1(get_preset(preset, **run['overrides']))
+        have, want = _stage1(m.get('recipe') or {}), _stage1(p.recipe())
         diff = [k for k in sorted(set(have) | set(want)) if m.get('recipe') is not None and have.get(k) != want.get(k)]
         if m.get('seed') != run['seed']: diff.append('seed')
         if Path(m.get('root', root)).resolve() != Path(root).resolve(): diff.append('dataset')
         if not diff: return m | {'reused': True}
         raise ValueError(f"{f} was written by another run ({', '.join(diff)} differ): use another --out folder")
     t0 = time.time()
-    m = runner(root, d, run['variant'], preset=preset, seed=run['seed'], progress=progress, **run['overrides'])
+    m = runner(root, d, run['variant'], preset=p, seed=run['seed'], progress=progress)
     m = dict(m, root=str(root), seed=run['seed'], time_s=time.time() - t0)
-    if 'recipe' not in m: m['recipe'] = get_preset(preset, **run['overrides'])
+    if 'recipe' not in m: m['recipe'] = p.recipe()
     atomic_save(json.dumps(_jsonable(m), indent=1) + '\n', f)
     return m | {'reused': False}
 
@@ -213,13 +214,19 @@ def plot_study(df, # results of one study (`run_study`)
 # %% ../nbs/12_ablate.ipynb #c7d7e139
 def _csv(df, path): atomic_write(path, lambda p: df.to_csv(p, index=False))
 
-def command(study, out, preset, seeds, root=None, **kw) -> str:
+GRIDS = {'words': ('words_grid',), 'saliency': ('mu_grid', 'delta_grid', 'cross')}  # study -> its grid options
+
+def command(study, out, preset, seeds, root=None,
+            grids:dict|None=None, # grid option -> value (shown unless None or False)
+            overrides:dict|None=None # 'stage.field' -> value, shown as --stage.field VALUE
+           ) -> str:
     "The `smvwe ablate` command line that regenerates a study"
     a = [f'smvwe ablate {study} --out {out} --preset {preset} --seeds {",".join(map(str, _grid(seeds, int)))}']
     if root: a.append(f'--root {root}')
-    for k, v in kw.items():
+    for k, v in (grids or {}).items():
         if v is None or v is False: continue
         a.append(f"--{k.replace('_', '-')}" + ('' if v is True else ' ' + (','.join(map(_fmt, v)) if isinstance(v, (list, tuple)) else _fmt(v))))
+    if (ov := {k: v for k, v in (overrides or {}).items() if v is not None}): a.append(override_args(ov))
     return ' '.join(a)
 
 def run_study(study:str, # one of `STUDIES`
@@ -229,16 +236,19 @@ def run_study(study:str, # one of `STUDIES`
               seeds=(0, 1, 2), # training seeds of every setting
               runner=None, # function with `smvwe.experiment.run_variant`'s signature (default: that)
               progress:bool=True, # progress bars of the runs, one line per finished run
-              **kw # study grids (words_grid, mu_grid, delta_grid) and overrides for every run (backbone, crop, epochs, device...)
+              words_grid=(16, 64, 256), # N of the `words` study
+              mu_grid=(0., .5, 1.), delta_grid=(.2, .4, .6), # the `saliency` grid
+              cross:bool=False, # `saliency`: vary mu and delta one at a time around the preset's values, not the full grid
+              overrides:dict|None=None, # 'stage.field' -> value for every run, e.g. {'cls.backbone': 'resnet38', 'cls.device': 'cuda'}
              ):
     "Run (or reuse) every run of `study`, write its results, table and figure; return the results as a DataFrame"
     import pandas as pd
     _check_study(study); p = get_preset(preset)
-    grids = {k: kw.pop(k) for k in ('words_grid', 'mu_grid', 'delta_grid', 'cross') if k in kw}
-    runs = study_runs(study, seeds, preset, **grids, **kw)
+    grids = dict(words_grid=words_grid, mu_grid=mu_grid, delta_grid=delta_grid, cross=cross)
+    runs = study_runs(study, seeds, preset, **grids, overrides=overrides)
     out = Path(out); sdir = out/study; sdir.mkdir(parents=True, exist_ok=True)
     if root is None:
-        try: root = make_benchmark(out/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], progress=progress)
+        try: root = make_benchmark(out/'data', n_train=p.bench.n_train, n_val=p.bench.n_val, size=p.bench.size, progress=progress)
         except ValueError as e: raise ValueError(f'{e} (OUT/data belongs to another preset: use another --out)') from None
     elif not Path(root).is_dir(): raise FileNotFoundError(f'dataset folder {root} not found (omit --root to use the built-in benchmark)')
     t0, rows = time.time(), []
@@ -249,7 +259,8 @@ def run_study(study:str, # one of `STUDIES`
             how = 'reused' if m['reused'] else f"{m['time_s']:.0f} s"
             print(f"[{study} {i+1}/{len(runs)}] {r['label']} seed {r['seed']}: mIoU {100*rows[-1]['miou']:.1f} ({how})", flush=True)
     df = pd.DataFrame(rows)
-    cmd = command(study, out, preset, seeds, None if root == out/'data' else root, **grids, **{k: v for k, v in kw.items() if k != 'device'})
+    cmd = command(study, out, preset, seeds, None if root == out/'data' else root, {k: grids[k] for k in GRIDS.get(study, ())},
+                  {k: v for k, v in (overrides or {}).items() if k != 'cls.device'})
     table = markdown_table(df)
     _csv(df, sdir/'results.csv')
     s = summarize(df)
@@ -270,24 +281,17 @@ def ablate_cli(study:str, # variants, words, saliency, sign or cls-term
                root:str=None, # existing VOC-layout dataset (default: the preset's built-in benchmark, written to OUT/data)
                preset:str='default', # smvwe.demo preset: default (CPU, minutes per run) or quick (smoke test)
                seeds:str='0,1,2', # training seeds, comma-separated
-               device:str=None, # cpu, cuda, cuda:1 (default: a GPU if there is one)
-               backbone:str=None, # passthrough to every run: small, resnet38, resnet50, resnet101
-               crop:int=None, # passthrough: training crop size
-               epochs:int=None, # passthrough: training epochs
-               bs:int=None, # passthrough: batch size
-               lr:float=None, # passthrough: base learning rate
-               amp:str=None, # passthrough: mixed precision bf16 or fp16
                words_grid:str='16,64,256', # `words` study: numbers of words
                mu_grid:str='0,0.5,1', # `saliency` study: values of mu (Eq. 5)
                delta_grid:str='0.2,0.4,0.6', # `saliency` study: values of delta (Eq. 6-7)
                cross:bool=False, # `saliency` study: vary mu and delta one at a time around the preset's values (5 settings, not 9)
                quiet:bool=False, # no progress output
+               set:SET_OPTION=None, # STAGE.KEY=VALUE for every run, repeatable (`smvwe.experiment.SET_OPTION`)
               ):
     "Regenerate an ablation study (runs, results.csv/json, table.md, figure.png); finished runs are reused"
-    _check_study(study); get_preset(preset)
-    grids = {'words': dict(words_grid=words_grid), 'saliency': dict(mu_grid=mu_grid, delta_grid=delta_grid, cross=cross or None)}.get(study, {})
-    df = run_study(study, out, root, preset, seeds, progress=not quiet, **grids, device=device, backbone=backbone, crop=crop,
-                   epochs=epochs, bs=bs, lr=lr, amp=amp)
+    _check_study(study); ov = parse_overrides(set); get_preset(preset, ov)  # bad keys and values fail before any work
+    df = run_study(study, out, root, preset, seeds, progress=not quiet, words_grid=words_grid, mu_grid=mu_grid, delta_grid=delta_grid,
+                   cross=cross, overrides=ov)
     print(markdown_table(df))
     print(f'wrote {Path(out)/study}/results.csv, results.json, table.md, figure.png')
     return df

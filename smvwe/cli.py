@@ -49,6 +49,19 @@ def _dashes_to_underscores(arg:str, known:dict) -> str:
     alt = '--' + name[2:].replace('-', '_')
     return alt + eq + val if alt in known and name not in known else arg
 
+def _stage_options(argv:list, known:dict) -> list:
+    "`--cls.mu 0.3` and `--cls.mu=0.3` -> `--set cls.mu=0.3` for a command that has `--set` (other arguments are left alone)"
+    if '--set' not in known: return list(argv)
+    out, i = [], 0
+    while i < len(argv):
+        name, eq, val = argv[i].partition('=')
+        if name.startswith('--') and '.' in name and name not in known and (eq or i + 1 < len(argv)):
+            if not eq: i += 1; val = argv[i]
+            out += ['--set', f"{name[2:].replace('-', '_')}={val}"]
+        else: out.append(argv[i])
+        i += 1
+    return out
+
 # %% ../nbs/10_cli.ipynb #262ba9f4
 def error_line(e:BaseException) -> str|None:
     "One line naming the file or argument and the fix, for a failure the user can cause; None for a bug"
@@ -101,7 +114,7 @@ def _main(argv:list) -> int:
         print(f"smvwe {cmd}: not available in this install ({e})", file=sys.stderr); return 2
     parser = anno_parser(func, prog=f'smvwe {cmd}')
     known = parser._option_string_actions
-    rest = [_dashes_to_underscores(a, known) for a in rest]
+    rest = _stage_options([_dashes_to_underscores(a, known) for a in rest], known)
     try: args = vars(parser.parse_args(rest))
     except SystemExit as e: return e.code or 0  # --help (0) or an argparse error (2, message printed)
     for k in ('pdb', 'xtra'): args.pop(k, None)  # fastcore's debugging extras

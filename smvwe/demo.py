@@ -20,7 +20,7 @@ from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label
 from .summary import VARIANT_NAMES
-from .experiment import (PSEUDO_MODE, PRETRAINED, get_preset, run_variant, run_seg, check_claims, word_maps,
+from .experiment import (PSEUDO_MODE, PRETRAINED, Preset, get_preset, run_variant, run_seg, check_claims, word_maps,
                               write_json, fmt)
 
 
@@ -189,7 +189,7 @@ def numbers_only(m:dict) -> dict:
 SEG_VARIANTS = ('cam', 'smvwe')  # DeepLab is trained on the pseudo labels of these
 
 def demo(out='runs/demo', # run folder
-         preset:dict|str='default', # a `PRESETS` name or dict
+         preset:Preset|str='default', # a `PRESETS` name or a `Preset` (`smvwe.experiment.get_preset`)
          seed:int=0, # seed of the benchmark and of every training
          variants=tuple(VARIANTS), # variants to train and score
          seg:bool=True, # also train DeepLab on the CAM and SMVWE pseudo labels
@@ -207,8 +207,8 @@ def demo(out='runs/demo', # run folder
     n_stages, k = 2 + len(variants) + len(seg_vs), 0
     def stage(msg):
         nonlocal k; k += 1; say(f'[{k}/{n_stages}] {msg}', flush=True); return time.time()
-    t = stage(f"benchmark: {p['n_train']} train + {p['n_val']} val images of {p['size']} px -> {run/'data'}")
-    try: root = make_benchmark(run/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=seed, progress=progress)
+    t = stage(f"benchmark: {p.bench.n_train} train + {p.bench.n_val} val images of {p.bench.size} px -> {run/'data'}")
+    try: root = make_benchmark(run/'data', n_train=p.bench.n_train, n_val=p.bench.n_val, size=p.bench.size, seed=seed, progress=progress)
     except ValueError as e:  # the benchmark's own advice (--overwrite) is not an option of the demo
         raise ValueError(str(e).replace('choose a new OUT folder or pass --overwrite (overwrite=True)',
                                         'this run folder belongs to another demo: choose a new --out folder')) from None
@@ -220,10 +220,10 @@ def demo(out='runs/demo', # run folder
     todo, running, res, segres = [('train', v) for v in sorted(variants, key=lambda v: v not in seg_vs)], {}, {}, {}
     def start(kind, v):
         if kind == 'train':
-            stage(f"{VARIANT_NAMES[v]}: train ({p['epochs']} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
+            stage(f"{VARIANT_NAMES[v]}: train ({p.cls.epochs} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
             return lanes.submit(run/v/'log.txt', run_variant, root, run/v, v, p, seed=seed, splits=('train', 'val') if v in seg_vs else ('val',),
                                 progress=progress and jobs == 1, here=(run/v/'metrics.json').exists())  # finished: only re-read here
-        stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p['seg_epochs']} epochs), predict val, score")
+        stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p.seg.epochs} epochs), predict val, score")
         return lanes.submit(run/v/'seg_log.txt', run_seg, root, run/v, p, seed=seed, progress=progress and jobs == 1,
                             here=(run/v/'metrics_seg.json').exists())
     def finished(kind, v, r):
@@ -252,7 +252,7 @@ def demo(out='runs/demo', # run folder
         figs.append(plot_words(root, model, pick_examples(root, 'val', 4), run/'figures'/'words.png'))
     drop = ('confusion_matrix', 'recipe', 'root', 'pred_dir')
     m = dict(command=command or f'smvwe.demo.demo({str(out)!r}, preset={name!r}, seed={seed})', version=smvwe.__version__,
-             preset=name, seed=seed, recipe={**p, 'resize_long': p.get('resize_long')}, pseudo_mode={v: PSEUDO_MODE[v] for v in variants},
+             preset=name, seed=seed, recipe={**p.recipe(), 'resize_long': p.cls.resize_long}, pseudo_mode={v: PSEUDO_MODE[v] for v in variants},
              variants={v: {k: x for k, x in r.items() if k not in drop} for v, r in res.items()},
              seg={v: {k: x for k, x in r.items() if k not in drop} for v, r in segres.items()},
              claims=check_claims(res, segres), figures=[str(f.relative_to(run)) for f in figs])
@@ -277,7 +277,7 @@ def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue
             ):
     "Run SMVWE end to end on the built-in benchmark: data, CAM / VWE / saliency-only / SMVWE, pseudo labels, DeepLab, metrics, figures, report"
     cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}{' --pretrained' if pretrained else ''}"
-    preset = get_preset('quick', **PRETRAINED) if quick and pretrained else 'pretrained' if pretrained else 'quick' if quick else 'default'
+    preset = get_preset('quick', PRETRAINED) if quick and pretrained else 'pretrained' if pretrained else 'quick' if quick else 'default'
     m = demo(out, preset, seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
     held = sum(c['holds'] is True for c in m['claims'].values())
     print(f"{held} of {len(m['claims'])} checks hold; see {Path(out)/'report.md'}")

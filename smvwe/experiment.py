@@ -4,50 +4,138 @@
 
 # %% ../nbs/11a_experiment.ipynb #55b2c485
 from __future__ import annotations
-import json, time
+import json, shlex, time, typing
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.script import str2bool
 
 from .data import to_tensor_img
 from .voc import read_split, load_image, load_mask
 from .files import atomic_save
-from .train import train_cls, load_cls_model, VARIANTS
-from .pseudo import make_pseudo
+from .voc_writer import _Param
+from .config import StageConfig, from_cli, _inner
+from .train import train_cls, load_cls_model, VARIANTS, ClsConfig
+from .pseudo import make_pseudo, PseudoConfig
+from .segment import SegConfig
 from .metrics import evaluate_folder, word_label_miou, load_label
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRETRAINED', 'REGIMES', 'PSEUDO_MODE', 'BENCH_KEYS', 'PSEUDO_KEYS', 'MIOU_MARGIN', 'get_preset',
-           'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt', 'check_claims']
+__all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'MIOU_MARGIN',
+           'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
+           'override_args', 'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt',
+           'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
-PRESETS = {
-    'default': dict(bench='synth', n_train=300, n_val=100, size=96, epochs=25, bs=16, crop=96, resize_long=(96, 96), jitter=None, lr=0.05,
-                    lr_mult=None, n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
-                    seg_arch='v1', seg_backbone='small', seg_epochs=40, seg_bs=16, seg_lr=0.1),
-    'real':    dict(bench='emoji', n_train=500, n_val=150, size=96, epochs=15, bs=16, crop=96, resize_long=(96, 96), jitter=None,
-                    lr=0.05, lr_mult=None, n_words=64, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
-                    seg_arch='v1', seg_backbone='small', seg_epochs=40, seg_bs=16, seg_lr=0.1),
-    'quick':   dict(bench='synth', n_train=24, n_val=12, size=64, epochs=1, bs=8, crop=64, resize_long=(64, 64), jitter=None, lr=0.05,
-                    lr_mult=None, n_words=16, backbone='small', scales=(1.0,), crf=True, n_workers=2, amp='bf16', channels_last=True,
-                    seg_arch='v1', seg_backbone='small', seg_epochs=1, seg_bs=8, seg_lr=0.1),
-}
-PRETRAINED = dict(weights='openmoji-small', lr=0.01, lr_mult=10., freeze_bn=False, seg_weights='openmoji-small', seg_lr=0.01)  # the paper's regime (see below)
-REGIMES = {'scratch': {}, 'pretrained': PRETRAINED}  # regime -> the keys it changes in a benchmark's preset
-PRESETS['pretrained'], PRESETS['real-pretrained'] = {**PRESETS['default'], **PRETRAINED}, {**PRESETS['real'], **PRETRAINED}
-PSEUDO_MODE = {'cam': 'threshold', 'vwe': 'threshold', 'sal': 'argmax', 'smvwe': 'argmax'}  # fixed by what each variant trains
-BENCH_KEYS = ('bench', 'n_train', 'n_val', 'size')  # which benchmark, and its size
-PSEUDO_KEYS = ('scales', 'crf', 'n_workers', 'mode', 'bg_thr', 'flip', 'crf_kw', 'conf_thr')
+@dataclass
+class BenchConfig(StageConfig):
+    "Which benchmark a study writes, and its size (every other generator argument keeps its default); the defaults are the `default` preset's"
+    kind:str='synth' # synth (the drawn benchmark, `smvwe synth`) or emoji (OpenMoji images, `smvwe synth-real`)
+    n_train:int=300 # training images
+    n_val:int=100 # validation images
+    size:int=96 # image side in pixels
 
-def get_preset(preset:dict|str='default', # a `PRESETS` name or a dict with the same keys
-               **overrides # keys to change
-              ) -> dict:
-    "A copy of the preset, updated with `overrides`"
+    def __post_init__(self):
+        if self.kind not in ('synth', 'emoji'): raise ValueError(f"bench.kind must be 'synth' or 'emoji', got {self.kind!r}.")
+
+STAGES = {'bench': BenchConfig, 'cls': ClsConfig, 'pseudo': PseudoConfig, 'seg': SegConfig}  # stage -> its config
+SEG_FROM_CLS = ('crop', 'amp', 'channels_last')  # DeepLab trains with the classifier's crop and precision unless `seg.KEY` is set
+
+def flat_name(key:str) -> str:
+    "The name of a 'stage.field' key in a flat recipe (run folders, score caches, metrics.json): the field, `seg_` before DeepLab's, `bench` for `bench.kind`"
+    stage, f = key.split('.', 1)
+    return 'bench' if key == 'bench.kind' else f'seg_{f}' if stage == 'seg' else f
+
+def check_key(key:str) -> tuple[str, str]:
+    "(stage, field) of an override key 'stage.field'; a one-line `ValueError` naming the key and the allowed ones otherwise"
+    stage, _, f = key.partition('.')
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage in {key!r}: an override is STAGE.KEY (e.g. cls.mu) with STAGE one of {', '.join(STAGES)}.")
+    names = [x.name for x in fields(STAGES[stage])]
+    if f not in names: raise ValueError(f"unknown key {key!r}: the {stage} stage ({STAGES[stage].__name__}) has {', '.join(names)}.")
+    return stage, f
+
+@dataclass(frozen=True)
+class Preset:
+    "A named composition of one config per stage; `stated`: the 'stage.field' keys the preset and its overrides set, in order (its recipe)"
+    name:str
+    bench:BenchConfig
+    cls:ClsConfig
+    pseudo:PseudoConfig
+    seg:SegConfig
+    stated:tuple = ()
+
+    def value(self, key:str): s, f = check_key(key); return getattr(getattr(self, s), f)
+    def settings(self) -> dict: return {k: self.value(k) for k in self.stated}  # 'stage.field' -> value
+    def recipe(self) -> dict:
+        "The stated fields under their flat names: what run folders, score caches and result files are keyed by"
+        return {flat_name(k): v for k, v in self.settings().items()}
+
+def compose(name:str, # the preset's name
+            settings:dict # 'stage.field' -> value, in the order the recipe lists them
+           ) -> Preset:
+    "A `Preset` whose stages are their configs' defaults changed by `settings` (DeepLab's `SEG_FROM_CLS` follow the classifier's)"
+    by = {s: {} for s in STAGES}
+    for k, v in settings.items(): s, f = check_key(k); by[s][f] = v
+    cls = ClsConfig.make(**by['cls'])
+    seg = SegConfig.make(**({f: getattr(cls, f) for f in SEG_FROM_CLS} | by['seg']))
+    return Preset(name, BenchConfig.make(**by['bench']), cls, PseudoConfig.make(**by['pseudo']), seg, tuple(settings))
+
+_DEFAULT = {'bench.kind': 'synth', 'bench.n_train': 300, 'bench.n_val': 100, 'bench.size': 96, 'cls.epochs': 25, 'cls.bs': 16, 'cls.crop': 96,
+            'cls.resize_long': (96, 96), 'cls.jitter': None, 'cls.lr': 0.05, 'cls.lr_mult': None, 'cls.n_words': 64, 'cls.backbone': 'small',
+            'pseudo.scales': (1.0,), 'pseudo.crf': True, 'pseudo.n_workers': 2, 'cls.amp': 'bf16', 'cls.channels_last': True,
+            'seg.arch': 'v1', 'seg.backbone': 'small', 'seg.epochs': 40, 'seg.bs': 16, 'seg.lr': 0.1}
+PRETRAINED = {'cls.weights': 'openmoji-small', 'cls.lr': 0.01, 'cls.lr_mult': 10., 'cls.freeze_bn': False,
+              'seg.weights': 'openmoji-small', 'seg.lr': 0.01}  # the paper's regime (see below)
+REGIMES = {'scratch': {}, 'pretrained': PRETRAINED}  # regime -> the fields it changes in a benchmark's preset
+_REAL = {**_DEFAULT, 'bench.kind': 'emoji', 'bench.n_train': 500, 'bench.n_val': 150, 'cls.epochs': 15}
+PRESETS = {p.name: p for p in (
+    compose('default', _DEFAULT), compose('real', _REAL),
+    compose('quick', {**_DEFAULT, 'bench.n_train': 24, 'bench.n_val': 12, 'bench.size': 64, 'cls.epochs': 1, 'cls.bs': 8, 'cls.crop': 64,
+                      'cls.resize_long': (64, 64), 'cls.n_words': 16, 'seg.epochs': 1, 'seg.bs': 8}),
+    compose('pretrained', {**_DEFAULT, **PRETRAINED}), compose('real-pretrained', {**_REAL, **PRETRAINED}))}
+PSEUDO_MODE = {'cam': 'threshold', 'vwe': 'threshold', 'sal': 'argmax', 'smvwe': 'argmax'}  # fixed by what each variant trains
+
+def get_preset(preset:Preset|str='default', # a `PRESETS` name or a `Preset`
+               overrides:dict|None=None # 'stage.field' -> value, e.g. {'cls.mu': 0.3} (an unknown stage or field is refused)
+              ) -> Preset:
+    "The preset with `overrides` (a field it sets keeps its place in the recipe, a new one is appended)"
     if isinstance(preset, str):
         if preset not in PRESETS: raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
         preset = PRESETS[preset]
-    return {**preset, **overrides}
+    if not overrides: return preset
+    return compose(preset.name, {**preset.settings(), **overrides})
+
+def parse_overrides(items # 'stage.field=value' strings (the command line's `--set`; None: none)
+                   ) -> dict:
+    "'stage.field' -> value typed as the field ('48,64' -> (48, 64), 'none' -> None, 'true' -> True); unknown keys refused"
+    out = {}
+    for it in items or ():
+        k, eq, v = it.partition('=')
+        if not eq: raise ValueError(f"--set {it!r}: write STAGE.KEY=VALUE, e.g. --set cls.mu=0.3.")
+        k = k.strip(); s, f = check_key(k)
+        hint = typing.get_type_hints(STAGES[s])[f]; t = _inner(hint)
+        try:
+            if v.strip().lower() == 'none' and t is not hint: out[k] = None
+            elif t in (int, float): out[k] = t(v)
+            elif t is bool: out[k] = str2bool(v)
+            else: out[k] = from_cli(k, v, hint)
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith('--') else f"--set {it!r}: {k} must be {'true or false' if t is bool else t.__name__}.") from None
+    return out
+
+def override_args(overrides:dict) -> str:
+    "`overrides` as the command line writes them, `parse_overrides` reads them back: '--cls.resize_long 48,64', JSON for a dict"
+    def text(v):
+        if v is None or isinstance(v, bool): return str(v).lower()
+        if isinstance(v, dict): return shlex.quote(json.dumps(v))
+        return ','.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return ' '.join(f'--{k} {text(v)}' for k, v in overrides.items())
+
+SET_OPTION = _Param("a field of one stage's config for every run, STAGE.KEY=VALUE, repeatable (also written --STAGE.KEY VALUE); "
+                    "STAGE is bench, cls, pseudo or seg, e.g. --set cls.epochs=3 or --cls.device cuda", str, action='append')  # the `--set` option of the commands that run a preset
 
 def write_json(obj, path) -> Path:
     "Write `obj` as indented JSON to `path`, atomically (numbers that JSON lacks become floats)"
@@ -78,33 +166,23 @@ def word_maps(model, # an `SMVWENet` (eval mode)
     dev = next(model.parameters()).device; model.eval()
     return [model(to_tensor_img(load_image(root, i))[None].to(dev))['words'].Z[0].cpu().numpy() for i in ids]
 
-def _split_kw(p:dict) -> tuple[dict, dict]:
-    "(train_cls kwargs, make_pseudo kwargs) of a preset + overrides"
-    skip = set(BENCH_KEYS) | set(PSEUDO_KEYS) | {k for k in p if k.startswith('seg_')}
-    tkw = {k: v for k, v in p.items() if k not in skip}
-    pkw = {k: p[k] for k in PSEUDO_KEYS if k in p}
-    pkw['scales'] = tuple(pkw.get('scales', (1.0,)))
-    return tkw, pkw
-
 def run_variant(root, # benchmark / VOC-layout dataset folder
                 out, # this variant's folder: OUT/cls/, OUT/pseudo_SPLIT/{cams,pseudo}/, OUT/metrics.json
                 variant:str, # cam, vwe, sal or smvwe (`smvwe.train.VARIANTS`)
-                preset:dict|str='default', # a `PRESETS` name or dict
+                preset:Preset|str='default', # a `PRESETS` name or a `Preset` (`get_preset(name, overrides)`)
                 seed:int=0, # training seed
                 splits=('val',), # splits to make pseudo labels for ('val' is scored)
                 progress:bool=True, # progress bars
-                **overrides # preset keys, `train_cls` / `SMVWENet` arguments, pseudo options (see above)
                ) -> dict: # evaluate_folder's dict + word_miou, coverage, timings
     "Train one variant (resumable), make its pseudo labels for `splits`, score the val ones"
     if variant not in VARIANTS: raise ValueError(f"Unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}.")
-    p = get_preset(preset, **overrides)
-    tkw, pkw = _split_kw(p)
-    pkw.setdefault('mode', PSEUDO_MODE[variant])
+    p = get_preset(preset)
+    pc = replace(p.pseudo, progress=progress, mode=p.pseudo.mode if 'pseudo.mode' in p.stated else PSEUDO_MODE[variant])
     out = Path(out); t0 = time.time()
-    train_cls(root, out, variant=variant, seed=seed, progress=progress, **tkw)
+    train_cls(root, out, replace(p.cls, variant=variant, seed=seed, progress=progress))
     t_train, t0 = time.time() - t0, time.time()
     model = load_cls_model(out/'cls'/'model.pth', device='cpu' if not torch.cuda.is_available() else None)
-    for sp in splits: make_pseudo(model, root, sp, out/f'pseudo_{sp}', progress=progress, **pkw)
+    for sp in splits: make_pseudo(model, root, sp, out/f'pseudo_{sp}', pc)
     res = {}
     if 'val' in splits:
         res = evaluate_folder(out/'pseudo_val'/'pseudo', root, 'val')
@@ -114,27 +192,24 @@ def run_variant(root, # benchmark / VOC-layout dataset folder
         if Z is not None:
             w = word_label_miou(Z, [load_mask(root, i) for i in ids], model.config['n_words'], len(res['classes']))
             res['word_miou'] = w['miou']
-    res.update(variant=variant, pseudo_mode=pkw['mode'], seed=seed, recipe=p, train_s=t_train, pseudo_s=time.time() - t0)
+    res.update(variant=variant, pseudo_mode=pc.mode, seed=seed, recipe=p.recipe(), train_s=t_train, pseudo_s=time.time() - t0)
     write_json(res, out/'metrics.json')
     return res
 
 # %% ../nbs/11a_experiment.ipynb #ead09a3a
 def run_seg(root, # dataset folder
             out, # the variant's folder: reads OUT/pseudo_train/pseudo/, writes OUT/seg/, OUT/seg_pred/, OUT/metrics_seg.json
-            preset:dict|str='default', # a `PRESETS` name or dict (its seg_* keys)
+            preset:Preset|str='default', # a `PRESETS` name or a `Preset`: its `seg` config trains, its `pseudo` scales and CRF predict
             seed:int=0, # training seed
             progress:bool=True, # progress bars
-            **overrides # preset keys to change
            ) -> dict: # evaluate_folder's dict of the val predictions, + train/predict seconds
     "Train DeepLab on the pseudo labels in OUT/pseudo_train/pseudo, predict val and score it"
     from smvwe.segment import train_seg, load_seg_model, predict_folder
-    p = get_preset(preset, **overrides); out = Path(out); t0 = time.time()
-    path = train_seg(root, out/'pseudo_train'/'pseudo', out, arch=p['seg_arch'], backbone=p['seg_backbone'], epochs=p['seg_epochs'],
-                     bs=p['seg_bs'], crop=p['crop'], lr=p['seg_lr'], seed=seed, progress=progress,
-                     amp=p.get('amp'), channels_last=p.get('channels_last', False), weights=p.get('seg_weights'))
+    p = get_preset(preset); out = Path(out); t0 = time.time()
+    path = train_seg(root, out/'pseudo_train'/'pseudo', out, replace(p.seg, seed=seed, progress=progress))
     t_train, t0 = time.time() - t0, time.time()
     model = load_seg_model(path, device='cpu' if not torch.cuda.is_available() else None)
-    pred = predict_folder(model, root, 'val', out/'seg_pred', crf=p['crf'], scales=tuple(p['scales']), n_workers=0, progress=progress)
+    pred = predict_folder(model, root, 'val', out/'seg_pred', crf=p.pseudo.crf, scales=p.pseudo.scales, n_workers=0, progress=progress)
     res = evaluate_folder(pred, root, 'val')
     res['coverage'] = part_body_recall(pred, root, 'val')
     res.update(train_s=t_train, predict_s=time.time() - t0)

@@ -5,6 +5,7 @@
 # %% ../nbs/12b_protocol.ipynb #809bf489
 from __future__ import annotations
 import json, math, re, time
+from dataclasses import replace
 from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
@@ -17,7 +18,7 @@ from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts, CURVE_THRESHOLDS
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
-from .experiment import PRESETS, REGIMES, PSEUDO_MODE, PRETRAINED, get_preset, _split_kw, run_variant, run_seg, word_maps
+from .experiment import PRESETS, REGIMES, PSEUDO_MODE, PRETRAINED, SET_OPTION, get_preset, parse_overrides, run_variant, run_seg, word_maps
 
 # %% auto #0
 __all__ = ['BENCHES', 'CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRAINED_RECIPES', 'LEVELS', 'bench_root',
@@ -27,12 +28,12 @@ __all__ = ['BENCHES', 'CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRA
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
 
-def bench_root(preset='default', # a `PRESETS` name or dict; its `bench` key says which benchmark ('synth' or 'emoji')
+def bench_root(preset='default', # a `PRESETS` name or a `Preset`; its `bench` config says which benchmark ('synth' or 'emoji') and its size
                out='runs/protocol/data', # where to write it
                progress:bool=False) -> Path:
     "Write (or reuse) the benchmark of `preset` at `out`"
-    p = get_preset(preset); kind = p.get('bench', 'synth')
-    kw = dict(n_train=p['n_train'], n_val=p['n_val'], size=p['size'], progress=progress)
+    b = get_preset(preset).bench; kind = b.kind
+    kw = dict(n_train=b.n_train, n_val=b.n_val, size=b.size, progress=progress)
     if kind == 'synth':
         from smvwe.synth import make_benchmark
         return Path(make_benchmark(out, **kw))
@@ -42,16 +43,15 @@ def bench_root(preset='default', # a `PRESETS` name or dict; its `bench` key say
     raise ValueError(f"preset bench must be 'synth' or 'emoji', got {kind!r}")
 
 # %% ../nbs/12b_protocol.ipynb #1860bac9
-def train_and_maps(root, run_dir, variant:str, preset='default', seed:int=0, splits=('train', 'val'), **overrides) -> dict:
+def train_and_maps(root, run_dir, variant:str,
+                   preset='default', # a `PRESETS` name or a `Preset`: its `cls` config trains, its `pseudo` scales make the maps
+                   seed:int=0, splits=('train', 'val')) -> dict:
     "Train `variant` into `run_dir` (resumable) and store the raw logits of `splits`; returns the classifier's verdict (+ `word_miou` on val for word models)"
-    p = get_preset(preset, **overrides); tkw, pkw = _split_kw(p)
-    tkw = {k: v for k, v in tkw.items() if k != 'bench'}
-    run_dir = Path(run_dir)
-    train_cls(root, run_dir, variant=variant, seed=seed, progress=False, **tkw)
+    p = get_preset(preset); run_dir = Path(run_dir)
+    train_cls(root, run_dir, replace(p.cls, variant=variant, seed=seed, progress=False))
     model = load_cls_model(run_dir/'cls'/'model.pth', device='cpu')
     for sp in splits:
-        make_pseudo(model, root, sp, run_dir/f'maps_{sp}', scales=pkw['scales'], flip=True, mode='eps', crf=False,
-                    save_cams=False, n_workers=0, progress=False)
+        make_pseudo(model, root, sp, run_dir/f'maps_{sp}', replace(p.pseudo, flip=True, mode='eps', crf=False, save_cams=False, n_workers=0, progress=False))
     diag = dict(model.diagnostics or {})
     if getattr(model, 'use_words', False):  # Table 1's measure: the word labels Z (Eq. 3) of val, each word mapped to its majority class
         ids = read_split(root, 'val')
@@ -117,14 +117,14 @@ def write_saliency_level(root, # a benchmark folder (`smvwe synth` or `smvwe syn
 # %% ../nbs/12b_protocol.ipynb #6a9887db
 _DILATED = dict(output_stride=8, backbone_kwargs={'layout': 'dilated'})  # the first small backbone
 FIRST_RECIPE = dict(lr=0.1, lr_mult=10., resize_long=(72, 96), **_DILATED)  # the project's first CPU recipe (96 px crops)
-RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a time towards today's preset
+RECIPES = {  # the recipe study: CAM with the first recipe, then one change at a time towards today's preset (`ClsConfig` fields)
     'first recipe (lr 0.1, head x10, scale aug., dilated os 8)': FIRST_RECIPE,
     '+ head x1': dict(lr=0.1, lr_mult=1., resize_long=(72, 96), **_DILATED),
     '+ lr 0.05': dict(lr=0.05, lr_mult=1., resize_long=(72, 96), **_DILATED),
     '+ no scale aug.': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), **_DILATED),
     '+ plain backbone (os 8)': dict(lr=0.05, lr_mult=1., resize_long=(96, 96), output_stride=8),
 }
-_W = PRETRAINED['weights']
+_W = PRETRAINED['cls.weights']
 PRETRAINED_RECIPES = {  # the recipe study in the pretrained regime: from the from-scratch preset to the pretrained one, one change at a time
     '+ openmoji-small backbone (frozen BN), head x10, lr 0.05': dict(weights=_W, lr_mult=10., lr=0.05, freeze_bn=True),
     '+ lr 0.01 (the paper\'s)': dict(weights=_W, lr_mult=10., lr=0.01, freeze_bn=True),
@@ -173,7 +173,7 @@ def protocol_study(study:str, # one of `STUDIES`
                    levels=None, # saliency-quality: labels of `LEVELS[bench]` to run (default: all)
                    progress:bool=True, # one line per finished run
                    regime:str='scratch', # one of `REGIMES`: 'scratch' or 'pretrained' (the shipped openmoji-small backbone)
-                   **overrides # preset keys for every run (e.g. epochs for a smoke test)
+                   overrides:dict|None=None, # 'stage.field' -> value for every run, e.g. {'cls.epochs': 1} for a smoke test
                   ):
     "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv and its wall times (BENCH_STUDY_time.json)"
     import pandas as pd
@@ -182,12 +182,12 @@ def protocol_study(study:str, # one of `STUDIES`
     if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
     if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
     if study == 'yardstick' and regime != 'scratch': raise ValueError('the yardstick is a from-scratch recipe: run it with regime scratch')
-    preset = BENCHES[bench]; p = get_preset(preset, **REGIMES[regime], **overrides)
+    p = get_preset(BENCHES[bench], {**REGIMES[regime], **(overrides or {})})
     out = Path(out)/bench
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)
     runs = out/('runs' if regime == 'scratch' else f'runs-{regime}')
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
-    base_meta = dict(recipe=p, root=str(root.resolve()), readouts=READOUT_SET, thr=TABLE_THR, crf=CRF_DEFAULT)
+    base_meta = dict(recipe=p.recipe(), root=str(root.resolve()), readouts=READOUT_SET, thr=TABLE_THR, crf=CRF_DEFAULT)
     sq = study == 'saliency-quality'  # its table reads the train split without CRF: no CRF, no curve (a third of a run's time)
     if sq: base_meta.update(crf=None, curve=[])
     def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag=''):
@@ -197,11 +197,11 @@ def protocol_study(study:str, # one of `STUDIES`
             ran.append(t := time.time())
             if variant == 'yardstick':
                 from smvwe.yardstick import train_yardstick, yardstick_verdict
-                m = train_yardstick(root, epochs=p['epochs'], bs=p['bs'], size=p['size'], seed=seed)
+                m = train_yardstick(root, epochs=p.cls.epochs, bs=p.cls.bs, size=p.bench.size, seed=seed)
                 for sp in ('train', 'val'):
-                    make_pseudo(m, root, sp, rd/f'maps_{sp}', scales=p['scales'], mode='eps', crf=False, save_cams=False, n_workers=0, progress=False)
+                    make_pseudo(m, root, sp, rd/f'maps_{sp}', scales=p.pseudo.scales, mode='eps', crf=False, save_cams=False, n_workers=0, progress=False)
                 diag = yardstick_verdict(m, root)
-            else: diag = train_and_maps(root, rd, variant, p, seed, sal_dir=sal, **(ov or {}))
+            else: diag = train_and_maps(root, rd, variant, get_preset(p, {'cls.sal_dir': sal, **{f'cls.{k}': v for k, v in (ov or {}).items()}}), seed)
             skw = dict(crf=None, curve=()) if sq else {}
             df = score_run(rd, root, sal_dirs=sal_dirs, **skw)
             return df.assign(train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'), word_miou=diag.get('word_miou'), run_s=round(time.time() - t, 1))
@@ -215,7 +215,7 @@ def protocol_study(study:str, # one of `STUDIES`
         return df
     def seg(variant, seed):  # DeepLab on the variant's pseudo labels (its read-out, the preset's CRF); the classifier is the variants study's (trained here if missing)
         t0, rd = time.time(), runs/f'{variant}-seed{seed}'
-        pl = run_variant(root, rd, variant, p, seed=seed, splits=('train', 'val'), progress=False, sal_dir='saliency')
+        pl = run_variant(root, rd, variant, get_preset(p, {'cls.sal_dir': 'saliency'}), seed=seed, splits=('train', 'val'), progress=False)
         r = run_seg(root, rd, p, seed=seed, progress=False)
         row = dict(bench=bench, study=study, regime=regime, variant=variant, label=VARIANT_NAMES[variant], seed=seed, split='val',
                    readout=PSEUDO_MODE[variant], pseudo_miou=pl['miou'], miou=r['miou'], boundary_f1=r['boundary']['f1'],
@@ -286,12 +286,12 @@ def protocol_cli(study:str, # variants, yardstick, saliency-quality, recipe or d
                  results:str='nbs/results', # result files: RESULTS/BENCH_STUDY.csv
                  root:str=None, # an existing benchmark folder of the preset's kind
                  levels:str=None, # saliency-quality: comma-separated source labels (default: all)
-                 epochs:int=None, # override the preset's epochs (smoke tests)
                  quiet:bool=False, # no progress lines
                  regime:str='scratch', # scratch (the benchmark's preset) or pretrained (the shipped openmoji-small backbone, new layers at 10x)
+                 set:SET_OPTION=None, # STAGE.KEY=VALUE for every run, repeatable, e.g. --set cls.epochs=1 for a smoke test (`smvwe.experiment.SET_OPTION`)
                 ):
     "The fair protocol: every variant under every read-out on a benchmark, the yardstick, the saliency-quality and recipe studies"
     if study == 'report': raise ValueError('smvwe protocol report: the report has its own command now: run `smvwe report` (results page, README headline, figures)')
-    ov = {} if epochs is None else dict(epochs=epochs)
-    df = protocol_study(study, bench, out, seeds, results, root, None if levels is None else levels.split(','), progress=not quiet, regime=regime, **ov)
+    df = protocol_study(study, bench, out, seeds, results, root, None if levels is None else levels.split(','), progress=not quiet, regime=regime,
+                        overrides=parse_overrides(set))
     print(f'wrote {Path(results)/(result_name(bench, study, regime) + ".csv")} ({len(df)} rows)')

@@ -51,12 +51,12 @@ def test_new_runs_only_for_missing_settings(sign_study, monkeypatch):
     "cls-term shares its w_cls=1 run with sign's -D run: only w_cls=0 is trained"
     out, _ = sign_study
     done = []
-    def fake(root, run_out, variant, preset='default', seed=0, progress=True, **ov):
-        done.append(ov)
+    def fake(root, run_out, variant, preset='default', seed=0, progress=True):
+        done.append({k: preset.value(k) for k in preset.stated if k not in smvwe.ablate.get_preset('quick').stated})
         return {'miou': .5, 'iou': {}, 'boundary': {'f1': .5}, 'confusion': {}}
     monkeypatch.setattr(smvwe.ablate, 'run_variant', fake)
     assert main(['ablate', 'cls-term', '--preset', 'quick', '--seeds', '0', '--out', str(out), '--quiet']) == 0
-    assert done == [{'w_cls': 0.0}]
+    assert done == [{'cls.w_cls': 0.0}]
 
 
 def test_unknown_study_fails_with_one_line(tmp_path, capsys):

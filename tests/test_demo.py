@@ -53,7 +53,7 @@ def test_demo_with_another_seed_in_a_used_folder(tmp_path, capsys):
     from smvwe.demo import get_preset
     from smvwe.synth import make_benchmark
     p = get_preset('quick')
-    make_benchmark(tmp_path/'d'/'data', n_train=p['n_train'], n_val=p['n_val'], size=p['size'], seed=0, progress=False)
+    make_benchmark(tmp_path/'d'/'data', n_train=p.bench.n_train, n_val=p.bench.n_val, size=p.bench.size, seed=0, progress=False)
     assert main(['demo', '--quick', '--out', str(tmp_path/'d'), '--seed', '1', '--quiet']) == 1
     err = capsys.readouterr().err
     assert 'choose a new --out folder' in err and '--overwrite' not in err and len(err.strip().splitlines()) == 1, err

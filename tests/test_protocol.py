@@ -62,7 +62,8 @@ def test_a_study_records_its_wall_times(tmp_path):
     "Every run's seconds (training + scoring) are in its rows and in RESULTS/BENCH_STUDY_time.json; a cached run keeps its recorded seconds"
     import json
     from smvwe.protocol import protocol_study
-    kw = dict(seeds=(0,), results=tmp_path/'res', progress=False, n_train=12, n_val=6, size=64, epochs=1, crop=64, resize_long=(48, 64), n_words=8)
+    kw = dict(seeds=(0,), results=tmp_path/'res', progress=False, overrides={'bench.n_train': 12, 'bench.n_val': 6, 'bench.size': 64,
+              'cls.epochs': 1, 'cls.crop': 64, 'cls.resize_long': (48, 64), 'cls.n_words': 8})
     df = protocol_study('yardstick', 'synth', tmp_path/'runs', **kw)
     rec = json.loads((tmp_path/'res'/'synth_yardstick_time.json').read_text())
     assert df.run_s.nunique() == 1 and df.run_s.iloc[0] > 0                     # one run: one number on each of its rows

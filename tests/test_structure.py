@@ -75,14 +75,6 @@ KW_PASS_THROUGH = {
     'smvwe.config.StageConfig.make': 'the fields of the config itself, checked: an unknown key is refused with the valid ones',
 }
 
-# Not fixed yet (issue 19 items 1 and 3): keys of the flat study presets (`experiment.PRESETS`), handed on by name to
-# `train_cls` / `make_pseudo` / `train_seg`. They go when the presets become compositions of the stage configs and the
-# two study frameworks become one pipeline. This list may only shrink.
-KW_PRESET_OVERRIDES = {'smvwe.experiment.get_preset', 'smvwe.experiment.run_variant', 'smvwe.experiment.run_seg',
-                       'smvwe.protocol.train_and_maps', 'smvwe.protocol.protocol_study',
-                       'smvwe.ablate.study_runs', 'smvwe.ablate.run_study', 'smvwe.ablate.command'}
-
-
 def exported_callables(mod) -> dict:
     "qualified name -> function, for every function in `mod.__all__` and every method of a class defined in `mod`"
     import inspect
@@ -124,9 +116,9 @@ def test_no_hyper_parameter_through_kw():
     for m in MODULES:
         for name, fn in exported_callables(importlib.import_module(f'smvwe.{m}')).items():
             if (kw := var_keyword(fn)): found[name] = kw
-    hidden = sorted(f'{k}(**{found[k]})' for k in set(found) - set(KW_PASS_THROUGH) - KW_PRESET_OVERRIDES)
+    hidden = sorted(f'{k}(**{found[k]})' for k in set(found) - set(KW_PASS_THROUGH))
     assert not hidden, f"exported functions taking options through **: {', '.join(hidden)}: make them explicit or take the stage's config"
-    assert not (stale := (set(KW_PASS_THROUGH) | KW_PRESET_OVERRIDES) - set(found)), f'{sorted(stale)} take no ** any more: remove them from the lists'
+    assert not (stale := set(KW_PASS_THROUGH) - set(found)), f'{sorted(stale)} take no ** any more: remove them from the lists'
 
 
 # Each stage's options are the fields of its config; its learner, its function and its command take them from there.
