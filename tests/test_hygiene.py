@@ -31,6 +31,12 @@ def test_ci_runs_readme_test_command_verbatim():
     assert test_cmd in ci, 'The CI script must run the README test command verbatim'
 
 
+def test_index_shows_readme_setup_commands():
+    "The landing notebook (the site's first page) shows README's two set-up commands verbatim, so neither drifts"
+    index = '\n'.join(''.join(c['source']) for c in __import__('json').loads((ROOT / 'nbs' / 'index.ipynb').read_text())['cells'])
+    for cmd in readme_commands(): assert cmd in index, f'nbs/index.ipynb lacks README\'s command: {cmd}'
+
+
 def test_exported_modules_match_notebooks(tmp_path):
     "Re-export the notebooks into a copy of the repo: the generated modules must equal the committed ones."
     nbdev_export = shutil.which('nbdev_export') or str(Path(sys.executable).parent / 'nbdev_export')
