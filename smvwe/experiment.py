@@ -21,11 +21,12 @@ from .train import train_cls, load_cls_model, VARIANTS, ClsConfig
 from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
 from .metrics import evaluate_folder, word_label_miou, load_label
+from .readout import part_body_counts, part_body_recall
 
 # %% auto #0
 __all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'MIOU_MARGIN',
            'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
-           'override_args', 'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt',
+           'override_args', 'write_json', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant', 'run_seg', 'fmt',
            'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
@@ -142,20 +143,16 @@ def write_json(obj, path) -> Path:
     return atomic_save(json.dumps(obj, indent=1, default=float) + '\n', path)
 
 # %% ../nbs/11a_experiment.ipynb #f714a8d5
-def part_body_recall(pred_dir, # folder of ID.png labels
-                     root, # benchmark folder with Parts/ID.png (each object's distinctive part, labelled by class)
-                     split:str='val' # image set
-                    ) -> dict|None: # {'part': recall, 'body': recall}, None without Parts/
-    "Sparse coverage: fractions of part pixels and of body pixels (object minus part) labelled with their class"
+def folder_coverage(pred_dir, # folder of ID.png labels
+                    root, # benchmark folder with Parts/ID.png (each object's distinctive part, labelled by class)
+                    split:str='val' # image set
+                   ) -> dict|None: # {'part': recall, 'body': recall}, None without Parts/
+    "Sparse coverage of a folder of labels: `smvwe.readout.part_body_recall` of the split's summed `part_body_counts`"
     root, pred_dir = Path(root), Path(pred_dir)
     if not (root/'Parts').is_dir(): return None
     n = np.zeros(4, np.int64)  # part hits, part pixels, body hits, body pixels
-    for i in read_split(root, split):
-        pred, gt, part = load_label(pred_dir/f'{i}.png'), load_mask(root, i), load_label(root/'Parts'/f'{i}.png')
-        obj, hit = (gt > 0) & (gt != 255), pred == gt
-        isp = obj & (part == gt)
-        n += [(hit & isp).sum(), isp.sum(), (hit & obj & ~isp).sum(), (obj & ~isp).sum()]
-    return {'part': float(n[0] / max(n[1], 1)), 'body': float(n[2] / max(n[3], 1))}
+    for i in read_split(root, split): n += part_body_counts(load_label(pred_dir/f'{i}.png'), load_mask(root, i), load_label(root/'Parts'/f'{i}.png'))
+    return part_body_recall(n)
 
 @torch.no_grad()
 def word_maps(model, # an `SMVWENet` (eval mode)
@@ -165,6 +162,14 @@ def word_maps(model, # an `SMVWENet` (eval mode)
     if not getattr(model, 'use_words', False): return None
     dev = next(model.parameters()).device; model.eval()
     return [model(to_tensor_img(load_image(root, i))[None].to(dev))['words'].Z[0].cpu().numpy() for i in ids]
+
+def word_miou(model, # an `SMVWENet`
+              root, split:str='val' # dataset folder and image set
+             ) -> float|None: # None for a model without words
+    "Table 1's measure: the mIoU of the word labels Z of `split`, each word mapped to its majority class (`smvwe.metrics.word_label_miou`)"
+    ids = read_split(root, split); Z = word_maps(model, root, ids)
+    if Z is None: return None
+    return word_label_miou(Z, [load_mask(root, i) for i in ids], model.config['n_words'], model.n_classes + 1)['miou']
 
 def run_variant(root, # benchmark / VOC-layout dataset folder
                 out, # this variant's folder: OUT/cls/, OUT/pseudo_SPLIT/{cams,pseudo}/, OUT/metrics.json
@@ -186,12 +191,8 @@ def run_variant(root, # benchmark / VOC-layout dataset folder
     res = {}
     if 'val' in splits:
         res = evaluate_folder(out/'pseudo_val'/'pseudo', root, 'val')
-        res['coverage'] = part_body_recall(out/'pseudo_val'/'pseudo', root, 'val')
-        ids = read_split(root, 'val')
-        Z = word_maps(model, root, ids)
-        if Z is not None:
-            w = word_label_miou(Z, [load_mask(root, i) for i in ids], model.config['n_words'], len(res['classes']))
-            res['word_miou'] = w['miou']
+        res['coverage'] = folder_coverage(out/'pseudo_val'/'pseudo', root, 'val')
+        if (w := word_miou(model, root, 'val')) is not None: res['word_miou'] = w
     res.update(variant=variant, pseudo_mode=pc.mode, seed=seed, recipe=p.recipe(), train_s=t_train, pseudo_s=time.time() - t0)
     write_json(res, out/'metrics.json')
     return res
@@ -211,7 +212,7 @@ def run_seg(root, # dataset folder
     model = load_seg_model(path, device='cpu' if not torch.cuda.is_available() else None)
     pred = predict_folder(model, root, 'val', out/'seg_pred', crf=p.pseudo.crf, scales=p.pseudo.scales, n_workers=0, progress=progress)
     res = evaluate_folder(pred, root, 'val')
-    res['coverage'] = part_body_recall(pred, root, 'val')
+    res['coverage'] = folder_coverage(pred, root, 'val')
     res.update(train_s=t_train, predict_s=time.time() - t0)
     write_json(res, out/'metrics_seg.json')
     return res

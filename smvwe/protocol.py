@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
 from .files import atomic_save, atomic_write
-from .voc import read_split, load_mask
-from .metrics import word_label_miou
+from .voc import read_split
 from .train import train_cls, load_cls_model
 from .pseudo import make_pseudo
 from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts, CURVE_THRESHOLDS
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
-from .experiment import PRESETS, REGIMES, PSEUDO_MODE, PRETRAINED, SET_OPTION, get_preset, parse_overrides, run_variant, run_seg, word_maps
+from .experiment import PRESETS, REGIMES, PSEUDO_MODE, PRETRAINED, SET_OPTION, get_preset, parse_overrides, run_variant, run_seg, word_miou
 
 # %% auto #0
 __all__ = ['BENCHES', 'CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRAINED_RECIPES', 'LEVELS', 'bench_root',
@@ -53,10 +52,7 @@ def train_and_maps(root, run_dir, variant:str,
     for sp in splits:
         make_pseudo(model, root, sp, run_dir/f'maps_{sp}', replace(p.pseudo, flip=True, mode='eps', crf=False, save_cams=False, n_workers=0, progress=False))
     diag = dict(model.diagnostics or {})
-    if getattr(model, 'use_words', False):  # Table 1's measure: the word labels Z (Eq. 3) of val, each word mapped to its majority class
-        ids = read_split(root, 'val')
-        w = word_label_miou(word_maps(model, root, ids), [load_mask(root, i) for i in ids], model.config['n_words'], len(model.classes))
-        diag['word_miou'] = w['miou']
+    if (w := word_miou(model, root, 'val')) is not None: diag['word_miou'] = w  # Table 1's measure, as the demo's
     return diag
 
 CURVE = (0.1, 0.15, 0.25, 0.3, 0.4, 0.5)  # the other points of the background-threshold curve (0.2 is in the table)
