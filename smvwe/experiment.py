@@ -22,11 +22,12 @@ from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
 from .metrics import evaluate_folder, word_label_miou, load_label
 from .readout import part_body_counts, part_body_recall
+from .summary import cell
 
 # %% auto #0
 __all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'MIOU_MARGIN',
            'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
-           'override_args', 'write_json', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant', 'run_seg', 'fmt',
+           'override_args', 'write_json', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant', 'run_seg',
            'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
@@ -218,10 +219,6 @@ def run_seg(root, # dataset folder
     return res
 
 # %% ../nbs/11a_experiment.ipynb #f0177dba
-def fmt(v, d=3):
-    "`v` with `d` decimals, or 'n/a' for None"
-    return 'n/a' if v is None else f'{v:.{d}f}'
-
 MIOU_MARGIN = 0.05  # "a clear margin" in pseudo-label mIoU
 
 def check_claims(variants:dict, # variant -> run_variant's metrics
@@ -236,25 +233,25 @@ def check_claims(variants:dict, # variant -> run_variant's metrics
     if cam and sm:
         d = cmp(sm['miou'], cam['miou'], lambda a, b: a - b)
         put('smvwe_beats_cam_miou', cmp(d, MIOU_MARGIN, lambda a, b: a >= b),
-            f"mIoU {fmt(sm['miou'])} vs {fmt(cam['miou'])} ({'n/a' if d is None else f'{d:+.3f}'}; needs >= +{MIOU_MARGIN})")
+            f"mIoU {cell(sm['miou'], 1, 3)} vs {cell(cam['miou'], 1, 3)} ({'n/a' if d is None else f'{d:+.3f}'}; needs >= +{MIOU_MARGIN})")
         for pair, c in cam['confusion'].items():
             a, b = c['ratio'], sm['confusion'][pair]['ratio']
             put(f'smvwe_lowers_confusion_{pair}', cmp(b, a, lambda x, y: x < y),
                 f"{pair}->{c['class']}: {b if b is None else round(b, 3)} vs {a if a is None else round(a, 3)}")
         a, b = cam['boundary']['f1'], sm['boundary']['f1']
-        put('smvwe_raises_boundary_f1', cmp(b, a, lambda x, y: x > y), f'boundary F1 {fmt(b)} vs {fmt(a)}')
+        put('smvwe_raises_boundary_f1', cmp(b, a, lambda x, y: x > y), f'boundary F1 {cell(b, 1, 3)} vs {cell(a, 1, 3)}')
         for v in ('vwe', 'sal'):
             if v in variants:
-                put(f'smvwe_ge_{v}_miou', cmp(sm['miou'], g(v, 'miou'), lambda x, y: x >= y), f"mIoU {fmt(sm['miou'])} vs {fmt(g(v, 'miou'))}")
+                put(f'smvwe_ge_{v}_miou', cmp(sm['miou'], g(v, 'miou'), lambda x, y: x >= y), f"mIoU {cell(sm['miou'], 1, 3)} vs {cell(g(v, 'miou'), 1, 3)}")
     if seg and seg.get('cam') and seg.get('smvwe'):
         a, b = seg['cam']['miou'], seg['smvwe']['miou']
         put('seg_smvwe_beats_cam', cmp(b, a, lambda x, y: x - y >= MIOU_MARGIN - 1e-9),
-            f'DeepLab mIoU {fmt(b)} (on SMVWE labels) vs {fmt(a)} (on CAM labels); needs >= +{MIOU_MARGIN}')
+            f'DeepLab mIoU {cell(b, 1, 3)} (on SMVWE labels) vs {cell(a, 1, 3)} (on CAM labels); needs >= +{MIOU_MARGIN}')
     if cam:
         cov = cam.get('coverage')
         if cov: put('cam_shows_sparse_coverage', cov['body'] <= cov['part'] - 0.1, f"CAM recall: part {cov['part']:.3f}, body {cov['body']:.3f}")
         rs = {k: c['ratio'] for k, c in cam['confusion'].items()}
         if rs: put('cam_shows_cooccurrence', all(r is not None and r > 0.1 for r in rs.values()),
                    'CAM confusion ratios ' + ', '.join(f'{k} {r if r is None else round(r, 3)}' for k, r in rs.items()))
-        put('cam_shows_boundary_mismatch', cmp(cam['boundary']['f1'], 0.5, lambda x, y: x < y), f"CAM boundary F1 {fmt(cam['boundary']['f1'])}")
+        put('cam_shows_boundary_mismatch', cmp(cam['boundary']['f1'], 0.5, lambda x, y: x < y), f"CAM boundary F1 {cell(cam['boundary']['f1'], 1, 3)}")
     return out
