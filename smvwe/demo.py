@@ -19,9 +19,9 @@ from .parallel import Lanes, default_jobs
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label
-from .summary import VARIANT_NAMES
+from .summary import VARIANT_NAMES, cell
 from .experiment import (PSEUDO_MODE, PRETRAINED, Preset, get_preset, run_variant, run_seg, check_claims, word_maps,
-                              write_json, fmt)
+                              write_json)
 
 
 # %% auto #0
@@ -111,9 +111,9 @@ def metrics_table(variants:dict) -> str:
     rows = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for v, m in variants.items():
         cov = m.get('coverage') or {}
-        rows.append('| ' + ' | '.join([VARIANT_NAMES.get(v, v), m['pseudo_mode'], fmt(m['miou'])] +
-                                      [fmt(m['confusion'][p]['ratio']) for p in pairs] +
-                                      [fmt(m['boundary']['f1']), fmt(m.get('word_miou')), f"{fmt(cov.get('part'), 2)} / {fmt(cov.get('body'), 2)}"]) + ' |')
+        rows.append('| ' + ' | '.join([VARIANT_NAMES.get(v, v), m['pseudo_mode'], cell(m['miou'], 1, 3)] +
+                                      [cell(m['confusion'][p]['ratio'], 1, 3) for p in pairs] +
+                                      [cell(m['boundary']['f1'], 1, 3), cell(m.get('word_miou'), 1, 3), f"{cell(cov.get('part'), 1, 2)} / {cell(cov.get('body'), 1, 2)}"]) + ' |')
     return '\n'.join(rows)
 
 def write_report(run, # run folder
@@ -145,8 +145,8 @@ def write_report(run, # run folder
               '| trained on | seg mIoU | boundary F1 |' + ''.join(f' confusion {k} |' for k in next(iter(m['seg'].values()))['confusion']),
               '|---|---|---|' + '---|' * len(next(iter(m['seg'].values()))['confusion'])]
         for v, s in m['seg'].items():
-            L.append(f"| {VARIANT_NAMES.get(v, v)} pseudo labels | {fmt(s['miou'])} | {fmt(s['boundary']['f1'])} |" +
-                     ''.join(f" {fmt(c['ratio'])} |" for c in s['confusion'].values()))
+            L.append(f"| {VARIANT_NAMES.get(v, v)} pseudo labels | {cell(s['miou'], 1, 3)} | {cell(s['boundary']['f1'], 1, 3)} |" +
+                     ''.join(f" {cell(c['ratio'], 1, 3)} |" for c in s['confusion'].values()))
         L.append('')
     L += ['## The paper\'s claims on this run', '']
     for k, c in m['claims'].items():
@@ -173,7 +173,7 @@ def demo_markdown(m:dict, # a demo's metrics (RUN/metrics.json)
     L += ['', metrics_table(m['variants'])]
     if m.get('seg'):
         L += ['', '| DeepLab trained on | val mIoU | boundary F1 |', '|---|---|---|']
-        L += [f"| {VARIANT_NAMES.get(v, v)} pseudo labels | {fmt(s['miou'])} | {fmt(s['boundary']['f1'])} |" for v, s in m['seg'].items()]
+        L += [f"| {VARIANT_NAMES.get(v, v)} pseudo labels | {cell(s['miou'], 1, 3)} | {cell(s['boundary']['f1'], 1, 3)} |" for v, s in m['seg'].items()]
     L += ['', f"Checks of the paper's claims on this run: {held} of {len(m['claims'])} hold.", '']
     L += [f"- `{k}`: {'holds' if c['holds'] else '**does not hold**' if c['holds'] is False else 'not measured'} ({c['detail']})" for k, c in m['claims'].items()]
     return '\n'.join(L)
@@ -229,12 +229,12 @@ def demo(out='runs/demo', # run folder
     def finished(kind, v, r):
         if kind == 'train':
             res[v] = r; timings[f'{v}_train'], timings[f'{v}_pseudo'] = r['train_s'], r['pseudo_s']
-            say(f"    {VARIANT_NAMES[v]}: mIoU {fmt(r['miou'])}  boundary F1 {fmt(r['boundary']['f1'])}  " +
-                '  '.join(f"{n} {fmt(c['ratio'])}" for n, c in r['confusion'].items()), flush=True)
+            say(f"    {VARIANT_NAMES[v]}: mIoU {cell(r['miou'], 1, 3)}  boundary F1 {cell(r['boundary']['f1'], 1, 3)}  " +
+                '  '.join(f"{n} {cell(c['ratio'], 1, 3)}" for n, c in r['confusion'].items()), flush=True)
             if v in seg_vs: todo.insert(0, ('seg', v))  # next in line
         else:
             segres[v] = r; timings[f'{v}_seg'] = r['train_s'] + r['predict_s']
-            say(f"    DeepLab on {VARIANT_NAMES[v]}: seg mIoU {fmt(r['miou'])}", flush=True)
+            say(f"    DeepLab on {VARIANT_NAMES[v]}: seg mIoU {cell(r['miou'], 1, 3)}", flush=True)
     try:
         while todo or running:
             while todo and len(running) < jobs: key = todo.pop(0); running[key] = start(*key)

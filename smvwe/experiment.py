@@ -21,11 +21,13 @@ from .train import train_cls, load_cls_model, VARIANTS, ClsConfig
 from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
 from .metrics import evaluate_folder, word_label_miou, load_label
+from .readout import part_body_counts, part_body_recall
+from .summary import cell
 
 # %% auto #0
 __all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'MIOU_MARGIN',
            'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
-           'override_args', 'write_json', 'part_body_recall', 'word_maps', 'run_variant', 'run_seg', 'fmt',
+           'override_args', 'write_json', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant', 'run_seg',
            'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
@@ -142,20 +144,16 @@ def write_json(obj, path) -> Path:
     return atomic_save(json.dumps(obj, indent=1, default=float) + '\n', path)
 
 # %% ../nbs/11a_experiment.ipynb #f714a8d5
-def part_body_recall(pred_dir, # folder of ID.png labels
-                     root, # benchmark folder with Parts/ID.png (each object's distinctive part, labelled by class)
-                     split:str='val' # image set
-                    ) -> dict|None: # {'part': recall, 'body': recall}, None without Parts/
-    "Sparse coverage: fractions of part pixels and of body pixels (object minus part) labelled with their class"
+def folder_coverage(pred_dir, # folder of ID.png labels
+                    root, # benchmark folder with Parts/ID.png (each object's distinctive part, labelled by class)
+                    split:str='val' # image set
+                   ) -> dict|None: # {'part': recall, 'body': recall}, None without Parts/
+    "Sparse coverage of a folder of labels: `smvwe.readout.part_body_recall` of the split's summed `part_body_counts`"
     root, pred_dir = Path(root), Path(pred_dir)
     if not (root/'Parts').is_dir(): return None
     n = np.zeros(4, np.int64)  # part hits, part pixels, body hits, body pixels
-    for i in read_split(root, split):
-        pred, gt, part = load_label(pred_dir/f'{i}.png'), load_mask(root, i), load_label(root/'Parts'/f'{i}.png')
-        obj, hit = (gt > 0) & (gt != 255), pred == gt
-        isp = obj & (part == gt)
-        n += [(hit & isp).sum(), isp.sum(), (hit & obj & ~isp).sum(), (obj & ~isp).sum()]
-    return {'part': float(n[0] / max(n[1], 1)), 'body': float(n[2] / max(n[3], 1))}
+    for i in read_split(root, split): n += part_body_counts(load_label(pred_dir/f'{i}.png'), load_mask(root, i), load_label(root/'Parts'/f'{i}.png'))
+    return part_body_recall(n)
 
 @torch.no_grad()
 def word_maps(model, # an `SMVWENet` (eval mode)
@@ -165,6 +163,14 @@ def word_maps(model, # an `SMVWENet` (eval mode)
     if not getattr(model, 'use_words', False): return None
     dev = next(model.parameters()).device; model.eval()
     return [model(to_tensor_img(load_image(root, i))[None].to(dev))['words'].Z[0].cpu().numpy() for i in ids]
+
+def word_miou(model, # an `SMVWENet`
+              root, split:str='val' # dataset folder and image set
+             ) -> float|None: # None for a model without words
+    "Table 1's measure: the mIoU of the word labels Z of `split`, each word mapped to its majority class (`smvwe.metrics.word_label_miou`)"
+    ids = read_split(root, split); Z = word_maps(model, root, ids)
+    if Z is None: return None
+    return word_label_miou(Z, [load_mask(root, i) for i in ids], model.config['n_words'], model.n_classes + 1)['miou']
 
 def run_variant(root, # benchmark / VOC-layout dataset folder
                 out, # this variant's folder: OUT/cls/, OUT/pseudo_SPLIT/{cams,pseudo}/, OUT/metrics.json
@@ -186,12 +192,8 @@ def run_variant(root, # benchmark / VOC-layout dataset folder
     res = {}
     if 'val' in splits:
         res = evaluate_folder(out/'pseudo_val'/'pseudo', root, 'val')
-        res['coverage'] = part_body_recall(out/'pseudo_val'/'pseudo', root, 'val')
-        ids = read_split(root, 'val')
-        Z = word_maps(model, root, ids)
-        if Z is not None:
-            w = word_label_miou(Z, [load_mask(root, i) for i in ids], model.config['n_words'], len(res['classes']))
-            res['word_miou'] = w['miou']
+        res['coverage'] = folder_coverage(out/'pseudo_val'/'pseudo', root, 'val')
+        if (w := word_miou(model, root, 'val')) is not None: res['word_miou'] = w
     res.update(variant=variant, pseudo_mode=pc.mode, seed=seed, recipe=p.recipe(), train_s=t_train, pseudo_s=time.time() - t0)
     write_json(res, out/'metrics.json')
     return res
@@ -211,16 +213,12 @@ def run_seg(root, # dataset folder
     model = load_seg_model(path, device='cpu' if not torch.cuda.is_available() else None)
     pred = predict_folder(model, root, 'val', out/'seg_pred', crf=p.pseudo.crf, scales=p.pseudo.scales, n_workers=0, progress=progress)
     res = evaluate_folder(pred, root, 'val')
-    res['coverage'] = part_body_recall(pred, root, 'val')
+    res['coverage'] = folder_coverage(pred, root, 'val')
     res.update(train_s=t_train, predict_s=time.time() - t0)
     write_json(res, out/'metrics_seg.json')
     return res
 
 # %% ../nbs/11a_experiment.ipynb #f0177dba
-def fmt(v, d=3):
-    "`v` with `d` decimals, or 'n/a' for None"
-    return 'n/a' if v is None else f'{v:.{d}f}'
-
 MIOU_MARGIN = 0.05  # "a clear margin" in pseudo-label mIoU
 
 def check_claims(variants:dict, # variant -> run_variant's metrics
@@ -235,25 +233,25 @@ def check_claims(variants:dict, # variant -> run_variant's metrics
     if cam and sm:
         d = cmp(sm['miou'], cam['miou'], lambda a, b: a - b)
         put('smvwe_beats_cam_miou', cmp(d, MIOU_MARGIN, lambda a, b: a >= b),
-            f"mIoU {fmt(sm['miou'])} vs {fmt(cam['miou'])} ({'n/a' if d is None else f'{d:+.3f}'}; needs >= +{MIOU_MARGIN})")
+            f"mIoU {cell(sm['miou'], 1, 3)} vs {cell(cam['miou'], 1, 3)} ({'n/a' if d is None else f'{d:+.3f}'}; needs >= +{MIOU_MARGIN})")
         for pair, c in cam['confusion'].items():
             a, b = c['ratio'], sm['confusion'][pair]['ratio']
             put(f'smvwe_lowers_confusion_{pair}', cmp(b, a, lambda x, y: x < y),
                 f"{pair}->{c['class']}: {b if b is None else round(b, 3)} vs {a if a is None else round(a, 3)}")
         a, b = cam['boundary']['f1'], sm['boundary']['f1']
-        put('smvwe_raises_boundary_f1', cmp(b, a, lambda x, y: x > y), f'boundary F1 {fmt(b)} vs {fmt(a)}')
+        put('smvwe_raises_boundary_f1', cmp(b, a, lambda x, y: x > y), f'boundary F1 {cell(b, 1, 3)} vs {cell(a, 1, 3)}')
         for v in ('vwe', 'sal'):
             if v in variants:
-                put(f'smvwe_ge_{v}_miou', cmp(sm['miou'], g(v, 'miou'), lambda x, y: x >= y), f"mIoU {fmt(sm['miou'])} vs {fmt(g(v, 'miou'))}")
+                put(f'smvwe_ge_{v}_miou', cmp(sm['miou'], g(v, 'miou'), lambda x, y: x >= y), f"mIoU {cell(sm['miou'], 1, 3)} vs {cell(g(v, 'miou'), 1, 3)}")
     if seg and seg.get('cam') and seg.get('smvwe'):
         a, b = seg['cam']['miou'], seg['smvwe']['miou']
         put('seg_smvwe_beats_cam', cmp(b, a, lambda x, y: x - y >= MIOU_MARGIN - 1e-9),
-            f'DeepLab mIoU {fmt(b)} (on SMVWE labels) vs {fmt(a)} (on CAM labels); needs >= +{MIOU_MARGIN}')
+            f'DeepLab mIoU {cell(b, 1, 3)} (on SMVWE labels) vs {cell(a, 1, 3)} (on CAM labels); needs >= +{MIOU_MARGIN}')
     if cam:
         cov = cam.get('coverage')
         if cov: put('cam_shows_sparse_coverage', cov['body'] <= cov['part'] - 0.1, f"CAM recall: part {cov['part']:.3f}, body {cov['body']:.3f}")
         rs = {k: c['ratio'] for k, c in cam['confusion'].items()}
         if rs: put('cam_shows_cooccurrence', all(r is not None and r > 0.1 for r in rs.values()),
                    'CAM confusion ratios ' + ', '.join(f'{k} {r if r is None else round(r, 3)}' for k, r in rs.items()))
-        put('cam_shows_boundary_mismatch', cmp(cam['boundary']['f1'], 0.5, lambda x, y: x < y), f"CAM boundary F1 {fmt(cam['boundary']['f1'])}")
+        put('cam_shows_boundary_mismatch', cmp(cam['boundary']['f1'], 0.5, lambda x, y: x < y), f"CAM boundary F1 {cell(cam['boundary']['f1'], 1, 3)}")
     return out

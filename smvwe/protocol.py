@@ -10,20 +10,19 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
 from .files import atomic_save, atomic_write
-from .voc import read_split, load_mask
-from .metrics import word_label_miou
+from .voc import read_split
 from .train import train_cls, load_cls_model
 from .pseudo import make_pseudo
 from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts, CURVE_THRESHOLDS
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
-from .experiment import PRESETS, REGIMES, PSEUDO_MODE, PRETRAINED, SET_OPTION, get_preset, parse_overrides, run_variant, run_seg, word_maps
+from .experiment import PRESETS, REGIMES, PSEUDO_MODE, PRETRAINED, SET_OPTION, get_preset, parse_overrides, run_variant, run_seg, word_miou
 
 # %% auto #0
 __all__ = ['BENCHES', 'CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRAINED_RECIPES', 'LEVELS', 'bench_root',
-           'train_and_maps', 'score_run', 'write_saliency_level', 'benchmark_record', 'protocol_study', 'study_time',
-           'protocol_cli']
+           'train_and_maps', 'score_run', 'write_saliency_level', 'train_and_score', 'benchmark_record',
+           'protocol_study', 'study_time', 'protocol_cli']
 
 # %% ../nbs/12b_protocol.ipynb #b71381a3
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
@@ -53,10 +52,7 @@ def train_and_maps(root, run_dir, variant:str,
     for sp in splits:
         make_pseudo(model, root, sp, run_dir/f'maps_{sp}', replace(p.pseudo, flip=True, mode='eps', crf=False, save_cams=False, n_workers=0, progress=False))
     diag = dict(model.diagnostics or {})
-    if getattr(model, 'use_words', False):  # Table 1's measure: the word labels Z (Eq. 3) of val, each word mapped to its majority class
-        ids = read_split(root, 'val')
-        w = word_label_miou(word_maps(model, root, ids), [load_mask(root, i) for i in ids], model.config['n_words'], len(model.classes))
-        diag['word_miou'] = w['miou']
+    if (w := word_miou(model, root, 'val')) is not None: diag['word_miou'] = w  # Table 1's measure, as the demo's
     return diag
 
 CURVE = (0.1, 0.15, 0.25, 0.3, 0.4, 0.5)  # the other points of the background-threshold curve (0.2 is in the table)
@@ -152,6 +148,28 @@ def _scores(run_dir, fn, meta:dict):
     atomic_write(f, lambda p: df.to_csv(p, index=False)); atomic_save(json.dumps(meta, indent=1, default=str), m)
     return df
 
+def train_and_score(root, run_dir, variant:str, # 'cam', 'vwe', 'sal', 'smvwe' or 'yardstick'
+                    preset, seed:int=0, # the study's `Preset` (its recipe keys the score cache) and the training seed
+                    sal:str='saliency', sal_dirs=('saliency',), # the saliency folder it trains with; those the '+sal' read-outs use
+                    ov:dict|None=None, # `ClsConfig` fields on top of the preset's (the recipe study's)
+                    light:bool=False) -> tuple: # light: no CRF, no curve (saliency quality); returns (rows, ran: False when cached)
+    "One run of a study: train (resumable), store the maps, score every read-out (`score_run`) with the classifier's verdict and seconds; cached in RUN_DIR/scores-HASH.csv"
+    p, root, rd, ran = preset, Path(root), Path(run_dir), []
+    def fn():  # train + maps + scores; its seconds are stored with the scores, so a cached run keeps them
+        ran.append(t := time.time())
+        if variant == 'yardstick':
+            from smvwe.yardstick import train_yardstick, yardstick_verdict
+            m = train_yardstick(root, epochs=p.cls.epochs, bs=p.cls.bs, size=p.bench.size, seed=seed)
+            for sp in ('train', 'val'):
+                make_pseudo(m, root, sp, rd/f'maps_{sp}', scales=p.pseudo.scales, mode='eps', crf=False, save_cams=False, n_workers=0, progress=False)
+            diag = yardstick_verdict(m, root)
+        else: diag = train_and_maps(root, rd, variant, get_preset(p, {'cls.sal_dir': sal, **{f'cls.{k}': v for k, v in (ov or {}).items()}}), seed)
+        df = score_run(rd, root, sal_dirs=sal_dirs, **(dict(crf=None, curve=()) if light else {}))
+        return df.assign(train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'), word_miou=diag.get('word_miou'), run_s=round(time.time() - t, 1))
+    meta = dict(recipe=p.recipe(), root=str(root.resolve()), readouts=READOUT_SET, thr=TABLE_THR, crf=None if light else CRF_DEFAULT, **(dict(curve=[]) if light else {}))
+    df = _scores(rd, fn, dict(meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))
+    return df, bool(ran)
+
 def benchmark_record(root, # a benchmark folder (`smvwe synth` or `smvwe synth-real`)
                      bench:str, results='nbs/results') -> Path:
     "Write RESULTS/BENCH_protocol_benchmark.json: the benchmark's meta.json and the quality of every saliency folder it holds"
@@ -187,25 +205,10 @@ def protocol_study(study:str, # one of `STUDIES`
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)
     runs = out/('runs' if regime == 'scratch' else f'runs-{regime}')
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
-    base_meta = dict(recipe=p.recipe(), root=str(root.resolve()), readouts=READOUT_SET, thr=TABLE_THR, crf=CRF_DEFAULT)
     sq = study == 'saliency-quality'  # its table reads the train split without CRF: no CRF, no curve (a third of a run's time)
-    if sq: base_meta.update(crf=None, curve=[])
     def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag=''):
         t0 = time.time(); tag = tag + ('' if sal == 'saliency' else f'-{sal}')
-        rd = runs/f'{variant}{tag}-seed{seed}'; ran = []
-        def fn():  # train + maps + scores; its seconds are stored with the scores, so a cached run keeps them
-            ran.append(t := time.time())
-            if variant == 'yardstick':
-                from smvwe.yardstick import train_yardstick, yardstick_verdict
-                m = train_yardstick(root, epochs=p.cls.epochs, bs=p.cls.bs, size=p.bench.size, seed=seed)
-                for sp in ('train', 'val'):
-                    make_pseudo(m, root, sp, rd/f'maps_{sp}', scales=p.pseudo.scales, mode='eps', crf=False, save_cams=False, n_workers=0, progress=False)
-                diag = yardstick_verdict(m, root)
-            else: diag = train_and_maps(root, rd, variant, get_preset(p, {'cls.sal_dir': sal, **{f'cls.{k}': v for k, v in (ov or {}).items()}}), seed)
-            skw = dict(crf=None, curve=()) if sq else {}
-            df = score_run(rd, root, sal_dirs=sal_dirs, **skw)
-            return df.assign(train_sal=sal, valid_map=diag.get('map'), skill=diag.get('skill'), word_miou=diag.get('word_miou'), run_s=round(time.time() - t, 1))
-        df = _scores(rd, fn, dict(base_meta, variant=variant, seed=seed, sal=sal, sal_dirs=list(sal_dirs), ov=ov or {}))
+        rd = runs/f'{variant}{tag}-seed{seed}'; df, ran = train_and_score(root, rd, variant, p, seed, sal, sal_dirs, ov, light=sq)
         rs = df['run_s'].iloc[0] if 'run_s' in df and len(df) else np.nan  # scores cached before run_s existed: unknown
         times.append(dict(run=rd.name, run_s=None if pd.isna(rs) else float(rs), cached=not ran))
         df = df.assign(bench=bench, study=study, regime=regime, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)

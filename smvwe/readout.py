@@ -18,8 +18,8 @@ from .voc import load_saliency, sal_folder
 from .metrics import ConfusionMatrix, boundary_counts, prf, context_counts, confusion_ratio, load_label
 
 # %% auto #0
-__all__ = ['CURVE_THRESHOLDS', 'fg_precision_recall', 'spec_labels', 'readout_specs', 'score_readouts', 'bg_curve', 'plot_curve',
-           'readout_table', 'readout_cli']
+__all__ = ['CURVE_THRESHOLDS', 'fg_precision_recall', 'part_body_counts', 'part_body_recall', 'spec_labels', 'readout_specs',
+           'score_readouts', 'bg_curve', 'plot_curve', 'readout_table', 'readout_cli']
 
 # %% ../nbs/08b_readout.ipynb #b423f714
 def fg_precision_recall(mat:np.ndarray # (n, n+1) confusion matrix (`ConfusionMatrix.mat`), class 0 = background
@@ -29,6 +29,21 @@ def fg_precision_recall(mat:np.ndarray # (n, n+1) confusion matrix (`ConfusionMa
     tp = np.trace(mat[1:, 1:n])
     pred, true = mat[:, 1:n].sum(), mat[1:].sum()
     return (tp / pred if pred else float('nan')), (tp / true if true else float('nan'))
+
+# %% ../nbs/08b_readout.ipynb #8c5cfe0b
+def part_body_counts(pred:np.ndarray, # (H,W) labels
+                     gt:np.ndarray, # (H,W) ground truth, 255 ignored
+                     part:np.ndarray # (H,W) each object's distinctive part, labelled by its class (`Parts/ID.png`)
+                    ) -> np.ndarray: # int64 (part hits, part pixels, body hits, body pixels)
+    "Sparse-coverage counts of one image: object pixels in their part and in the body (object minus part), and how many of each `pred` labels with their class."
+    obj, hit = (gt > 0) & (gt != 255), pred == gt
+    isp = obj & (part == gt)
+    return np.array([(hit & isp).sum(), isp.sum(), (hit & obj & ~isp).sum(), (obj & ~isp).sum()], np.int64)
+
+def part_body_recall(n # summed `part_body_counts`
+                    ) -> dict: # {'part': recall, 'body': recall}, 0 where there is no pixel
+    "Part recall and body recall of summed `part_body_counts`."
+    return {'part': float(n[0] / max(n[1], 1)), 'body': float(n[2] / max(n[3], 1))}
 
 # %% ../nbs/08b_readout.ipynb #ca28d94b
 def spec_labels(logits:np.ndarray, # (L+1,H,W) raw logits (`load_logits`)
@@ -52,16 +67,12 @@ def _score_image(job):
     sal = None if not sal_p else load_saliency(Path(sal_p).parent, Path(sal_p).stem, None, gt.shape, f'ground truth {gt_p}')  # never resized
     ctx = load_label(ctx_p) if ctx_p and Path(ctx_p).exists() else np.zeros_like(gt)
     part = load_label(part_p) if part_p else None
-    obj = (gt > 0) & (gt != 255)
     out = []
     for spec in specs:
         pred = spec_labels(z, label, spec, img, sal)
         cm = ConfusionMatrix(n_cls).update(pred, gt).mat
         cc = np.array([context_counts(pred, gt, ctx, k, c) for k, c in ctxs], np.int64).reshape(-1, 2)
-        pb = np.zeros(4, np.int64)
-        if part is not None:
-            hit = pred == gt; isp = obj & (part == gt)
-            pb[:] = [(hit & isp).sum(), isp.sum(), (hit & obj & ~isp).sum(), (obj & ~isp).sum()]
+        pb = np.zeros(4, np.int64) if part is None else part_body_counts(pred, gt, part)
         out.append((cm, boundary_counts(pred, gt, tol), cc, pb))
     return out
 
@@ -143,7 +154,7 @@ def score_readouts(maps_dir, # make_pseudo output folder (holding logits/) or th
         row = dict(split=split, readout=r, crf=cname, bg_thr=t, n_images=len(ids), miou=cm.miou(),
                    fg_precision=p, fg_recall=rc, boundary_f1=b['f1'], boundary_precision=b['precision'], boundary_recall=b['recall'])
         row.update({f'confusion_{n}': confusion_ratio(cc[k]) for k, n in enumerate(contexts)})
-        if pb[1] or pb[3]: row.update(part_recall=pb[0] / max(pb[1], 1), body_recall=pb[2] / max(pb[3], 1))
+        if pb[1] or pb[3]: row.update({f'{k}_recall': v for k, v in part_body_recall(pb).items()})
         row.update({f'iou_{n}': v for n, v in zip(classes, iou)})
         rows.append(row)
     return pd.DataFrame(rows)

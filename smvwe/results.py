@@ -202,9 +202,8 @@ def demo_block(m:dict, timings:dict|None=None) -> str:
          '`RUN` = `runs/demo` by default).' + (f" It took {timings['wall_s']:.0f} s on 2 idle CPU cores (`nbs/results/demo_timings.json`; `benchmarks/README.md`)." if timings else ''),
          "The report's table (seed 0, val split, each variant read out its own way, with the CRF; `nbs/results/demo_metrics.json`):", '',
          '| variant | read-out | pseudo-label mIoU | boundary F1 | DeepLab mIoU on its labels |', '|---|---|---|---|---|']
-    from smvwe.experiment import fmt
-    L += [f"| {VARIANT_NAMES.get(v, v)} | `{r['pseudo_mode']}` | {fmt(r['miou'])} | {fmt(r['boundary']['f1'])} | "
-          f"{fmt(seg[v]['miou']) if v in seg else 'not trained'} |" for v, r in m['variants'].items()]
+    L += [f"| {VARIANT_NAMES.get(v, v)} | `{r['pseudo_mode']}` | {cell(r['miou'], 1, 3)} | {cell(r['boundary']['f1'], 1, 3)} | "
+          f"{cell(seg[v]['miou'], 1, 3) if v in seg else 'not trained'} |" for v, r in m['variants'].items()]
     bad = [k for k, c in m['claims'].items() if c['holds'] is False]
     if bad: L += ['', 'Checks that do not hold on this run: ' + '; '.join(f"`{k}` ({m['claims'][k]['detail']})" for k in bad) + '.']
     return '\n'.join(L) + '\n'
