@@ -14,7 +14,7 @@ __all__ = ['COMMANDS', 'WRITES', 'usage', 'error_line', 'out_folder', 'main']
 # %% ../nbs/10_cli.ipynb #c53dd825
 COMMANDS = {  # sub-command -> (module, function, one-line help)
     'synth':     ('smvwe.synth',   'synth_cli',     'write the built-in benchmark (VOC layout) to a folder'),
-    'synth-real': ('smvwe.realbench', 'synth_real_cli', 'write the OpenMoji benchmark of real object images (VOC layout)'),
+    'synth-real': ('smvwe.benchstats', 'synth_real_cli', 'write the OpenMoji benchmark of real object images (VOC layout)'),
     'pretrain':  ('smvwe.pretrain', 'pretrain_cli', 'pretrain the small backbone on the OpenMoji corpus (the shipped openmoji-small weights)'),
     'doctor':    ('smvwe.doctor',  'doctor_cli',    'check a dataset folder up front: layout, every file readable, sizes, labels, saliency'),
     'saliency':  ('smvwe.sal_detectors', 'saliency_cli', 'classical (OpenCV) saliency maps for a dataset that has none'),

@@ -10,7 +10,7 @@ from inspect import Parameter, Signature
 from fastcore.script import Param, call_parse, str2bool
 
 # %% auto #0
-__all__ = ['field_docs', 'StageConfig', 'from_cli', 'config_params', 'python_signature', 'forwarded_signature', 'cli_from']
+__all__ = ['field_docs', 'StageConfig', 'from_cli', 'config_params', 'python_signature', 'cli_from']
 
 # %% ../nbs/05e_config.ipynb #c1fe1ed2
 def _class_source(cls) -> str:
@@ -85,7 +85,8 @@ def from_cli(name:str, # the field's name (for the error message)
     except ValueError: raise ValueError(f"--{name} must be comma-separated {el[0].__name__}s like '1,2' or 'none', got {v!r}.") from None
 
 # %% ../nbs/05e_config.ipynb #c185ca9e
-from .voc_writer import _Param  # a fastcore `Param` that `anno_parser` can read more than once: defined once, where the first command needs it
+from .voc_writer import _Param, forwarded_signature  # a `Param` `anno_parser` can read more than once, and a signature
+# that lists what `**kw` hands on: defined once, where the first generator (`00b_synth`) needs them
 
 def _field_default(f): return f.default if f.default is not MISSING else f.default_factory()
 
@@ -100,14 +101,6 @@ def python_signature(fn, *configs) -> Signature:
     own = [p for p in inspect.signature(fn).parameters.values() if p.kind != Parameter.VAR_KEYWORD]
     extra = [Parameter(f.name, Parameter.KEYWORD_ONLY, default=_field_default(f), annotation=typing.get_type_hints(c)[f.name])
              for c in configs for f in fields(c)]
-    return inspect.signature(fn).replace(parameters=own + extra)
-
-def forwarded_signature(fn, target, drop=()) -> Signature:
-    "`fn`'s own parameters (less `**kw`) followed by the optional parameters of `target` that `fn` hands on through `**kw` (less `drop`), keyword-only, with `target`'s defaults"
-    own = [p for p in inspect.signature(fn).parameters.values() if p.kind != Parameter.VAR_KEYWORD]
-    skip = {p.name for p in own} | set(drop)
-    extra = [p.replace(kind=Parameter.KEYWORD_ONLY) for p in inspect.signature(target).parameters.values()
-             if p.name not in skip and p.kind in (Parameter.POSITIONAL_OR_KEYWORD, Parameter.KEYWORD_ONLY) and p.default is not Parameter.empty]
     return inspect.signature(fn).replace(parameters=own + extra)
 
 def cli_from(*configs, # dataclass configs whose fields become the options, in order

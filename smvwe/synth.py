@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 import numpy as np
-from .voc_writer import SPLITS, write_benchmark, bench_cli
-from .config import forwarded_signature
+from .voc_writer import SPLITS, write_benchmark, bench_cli, forwarded_signature
 from .scene import CLASSES, CONTEXTS, SYNTH_VERSION, render_scene, simulate_saliency
 from .sal_detectors import cv2_saliency
 
