@@ -235,7 +235,7 @@ def pseudo_cli(run_dir, root, split, out, **kw):
     from smvwe.voc import read_classes
     launched = int(os.environ.get('WORLD_SIZE', 1)) > 1
     if launched:  # torchrun / accelerate launch: this rank's GPU, and a process group for the final barrier
-        from smvwe.fit import init_distributed
+        from smvwe.ddp import init_distributed
         device = init_distributed(device)
     model = load_cls_model(mp, device=device)
     if getattr(model, 'diagnostics', None): print(model.diagnostics['line'])  # every later stage inherits the classifier

@@ -26,7 +26,8 @@ from .voc import read_split, load_image, read_classes, dataset_signature
 from .doctor import check_memory
 from .files import (ignore_sigint, check_range, check_labels, atomic_save, save_label_png, progress_iter, use_bars, load_torch, file_hash,
                          state_hash, check_fingerprint)
-from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, init_distributed, print_epoch_log, NaNGuard, report_skipped
+from .fit import PolyLR, AMP, fit_resumable, check_amp, to_plain, update_json, write_history, print_epoch_log, NaNGuard, report_skipped
+from .ddp import init_distributed
 from .maps import crf_refine, parse_crf, activation_px_bytes
 from .parallel import resolve_shard, rank_cores, single_thread_worker
 from .deeplab import DeepLab, SegLoss, seg_splitter, upsample

@@ -27,7 +27,8 @@ from .voc import dataset_signature
 from .words import N_WORDS
 from .saliency import DELTA, MU
 from .diagnose import ImageMetric, learner_verdict, chance_map  # image-level mAP / F1 and the verdict (05d_diagnose)
-from .fit import (PolyLR, AMP, check_amp, to_plain, init_distributed, fit_resumable,
+from .ddp import init_distributed
+from .fit import (PolyLR, AMP, check_amp, to_plain, fit_resumable,
                        update_json, print_epoch_log, write_history, NaNGuard, report_skipped)  # the shared training machinery (06a_fit)
 
 # %% auto #0

@@ -82,11 +82,11 @@ def test_named_files_exist():
 def test_the_check_catches_missing_files(monkeypatch):
     "The check itself: a cited design note, a stale notebook, a moved function and a broken link are all caught"
     fake = [('README.md', '.', 'see NOTES.md §6 and ../shared/PLAN.md'),
-            ('nbs/x.ipynb cell 0', 'nbs', 'as in notebook 06, `06_train` and `smvwe.pseudo.crf_refine`; ![f](images/none.png); `tests/test_none.py`'),
+            ('nbs/x.ipynb cell 0', 'nbs', 'as in notebook 14, `06_train` and `smvwe.pseudo.crf_refine`; ![f](images/none.png); `tests/test_none.py`'),
             ('nbs/y.ipynb cell 0', 'nbs', 'fine: `04_losses`, `smvwe.maps.crf_refine`, README.md, ![f](images/protocol_synth.png), OUT/config.json')]
     monkeypatch.setattr(sys.modules[__name__], '_texts', lambda: iter(fake))
     bad = _bad_references()
-    for n in ('NOTES.md', '../shared/PLAN.md', 'notebook 06 ', '`06_train`', 'smvwe.pseudo.crf_refine', 'images/none.png', 'tests/test_none.py'):
+    for n in ('NOTES.md', '../shared/PLAN.md', 'notebook 14 ', '`06_train`', 'smvwe.pseudo.crf_refine', 'images/none.png', 'tests/test_none.py'):
         assert any(n in b for b in bad), n
     assert not any(b.startswith('nbs/y.ipynb') for b in bad), bad
 
