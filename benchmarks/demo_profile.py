@@ -31,7 +31,7 @@ FP32 = {'cls.amp': None, 'cls.channels_last': False}  # DeepLab follows the clas
 def recipes(preset:str, previous:str='fp32') -> dict:
     "{'previous': (Preset, jobs), 'current': (Preset, jobs)}"
     from smvwe.experiment import get_preset
-    from smvwe.protocol import FIRST_RECIPE  # the recipe study's first row
+    from smvwe.study import FIRST_RECIPE  # the recipe study's first row
     cur = get_preset(preset)
     prev = get_preset(preset, FP32)
     if previous == 'first-recipe':

@@ -61,7 +61,7 @@ def test_quality_table_and_detail(df):
 def test_a_study_records_its_wall_times(tmp_path):
     "Every run's seconds (training + scoring) are in its rows and in RESULTS/BENCH_STUDY_time.json; a cached run keeps its recorded seconds"
     import json
-    from smvwe.protocol import protocol_study
+    from smvwe.study import protocol_study
     kw = dict(seeds=(0,), results=tmp_path/'res', progress=False, overrides={'bench.n_train': 12, 'bench.n_val': 6, 'bench.size': 64,
               'cls.epochs': 1, 'cls.crop': 64, 'cls.resize_long': (48, 64), 'cls.n_words': 8})
     df = protocol_study('yardstick', 'synth', tmp_path/'runs', **kw)
@@ -90,7 +90,7 @@ def test_committed_results_without_run_seconds_still_load():
 def test_study_time_sums_the_recorded_seconds(tmp_path, capsys):
     "Hand-made runs: 12.3 s + 40.0 s recorded (one cached), one without seconds; the file and the printed line say so"
     import json
-    from smvwe.protocol import study_time
+    from smvwe.study import study_time
     times = [dict(run='cam-seed0', run_s=12.3, cached=False), dict(run='vwe-seed0', run_s=40.0, cached=True), dict(run='sal-seed0', run_s=None, cached=True)]
     rec = study_time(times, 14.0, tmp_path/'t.json', True, '[synth variants]')
     assert json.loads((tmp_path/'t.json').read_text()) == rec
