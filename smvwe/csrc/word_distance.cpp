@@ -203,6 +203,39 @@ std::vector<torch::Tensor> l1_backward(torch::Tensor M, torch::Tensor C, torch::
   return {dM, dC};
 }
 
+// M (B,K,HW) of any float dtype and strides (the channels-last view of a (B,K,H,W) map has strides (HW K, 1, K)) as a
+// contiguous (B,K,HW) tensor of dtype `dt` (float32 / float64), the layout the kernels read: one pass in 32 x 32 blocks
+// (each pixel's 32 channels are one cache line of bfloat16), widening exactly. Replaces `.to(dt).contiguous()`, which
+// converts and then transposes in two passes over the features.
+template <typename S, typename T>
+static void to_kp_impl(const S* in, int64_t sB, int64_t sK, int64_t sP, T* out, int64_t B, int64_t K, int64_t P) {
+  constexpr int64_t TB = 32;
+  const int64_t nkb = (K + TB - 1) / TB;
+  at::parallel_for(0, B * nkb, 1, [&](int64_t s, int64_t e) {
+    for (int64_t t = s; t < e; ++t) {
+      const int64_t b = t / nkb, k0 = (t % nkb) * TB, kn = std::min<int64_t>(TB, K - k0);
+      for (int64_t p0 = 0; p0 < P; p0 += TB) {
+        const int64_t pn = std::min<int64_t>(TB, P - p0);
+        for (int64_t k = 0; k < kn; ++k) {
+          T* o = out + (b * K + k0 + k) * P + p0;
+          const S* i = in + b * sB + (k0 + k) * sK + p0 * sP;
+          for (int64_t p = 0; p < pn; ++p) o[p] = static_cast<T>(static_cast<double>(i[p * sP]));
+        }
+      }
+    }
+  });
+}
+
+torch::Tensor to_kp(torch::Tensor M, c10::ScalarType dt) {
+  TORCH_CHECK(M.dim() == 3 && (dt == torch::kFloat32 || dt == torch::kFloat64), "to_kp: M (B,K,HW) to float32 / float64");
+  auto out = torch::empty(M.sizes(), M.options().dtype(dt).memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, M.scalar_type(), "to_kp", [&] {
+    if (dt == torch::kFloat32) to_kp_impl<scalar_t, float>(M.data_ptr<scalar_t>(), M.stride(0), M.stride(1), M.stride(2), out.data_ptr<float>(), M.size(0), M.size(1), M.size(2));
+    else to_kp_impl<scalar_t, double>(M.data_ptr<scalar_t>(), M.stride(0), M.stride(1), M.stride(2), out.data_ptr<double>(), M.size(0), M.size(1), M.size(2));
+  });
+  return out;
+}
+
 // The ceiling: a streaming abs-diff-accumulate loop with its data in L1 and no memory traffic besides, run by every
 // thread at once. Each thread keeps 24 vector accumulators (6 constants x 4 vectors of a 64 x 64 in-cache block)
 // and does acc += |x - c|, the forward's instruction mix. Returns the number of terms done (time it from Python).
@@ -248,4 +281,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("l1_forward", &l1_forward, "D (B,N,HW) = sum_k |M (B,K,HW) - C (N,K)|");
   m.def("abs_diff_ceiling", &abs_diff_ceiling, "terms done by a streaming |x - c| accumulate loop in L1 on every thread");
   m.def("l1_backward", &l1_backward, "(dM, dC) from M, C and G = dL/dD");
+  m.def("to_kp", &to_kp, "M (B,K,HW), any float dtype and strides, as a contiguous float32 / float64 tensor");
 }
