@@ -82,7 +82,8 @@ class L1Fused(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, G):
         M, C = ctx.saved_tensors
-        dM, dC = load_ext().l1_backward(M, C, G.contiguous())
+        low = ctx.in_dtype in (torch.bfloat16, torch.float16) and M.dtype == torch.float32   # dM rounded once, in the kernel
+        dM, dC = load_ext().l1_backward(M, C, G.contiguous(), ctx.in_dtype if low else None)
         return (dM.to(ctx.in_dtype) if ctx.needs_input_grad[0] else None), (dC if ctx.needs_input_grad[1] else None)
 
 # %% ../nbs/02a_distance.ipynb #248198cb
