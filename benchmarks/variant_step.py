@@ -18,7 +18,9 @@ backward (gradients by `torch.autograd.grad`, as the whole): standardisation, Eq
 softmax (Eq. 2), word labels (Eq. 3, forward only), histogram (Eq. 4) and the two heads (s_word, p_w2i); the whole
 encoder timed as one beside the sum of its parts; and the arithmetic floor of the exact L1 distance, 3 V terms
 (V = batch x pixels x words x channels) at the rate of a streaming |x - c| accumulate loop measured in this run on
-the same threads (`abs_diff_ceiling` of the fused kernel's extension).
+the same threads (`abs_diff_ceiling` of the fused kernel's extension). Last, Eq. 1's forward + backward as the fused
+kernels ran before they read the features in place (a `.to(float32).contiguous()` copy first, the float32 gradient
+converted after) against `word_distance` now, interleaved in the same run.
 
     python benchmarks/variant_step.py                        # both sizes, one thread, a few minutes on an idle 2-core CPU
     python benchmarks/variant_step.py --quick                # well under a minute: the demo recipe only, fewer steps
@@ -157,6 +159,44 @@ def encoder_parts(model, f, ctx, reps:int) -> dict:
     return dict(parts=res, V=B * H * W * enc.n_words * K, shape=dict(B=B, K=K, H=H, W=W, N=enc.n_words))
 
 
+class L1Copying(torch.autograd.Function):
+    "The fused kernels as `word_distance` used them before they read the features in place: `.to(float32).contiguous()` first, the float32 gradient converted after"
+    @staticmethod
+    def forward(ctx, M, C):
+        from smvwe.distance import load_ext
+        ctx.in_dtype = M.dtype; M = M.to(C.dtype).contiguous()
+        ctx.save_for_backward(M, C)
+        return load_ext().l1_forward(M, C)
+
+    @staticmethod
+    def backward(ctx, G):
+        from smvwe.distance import load_ext
+        M, C = ctx.saved_tensors
+        dM, dC = load_ext().l1_backward(M, C, G.contiguous())
+        return dM.to(ctx.in_dtype), dC
+
+
+def distance_ab(model, f, ctx, reps:int) -> dict|None:
+    "Eq. 1 forward + backward on the standardised features, before (L1Copying) and now (`word_distance`), interleaved: CPU/wall ms"
+    from smvwe.distance import word_distance, load_ext
+    if load_ext() is None: return None
+    enc = model.words
+    with torch.no_grad(), ctx(): X = enc.features(f)
+    X, cb = X.detach().requires_grad_(), enc.codebook
+    B, K, H, W = X.shape
+    g = torch.Generator().manual_seed(4); G = torch.randn(B, enc.n_words, H, W, generator=g)
+    def before(_):
+        D = L1Copying.apply(X.reshape(B, K, H * W), cb).view(B, -1, H, W); torch.autograd.grad(D, (X, cb), G)
+    def now(_):
+        D = word_distance(X, cb, impl='fused'); torch.autograd.grad(D, (X, cb), G)
+    before(None); now(None)
+    res = {'before': ([], []), 'now': ([], [])}
+    for _ in range(3):
+        for k, fn in (('before', before), ('now', now)):
+            c, w = timeit(fn, reps); res[k][0].append(c); res[k][1].append(w)
+    return {k: dict(cpu_ms=median(c), wall_ms=median(w)) for k, (c, w) in res.items()}
+
+
 def floor_rate(min_s:float=0.3) -> float|None:
     "Terms/s of the extension's streaming |x - c| accumulate loop on this process's threads (CPU time), None without it"
     from smvwe.distance import load_ext
@@ -192,6 +232,11 @@ def fmt_parts(name, enc, rate) -> list:
         lines += ['', f"floor of the exact L1 distance: 3V = {3 * enc['V'] / 1e9:.4g} G terms at {rate / 1e9:.2f} G terms/s (in-run ceiling, CPU time) = {fl:.2f} ms",
                   f"distance fwd+bwd / floor = {dist / fl:.3f}; whole encoder / floor = {p['whole']['cpu_ms'] / fl:.3f}"]
     else: lines += ['', 'floor: n/a (the fused kernel\'s extension is not built)']
+    ab = enc.get('distance_ab')
+    if ab:
+        lines.append(f"distance fwd+bwd in one run, interleaved: features widened and transposed by .to(float32).contiguous(), the "
+                     f"float32 gradient converted after (before) {ab['before']['cpu_ms']:.2f} ms; read in place, the gradient written in the "
+                     f"features' dtype (now) {ab['now']['cpu_ms']:.2f} ms; before / now = {ab['before']['cpu_ms'] / ab['now']['cpu_ms']:.3f}")
     return lines + ['']
 
 
@@ -243,6 +288,7 @@ def main(argv=None):
             f = torch.randn(a.paper_enc_bs, f.shape[1], s, s, generator=g).to(f.dtype).contiguous(
                 memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         enc = encoder_parts(model, f, ctx, reps)
+        enc['distance_ab'] = distance_ab(model, f, ctx, reps)
         out = fmt_variants(name, res, cfg, bs, crop) + fmt_parts(name, enc, rate)
         out.append(f'({name}: {time.perf_counter() - t0:.0f} s)\n')
         print('\n'.join(out), flush=True); lines += out

@@ -144,4 +144,7 @@ def test_variant_step_quick(tmp_path):
         ratio = float(re.search(r'distance fwd\+bwd / floor = ([\d.]+)', r.stdout).group(1))
         assert abs(ratio - (p['distance fwd']['cpu_ms'] + p['distance bwd']['cpu_ms']) / demo['floor_ms']) < 1e-3
         assert ratio > 0.5                                     # no kernel beats the arithmetic by 2x
+        ab = enc['distance_ab']                                # the distance as before its in-place reading, in the same run
+        r_ab = float(re.search(r'before / now = ([\d.]+)', r.stdout).group(1))
+        assert ab['before']['cpu_ms'] > 0 and abs(r_ab - ab['before']['cpu_ms'] / ab['now']['cpu_ms']) < 1e-3
     assert 'paper' not in run['sizes']                         # --quick: the demo size only
