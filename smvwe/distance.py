@@ -4,15 +4,17 @@
 
 # %% ../nbs/02a_distance.ipynb #c56d1510
 from __future__ import annotations
-import hashlib, logging, os, platform, time, warnings
-from pathlib import Path
+import os, warnings
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from .cext import load_ext, ext_status, STALE_LOCK_S, _csrc, _build_key, _clear_stale_lock
+
+_all_ = ['load_ext', 'ext_status', 'STALE_LOCK_S']
 
 # %% auto #0
-__all__ = ['STALE_LOCK_S', 'word_distance_reference', 'L1Chunked', 'load_ext', 'ext_status', 'L1Fused', 'word_distance',
-           'L1Triton', 'triton_status']
+__all__ = ['word_distance_reference', 'L1Chunked', 'L1Fused', 'word_distance', 'L1Triton', 'triton_status', 'load_ext',
+           'ext_status', 'STALE_LOCK_S']
 
 # %% ../nbs/02a_distance.ipynb #36f95c2c
 def word_distance_reference(feats:Tensor, # (B,K,H,W) pixel features
@@ -66,83 +68,23 @@ class L1Chunked(torch.autograd.Function):
         return (dM.to(M.dtype) if dM is not None else None,
                 dC.to(C.dtype) if ctx.needs_input_grad[1] else None, None)
 
-# %% ../nbs/02a_distance.ipynb #d30d965b
-_CFLAGS = ['-O3', '-march=native', '-fopenmp']
-
-def _csrc(name:str)->Path:
-    "Path of a C++ source shipped with the package (smvwe/csrc/)."
-    import smvwe
-    return Path(smvwe.__file__).parent/'csrc'/name
-
-# %% ../nbs/02a_distance.ipynb #87361d3a
-_EXT, _EXT_MSG = None, None
-
-def _cpu_tag()->str:
-    "A fingerprint of this CPU's instruction sets (the kernel is built with -march=native)."
-    try: flags = next(l for l in open('/proc/cpuinfo') if l.startswith(('flags', 'Features')))
-    except (OSError, StopIteration): flags = platform.processor() + platform.machine()
-    return flags
-
-def _build_key(source:str)->str:
-    "Name of the build: changes with the C++ source, the compiler flags, the CPU and the torch version."
-    return hashlib.sha1('\n'.join([source, ' '.join(_CFLAGS), _cpu_tag(), torch.__version__]).encode()).hexdigest()[:12]
-
-STALE_LOCK_S = 900  # a build lock older than this was left by a build that was killed
-
-def _clear_stale_lock(name:str):
-    "torch's build lock is a plain file: a build killed midway leaves it and every later load would wait forever"
-    from torch.utils.cpp_extension import _get_build_directory
-    lock = Path(_get_build_directory(name, False))/'lock'
-    try:
-        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-            lock.unlink(); warnings.warn(f'smvwe: removed a stale build lock {lock} (left by a killed build)', RuntimeWarning)
-    except OSError: pass
-
-def load_ext(verbose:bool=False # show the compiler's output
-            ):
-    "Build (once, cached) and return the fused C++ kernel, or None (with one warning) if it cannot be built."
-    global _EXT, _EXT_MSG
-    if _EXT is not None or _EXT_MSG is not None: return _EXT
-    if os.environ.get('SMVWE_NO_EXT', '') not in ('', '0'):
-        _EXT_MSG = 'disabled by SMVWE_NO_EXT'; return None
-    path = _csrc('word_distance.cpp')
-    log = logging.getLogger('torch.utils.cpp_extension'); lvl = log.level
-    log.setLevel(logging.ERROR)                      # silence "No CUDA runtime is found" on CPU-only machines
-    try:
-        from torch.utils.cpp_extension import load
-        t0 = time.time()
-        name = f'smvwe_l1_{_build_key(path.read_text())}'
-        _clear_stale_lock(name)
-        _EXT = load(name, sources=[str(path)], extra_cflags=_CFLAGS,
-                    extra_ldflags=['-fopenmp'], verbose=verbose)
-        _EXT_MSG = f'loaded in {time.time() - t0:.1f} s'
-    except Exception as e:
-        _EXT_MSG = f'build failed: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}'
-        warnings.warn(f'smvwe: the fused L1 kernel could not be built ({_EXT_MSG}); using the slower PyTorch path. '
-                      'Set SMVWE_NO_EXT=1 to skip the build.', RuntimeWarning)
-    finally: log.setLevel(lvl)
-    return _EXT
-
-def ext_status()->str:
-    "Why the fused kernel is or is not in use (after `load_ext`)."
-    load_ext()
-    return _EXT_MSG
-
 # %% ../nbs/02a_distance.ipynb #e47241d2
 class L1Fused(torch.autograd.Function):
-    "Exact L1 distance (B,K,P),(N,K) -> (B,N,P) by the fused C++ kernel; saves only the inputs."
+    "Exact L1 distance (B,K,P),(N,K) -> (B,N,P) by the fused C++ kernel; M in any float dtype and layout (widened to C's), saves only the inputs (M as widened)."
     @staticmethod
     def forward(ctx, M, C):
-        M, C = M.contiguous(), C.contiguous()
+        C = C.contiguous(); ctx.in_dtype = M.dtype
+        if M.dtype != C.dtype or not M.is_contiguous(): M = load_ext().to_kp(M, C.dtype)  # one blocked pass, exact
         ctx.save_for_backward(M, C)
-        return _EXT.l1_forward(M, C)
+        return load_ext().l1_forward(M, C)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, G):
         M, C = ctx.saved_tensors
-        dM, dC = _EXT.l1_backward(M, C, G.contiguous())
-        return (dM if ctx.needs_input_grad[0] else None), (dC if ctx.needs_input_grad[1] else None)
+        low = ctx.in_dtype in (torch.bfloat16, torch.float16) and M.dtype == torch.float32   # dM rounded once, in the kernel
+        dM, dC = load_ext().l1_backward(M, C, G.contiguous(), ctx.in_dtype if low else None)
+        return (dM.to(ctx.in_dtype) if ctx.needs_input_grad[0] else None), (dC if ctx.needs_input_grad[1] else None)
 
 # %% ../nbs/02a_distance.ipynb #248198cb
 def word_distance(feats:Tensor, # (B,K,H,W) pixel features
@@ -161,11 +103,12 @@ def word_distance(feats:Tensor, # (B,K,H,W) pixel features
         raise ValueError(f"word_distance: impl must be 'auto', 'fused', 'triton' or 'torch', got {impl!r}")
     B, K, H, W = feats.shape
     dt = torch.promote_types(feats.dtype, codebook.dtype)
-    M, C = feats.reshape(B, K, H * W).to(dt), codebook.to(dt)
-    ok = feats.device.type == 'cpu' and dt in (torch.float32, torch.float64) and M.numel() > 0 and C.numel() > 0
+    Mv, C = feats.reshape(B, K, H * W), codebook.to(dt)              # Mv: a view of the features, their dtype and layout
+    ok = feats.device.type == 'cpu' and dt in (torch.float32, torch.float64) and Mv.numel() > 0 and C.numel() > 0
+    M = Mv if impl in ('auto', 'fused') and ok and load_ext() is not None else Mv.to(dt)   # the fused kernel widens Mv itself
     if impl == 'fused' and not (ok and load_ext() is not None):
         raise ValueError(f'word_distance: the fused kernel needs non-empty float32/float64 CPU tensors and a working build '
-                         f'({_EXT_MSG or "not tried"}); use impl="torch"')
+                         f'({ext_status()}); use impl="torch"')
     if impl == 'triton' and triton_status(feats.device) != 'ok':
         raise ValueError(f'word_distance: the Triton kernel cannot run on {feats.device} ({triton_status(feats.device)}); use impl="torch"')
     empty = M.numel() == 0 or C.numel() == 0

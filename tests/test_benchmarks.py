@@ -106,3 +106,45 @@ def test_pretrain_data_quick(tmp_path):
         line = next(l for l in r.stdout.splitlines() if l.startswith(way + ' '))
         assert f"{1000 * o['data_cpu']:.1f}" in line and f"{100 * o['timed_share_cpu']:.1f}%" in line
     assert 'reference / compose' in r.stdout
+
+
+def test_variant_step_quick(tmp_path):
+    "`variant_step.py --quick`: every variant's step, its ratio to CAM, the encoder's parts beside the whole and the floor"
+    import json, math, re
+    out = tmp_path / 'vs.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'variant_step.py'), '--quick', '--out', str(out), '--label', 'ci'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    run = json.loads(out.read_text())['runs']['ci']
+    assert all(l in r.stdout for l in run['table'])            # the file keeps what was printed
+    demo = run['sizes']['demo']
+    from smvwe.experiment import PRESETS
+    c = PRESETS['default'].cls
+    assert demo['recipe'] == dict(backbone=c.backbone, crop=c.crop, bs=c.bs, n_words=c.n_words, amp=c.amp, channels_last=c.channels_last)
+    v = demo['variants']
+    assert list(v) == ['cam', 'vwe', 'sal', 'smvwe'] and v['cam']['ratio'] == 1.0
+    for name, x in v.items():
+        assert x['cpu_ms'] > 0 and x['wall_ms'] > 0 and x['n'] == 4 and math.isfinite(x['loss0'])
+        assert math.isclose(x['ratio'], x['cpu_ms'] / v['cam']['cpu_ms'])
+        row = re.search(rf'^\| {name} \| ([\d.]+) \| ([\d.]+) \| 4 \| ([\d.]+) \|', r.stdout, re.M)   # the printed row agrees
+        cpu, ratio = float(row.group(1)), float(row.group(3))
+        assert abs(cpu - x['cpu_ms']) <= 0.05 and abs(ratio - x['ratio']) <= 5e-4
+        assert abs(ratio - cpu / float(re.search(r'^\| cam \| ([\d.]+) \|', r.stdout, re.M).group(1))) < 0.01
+    assert v['cam']['loss0'] != v['smvwe']['loss0']          # the word terms are in SMVWE's loss, not in CAM's
+    enc = demo['encoder']; p = enc['parts']
+    s = enc['shape']; assert enc['V'] == s['B'] * s['H'] * s['W'] * s['N'] * s['K'] and s['N'] == c.n_words
+    parts = ('standardise', 'distance fwd', 'distance bwd', 'softmax', 'word labels', 'histogram', 'heads')
+    assert all(p[k]['cpu_ms'] > 0 for k in parts + ('whole',))
+    total = sum(p[k]['cpu_ms'] for k in parts)
+    assert 0.5 < total / p['whole']['cpu_ms'] < 2, (total, p['whole'])   # the parts account for the whole, give or take
+    assert f"parts / whole = {total / p['whole']['cpu_ms']:.3f}" in r.stdout
+    from smvwe.distance import load_ext
+    if load_ext() is not None:                                 # the floor: 3V terms at the in-run ceiling's rate
+        assert run['floor_terms_per_s'] > 1e9 and math.isclose(demo['floor_ms'], 1e3 * 3 * enc['V'] / run['floor_terms_per_s'])
+        ratio = float(re.search(r'distance fwd\+bwd / floor = ([\d.]+)', r.stdout).group(1))
+        assert abs(ratio - (p['distance fwd']['cpu_ms'] + p['distance bwd']['cpu_ms']) / demo['floor_ms']) < 1e-3
+        assert ratio > 0.5                                     # no kernel beats the arithmetic by 2x
+        ab = enc['distance_ab']                                # the distance as before its in-place reading, in the same run
+        r_ab = float(re.search(r'before / now = ([\d.]+)', r.stdout).group(1))
+        assert ab['before']['cpu_ms'] > 0 and abs(r_ab - ab['before']['cpu_ms'] / ab['now']['cpu_ms']) < 1e-3
+    assert 'paper' not in run['sizes']                         # --quick: the demo size only

@@ -152,17 +152,21 @@ static void fwd_impl(const T* M, const T* Ct, T* D, int64_t B, int64_t K, int64_
   });
 }
 
-template <typename T>
-static void bwd_impl(const T* M, const T* C, const T* G, T* dM, T* dC, int64_t B, int64_t K, int64_t HW, int64_t N) {
+// dM is written in its own dtype O (the features' dtype, e.g. bfloat16): each (channel block, image) slab of it is summed
+// in a zeroed T buffer, in the same order as ever, then rounded once into dM, so no full-size T gradient is allocated,
+// zero-filled and converted afterwards.
+template <typename T, typename O>
+static void bwd_impl(const T* M, const T* C, const T* G, O* dMo, T* dC, int64_t B, int64_t K, int64_t HW, int64_t N) {
   using V = typename VT<T>::v; constexpr int W = VT<T>::W, TP = BR * W;
   const int64_t nkb = (K + BKB - 1) / BKB, ntiles = (HW + TP - 1) / TP;
   at::parallel_for(0, nkb, 1, [&](int64_t s, int64_t e) {   // threads split channel blocks: disjoint dM and dC
     std::vector<V> lane(BKB * BJ);
-    std::vector<T> mbuf(BKB * TP), gbuf(BJ * TP), dmbuf(BKB * TP);
+    std::vector<T> mbuf(BKB * TP), gbuf(BJ * TP), dmbuf(BKB * TP), slab(BKB * HW);
     for (int64_t kb = s; kb < e; ++kb) {
       const int64_t k0 = kb * BKB; const int kn = (int)std::min<int64_t>(BKB, K - k0);
       for (int64_t b = 0; b < B; ++b) {
-        const T* Mb = M + (b * K + k0) * HW; T* dMb = dM + (b * K + k0) * HW; const T* Gb = G + b * N * HW;
+        const T* Mb = M + (b * K + k0) * HW; T* dMb = slab.data(); const T* Gb = G + b * N * HW;
+        std::fill(slab.begin(), slab.begin() + kn * HW, T(0));
         for (int64_t j0 = 0; j0 < N; j0 += BJ) {
           const int jt = (int)std::min<int64_t>(BJ, N - j0);
           std::fill(lane.begin(), lane.end(), V{});
@@ -180,6 +184,8 @@ static void bwd_impl(const T* M, const T* C, const T* G, T* dM, T* dC, int64_t B
             dC[(j0 + j) * K + k0 + k] -= s;
           }
         }
+        O* out = dMo + (b * K + k0) * HW;
+        for (int64_t i = 0; i < kn * HW; ++i) out[i] = static_cast<O>(slab[i]);
       }
     }
   });
@@ -194,13 +200,58 @@ torch::Tensor l1_forward(torch::Tensor M, torch::Tensor C) {  // M (B,K,HW), C (
   return D;
 }
 
-std::vector<torch::Tensor> l1_backward(torch::Tensor M, torch::Tensor C, torch::Tensor G) {  // G (B,N,HW)
+std::vector<torch::Tensor> l1_backward(torch::Tensor M, torch::Tensor C, torch::Tensor G, c10::optional<c10::ScalarType> grad_dtype) {
+  // G (B,N,HW); dM in grad_dtype (default M's): float32 sums rounded once to bfloat16 / float16 (as .to() rounds)
   const int64_t B = M.size(0), K = M.size(1), HW = M.size(2), N = C.size(0);
-  auto dM = torch::zeros_like(M); auto dC = torch::zeros_like(C);
+  auto odt = grad_dtype.value_or(M.scalar_type());
+  TORCH_CHECK(odt == M.scalar_type() || (M.scalar_type() == torch::kFloat32 && (odt == at::kBFloat16 || odt == at::kHalf)),
+              "l1_backward: dM in M's dtype, or bfloat16 / float16 from float32");
+  auto dM = torch::empty(M.sizes(), M.options().dtype(odt)); auto dC = torch::zeros_like(C);
   AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "l1_backward", [&] {
-    bwd_impl<scalar_t>(M.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(),
-                       dM.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(), B, K, HW, N); });
+    if (odt == M.scalar_type())
+      bwd_impl<scalar_t, scalar_t>(M.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(),
+                                   dM.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(), B, K, HW, N);
+    else if constexpr (std::is_same_v<scalar_t, float>) {
+      if (odt == at::kBFloat16) bwd_impl<float, c10::BFloat16>(M.data_ptr<float>(), C.data_ptr<float>(), G.data_ptr<float>(),
+                                                               dM.data_ptr<c10::BFloat16>(), dC.data_ptr<float>(), B, K, HW, N);
+      else bwd_impl<float, c10::Half>(M.data_ptr<float>(), C.data_ptr<float>(), G.data_ptr<float>(),
+                                      dM.data_ptr<c10::Half>(), dC.data_ptr<float>(), B, K, HW, N);
+    }
+  });
   return {dM, dC};
+}
+
+// M (B,K,HW) of any float dtype and strides (the channels-last view of a (B,K,H,W) map has strides (HW K, 1, K)) as a
+// contiguous (B,K,HW) tensor of dtype `dt` (float32 / float64), the layout the kernels read: one pass in 32 x 32 blocks
+// (each pixel's 32 channels are one cache line of bfloat16), widening exactly. Replaces `.to(dt).contiguous()`, which
+// converts and then transposes in two passes over the features.
+template <typename S, typename T>
+static void to_kp_impl(const S* in, int64_t sB, int64_t sK, int64_t sP, T* out, int64_t B, int64_t K, int64_t P) {
+  constexpr int64_t TB = 32;
+  const int64_t nkb = (K + TB - 1) / TB;
+  at::parallel_for(0, B * nkb, 1, [&](int64_t s, int64_t e) {
+    for (int64_t t = s; t < e; ++t) {
+      const int64_t b = t / nkb, k0 = (t % nkb) * TB, kn = std::min<int64_t>(TB, K - k0);
+      for (int64_t p0 = 0; p0 < P; p0 += TB) {
+        const int64_t pn = std::min<int64_t>(TB, P - p0);
+        for (int64_t k = 0; k < kn; ++k) {
+          T* o = out + (b * K + k0 + k) * P + p0;
+          const S* i = in + b * sB + (k0 + k) * sK + p0 * sP;
+          for (int64_t p = 0; p < pn; ++p) o[p] = static_cast<T>(static_cast<double>(i[p * sP]));
+        }
+      }
+    }
+  });
+}
+
+torch::Tensor to_kp(torch::Tensor M, c10::ScalarType dt) {
+  TORCH_CHECK(M.dim() == 3 && (dt == torch::kFloat32 || dt == torch::kFloat64), "to_kp: M (B,K,HW) to float32 / float64");
+  auto out = torch::empty(M.sizes(), M.options().dtype(dt).memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, M.scalar_type(), "to_kp", [&] {
+    if (dt == torch::kFloat32) to_kp_impl<scalar_t, float>(M.data_ptr<scalar_t>(), M.stride(0), M.stride(1), M.stride(2), out.data_ptr<float>(), M.size(0), M.size(1), M.size(2));
+    else to_kp_impl<scalar_t, double>(M.data_ptr<scalar_t>(), M.stride(0), M.stride(1), M.stride(2), out.data_ptr<double>(), M.size(0), M.size(1), M.size(2));
+  });
+  return out;
 }
 
 // The ceiling: a streaming abs-diff-accumulate loop with its data in L1 and no memory traffic besides, run by every
@@ -247,5 +298,7 @@ int64_t abs_diff_ceiling(int64_t reps) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("l1_forward", &l1_forward, "D (B,N,HW) = sum_k |M (B,K,HW) - C (N,K)|");
   m.def("abs_diff_ceiling", &abs_diff_ceiling, "terms done by a streaming |x - c| accumulate loop in L1 on every thread");
-  m.def("l1_backward", &l1_backward, "(dM, dC) from M, C and G = dL/dD");
+  m.def("l1_backward", &l1_backward, "(dM, dC) from M, C and G = dL/dD; dM in grad_dtype (default M's)",
+        py::arg("M"), py::arg("C"), py::arg("G"), py::arg("grad_dtype") = py::none());
+  m.def("to_kp", &to_kp, "M (B,K,HW), any float dtype and strides, as a contiguous float32 / float64 tensor");
 }
