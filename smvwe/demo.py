@@ -25,8 +25,8 @@ from .experiment import (PSEUDO_MODE, PRETRAINED, Preset, get_preset, run_varian
 
 
 # %% auto #0
-__all__ = ['SEG_VARIANTS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'demo_markdown', 'numbers_only', 'demo', 'demo_cli']
+__all__ = ['SEG_VARIANTS', 'OTHER_CPU', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
+           'demo_markdown', 'numbers_only', 'demo', 'cpu_kind', 'other_cpu', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -259,13 +259,29 @@ def demo(out='runs/demo', # run folder
     timings['report'] = time.time() - t
     m['timings'], m['wall_s'], m['jobs'] = timings, time.time() - t_all, jobs
     write_json(numbers_only(m), run/'metrics.json')  # no times: a run resumed after kill -9 writes the same bytes
-    write_json(dict(wall_s=m['wall_s'], stages=timings, **{f'{g}_{v}': {k: x for k, x in r.items() if k.endswith('_s')}
+    write_json(dict(wall_s=m['wall_s'], cpu=cpu_kind(), stages=timings, **{f'{g}_{v}': {k: x for k, x in r.items() if k.endswith('_s')}
                                                           for g in ('variants', 'seg') for v, r in m[g].items()}), run/'timings.json')
     write_report(run, m)
     say(f"done in {m['wall_s']:.0f} s: {run/'metrics.json'}, {run/'report.md'}, {run/'figures'}", flush=True)
     return m
 
 # %% ../nbs/11b_demo.ipynb #a1327565
+def cpu_kind() -> dict:
+    "What decides the speed and the digits of bf16 training on a CPU: PyTorch's kernel level and whether bfloat16 is native (AVX512-BF16 or AMX) or emulated"
+    return dict(capability=torch.backends.cpu.get_cpu_capability(), bf16_native=bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+
+OTHER_CPU = ('demo_emulated_bf16_metrics.json', 'demo_emulated_bf16_timings.json')  # `smvwe demo` on a CPU without native bfloat16
+
+def other_cpu(m:dict, results='nbs/results') -> str:
+    "A paragraph on the same run of `m` on a CPU that emulates bfloat16 (RESULTS/OTHER_CPU); '' without those files"
+    fs = [Path(results)/f for f in OTHER_CPU]
+    if not all(map(Path.exists, fs)): return ''
+    (om, ot), v = [json.loads(f.read_text()) for f in fs], m['variants']
+    o, seg = om['variants'], (f", DeepLab on SMVWE {cell(om['seg']['smvwe']['miou'], 1, 3)}" if 'smvwe' in om.get('seg', {}) else '')
+    return (f"\n\nThese digits belong to the CPU kind they were made on: bf16 training rounds differently where bfloat16 is emulated (no "
+            f"AVX512-BF16 or AMX). There the same command took {ot['wall_s']:.0f} s and gave SMVWE {cell(o['smvwe']['miou'], 1, 3)} (above: "
+            f"{cell(v['smvwe']['miou'], 1, 3)}), CAM {cell(o['cam']['miou'], 1, 3)}{seg} (`nbs/results/{OTHER_CPU[0]}`).")
+
 @call_parse
 def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue or to rebuild the report)
              quick:bool=False, # the smoke-test preset (under 2 minutes) instead of the default (under 5 minutes on 2 CPU cores)

@@ -13,7 +13,7 @@ from .summary import (TABLE_THR, BASELINE, BASELINE_L, BENCH_NAMES, BENCH_TITLES
                            result_name, load_results, select, seed_values, cell)
 from .claims import claims_table, findings, strongest_baseline
 from .tables import headline_table, bench_sections, plot_protocol, _regime_label
-from .demo import demo_markdown, plot_bars
+from .demo import demo_markdown, other_cpu, plot_bars
 
 # %% auto #0
 __all__ = ['READING', 'COMMANDS_MD', 'MARKERS', 'DEMO_MARKERS', 'CHECKED_CELLS', 'load_frames', 'field', 'fill', 'page_cells',
@@ -169,7 +169,8 @@ def page_cells(results='nbs/results', images:str='images') -> list[str]:
               for r in REGIME_NAMES for b in BENCH_TITLES if (b, r) not in frames]
     if (res/'demo_metrics.json').exists():
         t = res/'demo_timings.json'
-        cells.append(demo_markdown(json.loads((res/'demo_metrics.json').read_text()), json.loads(t.read_text()) if t.exists() else None))
+        m = json.loads((res/'demo_metrics.json').read_text())
+        cells.append(demo_markdown(m, json.loads(t.read_text()) if t.exists() else None) + other_cpu(m, res))
     if (res/'demo_pretrained_metrics.json').exists():  # `smvwe demo --pretrained`: the same run in the paper's regime
         t = res/'demo_pretrained_timings.json'
         cells.append(demo_markdown(json.loads((res/'demo_pretrained_metrics.json').read_text()), json.loads(t.read_text()) if t.exists() else None))
