@@ -38,12 +38,13 @@ PAPER = {'cls.backbone': 'resnet38', 'cls.crop': 448, 'cls.n_words': 256}  # §4
 PARTS = ('standardise', 'distance fwd', 'distance bwd', 'softmax', 'word labels', 'histogram', 'heads')
 
 
-def configs(paper_bs:int, paper_crop:int|None) -> dict:
-    "{size name: (ClsConfig, batch, crop)} for the demo recipe and the paper's size"
-    from smvwe.experiment import PRESETS, get_preset
-    demo = PRESETS['default'].cls
+def configs(paper_bs:int, paper_crop:int|None, amp:str='preset') -> dict:
+    "{size name: (ClsConfig, batch, crop)} for the demo recipe and the paper's size; `amp` 'none' or 'bf16' overrides the preset's precision"
+    from smvwe.experiment import get_preset
+    prec = {} if amp == 'preset' else {'cls.amp': None if amp == 'none' else amp}
+    demo = get_preset('default', prec).cls
     crop = paper_crop or 112
-    paper = get_preset('default', {**PAPER, 'cls.crop': crop, 'cls.bs': paper_bs}).cls
+    paper = get_preset('default', {**PAPER, 'cls.crop': crop, 'cls.bs': paper_bs, **prec}).cls
     return {'demo': (demo, demo.bs, demo.crop), 'paper': (paper, paper_bs, crop)}
 
 
@@ -258,6 +259,7 @@ def main(argv=None):
     ap.add_argument('--paper-crop', type=int, help="crop of the training steps at the paper's size (default 112: ResNet38 steps at 448 take minutes each here)")
     ap.add_argument('--paper-enc-crop', type=int, default=448, help="the encoder's part at the paper size: crop of its features (0: the steps' crop)")
     ap.add_argument('--paper-enc-bs', type=int, default=4, help="the encoder's part at the paper size: batch (the paper's 4)")
+    ap.add_argument('--amp', choices=('preset', 'none', 'bf16'), default='preset', help="precision: the preset's (bf16) or none (float32): where a CPU emulates bfloat16 (no AVX512-BF16/AMX) every bf16 step is slow and the encoder's share looks small")
     ap.add_argument('--sizes', help='comma-separated: demo, paper (default both; quick: demo)')
     ap.add_argument('--reps', type=int, help='calls per encoder part per pass (default 10 demo / 2 paper, quick 3)')
     ap.add_argument('--out', help='write the results (JSON) to this file, atomically; runs of other labels in it are kept')
@@ -271,7 +273,7 @@ def main(argv=None):
     head = f'torch {torch.__version__}, {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; load average {os.getloadavg()[0]:.2f}'
     print(head, flush=True)
     rate = floor_rate(0.1 if a.quick else 0.5)
-    cfgs = configs(a.paper_bs, a.paper_crop)
+    cfgs = configs(a.paper_bs, a.paper_crop, a.amp)
     result = dict(header=head, args=vars(a), floor_terms_per_s=rate, sizes={})
     lines = [head, '']
     for name in (a.sizes or ('demo' if a.quick else 'demo,paper')).split(','):

@@ -148,3 +148,16 @@ def test_variant_step_quick(tmp_path):
         r_ab = float(re.search(r'before / now = ([\d.]+)', r.stdout).group(1))
         assert ab['before']['cpu_ms'] > 0 and abs(r_ab - ab['before']['cpu_ms'] / ab['now']['cpu_ms']) < 1e-3
     assert 'paper' not in run['sizes']                         # --quick: the demo size only
+
+
+def test_variant_step_precision_override():
+    "`variant_step.py --amp none|bf16` changes only the precision of both sizes' recipes; 'preset' keeps the demo preset's"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('variant_step', ROOT/'benchmarks'/'variant_step.py')
+    vs = importlib.util.module_from_spec(spec); spec.loader.exec_module(vs)
+    from dataclasses import replace
+    from smvwe.experiment import PRESETS
+    base, fp32 = vs.configs(1, None), vs.configs(1, None, 'none')
+    assert base['demo'][0] == PRESETS['default'].cls and base['demo'][0].amp == 'bf16'
+    for k in ('demo', 'paper'):
+        assert fp32[k][0].amp is None and fp32[k][1:] == base[k][1:] and replace(fp32[k][0], amp=base[k][0].amp) == base[k][0]
