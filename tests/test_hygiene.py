@@ -1,5 +1,5 @@
 "Project hygiene: the README's commands, CI, and notebooks in sync with the exported package."
-import os, re, shutil, subprocess, sys
+import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ def test_ci_runs_readme_test_command_verbatim():
 
 def test_index_shows_readme_setup_commands():
     "The landing notebook (the site's first page) shows README's two set-up commands verbatim, so neither drifts"
-    index = '\n'.join(''.join(c['source']) for c in __import__('json').loads((ROOT / 'nbs' / 'index.ipynb').read_text())['cells'])
+    index = '\n'.join(''.join(c['source']) for c in json.loads((ROOT / 'nbs' / 'index.ipynb').read_text())['cells'])
     for cmd in readme_commands(): assert cmd in index, f'nbs/index.ipynb lacks README\'s command: {cmd}'
 
 
