@@ -8,7 +8,7 @@ import os, warnings
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from .cext import load_ext, ext_status, STALE_LOCK_S, _csrc, _build_key, _clear_stale_lock
+from .cext import load_ext, ext_status, STALE_LOCK_S
 
 _all_ = ['load_ext', 'ext_status', 'STALE_LOCK_S']
 

@@ -4,7 +4,8 @@ import json, os, subprocess, sys, textwrap
 import pytest
 import torch
 
-from smvwe.distance import word_distance, word_distance_reference, load_ext, L1Chunked, _build_key, _csrc
+from smvwe.distance import word_distance, word_distance_reference, load_ext, L1Chunked
+from smvwe.cext import _build_key, _csrc
 from smvwe.words import VisualWordEncoder, WordOutput, standardize
 
 from pathlib import Path
@@ -136,10 +137,10 @@ def test_cpp_source_ships_with_the_package_and_names_the_build():
 def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
     "A build killed midway leaves torch's lock file; without removal every later load of the kernel would wait forever"
     import os, time
-    from smvwe import distance
+    from smvwe import cext
     monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
-    for name, age, kept in (('old_build', distance.STALE_LOCK_S + 60, False), ('new_build', 5, True)):
+    for name, age, kept in (('old_build', cext.STALE_LOCK_S + 60, False), ('new_build', 5, True)):
         d = tmp_path/name; d.mkdir(); lock = d/'lock'; lock.touch()
         t = time.time() - age; os.utime(lock, (t, t))
-        distance._clear_stale_lock(name)
+        cext._clear_stale_lock(name)
         assert lock.exists() == kept, name
