@@ -24,7 +24,7 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'eval':      ('smvwe.metrics', 'eval_cli',      'score a folder of label PNGs against the ground truth'),
     'readout':   ('smvwe.readout', 'readout_cli',   'score read-outs x CRF presets from stored logits; --curve: mIoU vs background threshold'),
     'demo':      ('smvwe.demo',    'demo_cli',      'the whole method end to end on the built-in benchmark'),
-    'ablate':    ('smvwe.ablate',  'ablate_cli',    'regenerate an ablation study and its figure'),
+    'ablate':    ('smvwe.ablate',  'ablate_cli',    'an ablation of SMVWE through the protocol (words, mu-delta, sign, cls-term)'),
     'docs':      ('smvwe.docs',    'docs_cli',      'render the notebooks as a static HTML site (offline, one page per notebook)'),
     'protocol':  ('smvwe.protocol', 'protocol_cli', 'the fair protocol: every variant under every read-out, both benchmarks'),
     'report':    ('smvwe.results', 'report_cli',    'the results page, README\'s headline and the figures, from the committed result files'),

@@ -17,6 +17,7 @@ from .maps import CRF_DEFAULT
 from .readout import score_readouts
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
 from .experiment import REGIMES, PSEUDO_MODE, PRETRAINED, get_preset, run_variant, run_seg, word_miou
+from .demo import cpu_kind
 
 # %% auto #0
 __all__ = ['BENCHES', 'CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRAINED_RECIPES', 'LEVELS', 'bench_root',
@@ -211,16 +212,18 @@ def protocol_study(study:str, # one of `STUDIES`
                    progress:bool=True, # one line per finished run
                    regime:str='scratch', # one of `REGIMES`: 'scratch' or 'pretrained' (the shipped openmoji-small backbone)
                    overrides:dict|None=None, # 'stage.field' -> value for every run, e.g. {'cls.epochs': 1} for a smoke test
+                   grid:list|None=None, # an ablation of SMVWE instead (`smvwe.ablate.ablation_grid`): dicts of label, ov, tag, cols
                   ):
     "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv and its wall times (BENCH_STUDY_time.json)"
     import pandas as pd
     t_study, times = time.time(), []  # times: one entry per run of `one` (its folder, its recorded seconds, cached or not)
-    if study not in STUDIES: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
+    if study not in STUDIES and grid is None: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
     if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
     if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
     if study == 'yardstick' and regime != 'scratch': raise ValueError('the yardstick is a from-scratch recipe: run it with regime scratch')
     p = get_preset(BENCHES[bench], {**REGIMES[regime], **(overrides or {})})
     out = Path(out)/bench
+    if root and not Path(root).is_dir(): raise FileNotFoundError(f'benchmark folder {root} not found (omit --root to write the built-in one)')
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)
     runs = out/('runs' if regime == 'scratch' else f'runs-{regime}')
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
@@ -250,7 +253,10 @@ def protocol_study(study:str, # one of `STUDIES`
     kept = kept_rows(csv, seeds, list(lv) if sq else None)  # `--seeds 1,2` adds to seed 0's rows
     if kept and progress: print(f'[{bench} {study}] {csv}: keeps its {len(kept[0])} rows of other seeds or levels', flush=True)
     def add(df): dfs.append(df); write_rows(csv, kept + dfs)  # after every run: an interrupted study keeps what it finished
-    if study == 'variants':
+    if grid is not None:  # an ablation: every setting trains SMVWE (the preset's own setting is the variants study's run)
+        for s in seeds:
+            for g in grid: add(one('smvwe', s, label=g['label'], ov=g['ov'] or None, tag=g['tag']).assign(**g['cols']))
+    elif study == 'variants':
         for s in seeds:  # seed-major: a study cut short still has every variant of its first seeds
             for v in ('cam', 'vwe', 'sal', 'smvwe'): add(one(v, s))
     elif study == 'recipe':
@@ -285,7 +291,7 @@ def study_time(times:list, # one dict per run: run (folder name), run_s (its rec
     "Write (and print) a study's wall times: the sum of its runs' recorded seconds (cached runs included) and this invocation's"
     known = [t['run_s'] for t in times if t['run_s'] is not None]
     rec = dict(run_s=round(sum(known), 1), runs=len(times), cached=sum(t['cached'] for t in times), runs_without_seconds=len(times) - len(known),
-               wall_s=round(wall_s, 1), per_run=times)
+               wall_s=round(wall_s, 1), cpu=cpu_kind(), per_run=times)
     atomic_save(json.dumps(rec, indent=1) + '\n', path)
     if progress:
         runs = (f"{rec['runs']} runs ({rec['cached']} cached): {rec['run_s']:.0f} s of training and scoring"
