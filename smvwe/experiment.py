@@ -22,7 +22,7 @@ from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
 from .metrics import evaluate_folder, word_label_miou, load_label
 from .readout import part_body_counts, part_body_recall
-from .summary import cell
+from .summary import claim, cell
 
 # %% auto #0
 __all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'MIOU_MARGIN',
@@ -224,34 +224,25 @@ MIOU_MARGIN = 0.05  # "a clear margin" in pseudo-label mIoU
 def check_claims(variants:dict, # variant -> run_variant's metrics
                  seg:dict|None=None # variant -> run_seg's metrics (cam and smvwe), optional
                 ) -> dict: # claim -> {'holds': bool|None, 'detail': str}
-    "Check the paper's claims and the benchmark's problems on the measured metrics"
+    "Check the paper's claims and the benchmark's problems on one run's metrics, each by `smvwe.summary.claim` (None: not measured)"
     out = {}
-    def put(name, holds, detail): out[name] = {'holds': None if holds is None else bool(holds), 'detail': detail}
-    def cmp(a, b, op): return None if a is None or b is None else op(a, b)
-    g = lambda v, k: (variants.get(v) or {}).get(k)
+    def put(name, x, y, what, lower=False, margin=0., ties=False, over=None):
+        c = claim(name, x, y, lower, 1, 3, margin, ties, what, over)  # one run: fractions, 3 decimals
+        out[name] = {'holds': c['holds'], 'detail': c['detail']}
     cam, sm = variants.get('cam'), variants.get('smvwe')
     if cam and sm:
-        d = cmp(sm['miou'], cam['miou'], lambda a, b: a - b)
-        put('smvwe_beats_cam_miou', cmp(d, MIOU_MARGIN, lambda a, b: a >= b),
-            f"mIoU {cell(sm['miou'], 1, 3)} vs {cell(cam['miou'], 1, 3)} ({'n/a' if d is None else f'{d:+.3f}'}; needs >= +{MIOU_MARGIN})")
+        put('smvwe_beats_cam_miou', sm['miou'], cam['miou'], 'mIoU ', margin=MIOU_MARGIN, ties=True)
         for pair, c in cam['confusion'].items():
-            a, b = c['ratio'], sm['confusion'][pair]['ratio']
-            put(f'smvwe_lowers_confusion_{pair}', cmp(b, a, lambda x, y: x < y),
-                f"{pair}->{c['class']}: {b if b is None else round(b, 3)} vs {a if a is None else round(a, 3)}")
-        a, b = cam['boundary']['f1'], sm['boundary']['f1']
-        put('smvwe_raises_boundary_f1', cmp(b, a, lambda x, y: x > y), f'boundary F1 {cell(b, 1, 3)} vs {cell(a, 1, 3)}')
+            put(f'smvwe_lowers_confusion_{pair}', sm['confusion'][pair]['ratio'], c['ratio'], f"{pair}->{c['class']}: ", lower=True)
+        put('smvwe_raises_boundary_f1', sm['boundary']['f1'], cam['boundary']['f1'], 'boundary F1 ')
         for v in ('vwe', 'sal'):
-            if v in variants:
-                put(f'smvwe_ge_{v}_miou', cmp(sm['miou'], g(v, 'miou'), lambda x, y: x >= y), f"mIoU {cell(sm['miou'], 1, 3)} vs {cell(g(v, 'miou'), 1, 3)}")
+            if v in variants: put(f'smvwe_ge_{v}_miou', sm['miou'], (variants[v] or {}).get('miou'), 'mIoU ', ties=True)
     if seg and seg.get('cam') and seg.get('smvwe'):
-        a, b = seg['cam']['miou'], seg['smvwe']['miou']
-        put('seg_smvwe_beats_cam', cmp(b, a, lambda x, y: x - y >= MIOU_MARGIN - 1e-9),
-            f'DeepLab mIoU {cell(b, 1, 3)} (on SMVWE labels) vs {cell(a, 1, 3)} (on CAM labels); needs >= +{MIOU_MARGIN}')
+        put('seg_smvwe_beats_cam', seg['smvwe']['miou'], seg['cam']['miou'], 'DeepLab mIoU, on SMVWE labels vs on CAM labels: ',
+            margin=MIOU_MARGIN, ties=True)
     if cam:
-        cov = cam.get('coverage')
-        if cov: put('cam_shows_sparse_coverage', cov['body'] <= cov['part'] - 0.1, f"CAM recall: part {cov['part']:.3f}, body {cov['body']:.3f}")
-        rs = {k: c['ratio'] for k, c in cam['confusion'].items()}
-        if rs: put('cam_shows_cooccurrence', all(r is not None and r > 0.1 for r in rs.values()),
-                   'CAM confusion ratios ' + ', '.join(f'{k} {r if r is None else round(r, 3)}' for k, r in rs.items()))
-        put('cam_shows_boundary_mismatch', cmp(cam['boundary']['f1'], 0.5, lambda x, y: x < y), f"CAM boundary F1 {cell(cam['boundary']['f1'], 1, 3)}")
+        if cov := cam.get('coverage'): put('cam_shows_sparse_coverage', cov['part'], cov['body'], 'CAM recall, part vs body: ', margin=.1, ties=True)
+        if rs := {k: c['ratio'] for k, c in cam['confusion'].items()}:  # every pair above 0.1: the pairs are the cases
+            put('cam_shows_cooccurrence', rs, .1, 'CAM confusion ratios ' + ', '.join(f'{k} {cell(r, 1, 3)}' for k, r in rs.items()) + '; mean ', over='pair')
+        put('cam_shows_boundary_mismatch', cam['boundary']['f1'], .5, 'CAM boundary F1 ', lower=True)
     return out
