@@ -52,6 +52,21 @@ def test_eval_cli_end_to_end(ds, capsys):
     assert not list(out.parent.glob('.*.tmp'))
 
 
+def test_eval_cli_prints_the_summary(tmp_path, monkeypatch, capsys):
+    "The printed summary of hand-made metrics: % with one decimal, 'n/a' for a value not measured (None: NaN or an infinite ratio)"
+    import smvwe.metrics as M
+    r = {'n_images': 3, 'miou': .72981, 'boundary': {'precision': .5, 'recall': None, 'f1': .0625},
+         'confusion': {'water': {'class': 'boat', 'ratio': 1/3, 'iou_class': .75},
+                       'rails': {'class': 'train', 'ratio': None, 'iou_class': 0.},
+                       'road': {'class': 'car', 'ratio': .5, 'iou_class': None}}}
+    monkeypatch.setattr(M, 'evaluate_folder', lambda *a, **kw: dict(r))
+    run_cli(eval_cli, [str(tmp_path), str(tmp_path)])
+    assert capsys.readouterr().out == ('3 images  mIoU 73.0  boundary P/R/F1 50.0/n/a/6.2\n'
+                                       '  boat / water: confusion ratio 0.333  IoU 75.0\n'
+                                       '  train / rails: confusion ratio n/a  IoU 0.0\n'
+                                       '  car / road: confusion ratio 0.5  IoU n/a\n')
+
+
 def test_perfect_prediction_scores_one(ds):
     for n in ('a', 'b'): (ds/'pred'/f'{n}.png').write_bytes((ds/'SegmentationClass'/f'{n}.png').read_bytes())
     m = evaluate_folder(ds/'pred', ds)
