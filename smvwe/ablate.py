@@ -11,7 +11,8 @@ from fastcore.script import call_parse
 from .files import atomic_write
 from .words import VisualWordEncoder
 from .maps import CRF_DEFAULT
-from .summary import TABLE_THR, BENCH_TITLES, REGIME_NAMES, bench_key, result_name, load_results, select, seed_values, cell
+from .summary import TABLE_THR, BENCH_TITLES, REGIME_NAMES, bench_key, result_name, load_results, select, seed_values
+from .metrics import cell
 from .experiment import SET_OPTION, PSEUDO_MODE, REGIMES, get_preset, parse_overrides
 from .study import BENCHES, protocol_study
 

@@ -18,8 +18,8 @@ from .files import atomic_save, ignore_sigint
 from .parallel import Lanes, default_jobs
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
-from .metrics import load_label
-from .summary import VARIANT_NAMES, cell
+from .metrics import load_label, cell
+from .summary import VARIANT_NAMES
 from .experiment import (PSEUDO_MODE, PRETRAINED, Preset, get_preset, run_variant, run_seg, check_claims, word_maps,
                               write_json)
 

@@ -20,9 +20,9 @@ from .config import StageConfig, from_cli, _inner
 from .train import train_cls, load_cls_model, VARIANTS, ClsConfig
 from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
-from .metrics import evaluate_folder, word_label_miou, load_label
+from .metrics import evaluate_folder, word_label_miou, load_label, cell
 from .readout import part_body_counts, part_body_recall
-from .summary import claim, cell
+from .summary import claim
 
 # %% auto #0
 __all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'MIOU_MARGIN',

@@ -15,7 +15,7 @@ from .config import forwarded_signature
 from .maps import READOUTS, BG_THR, parse_readout, readout_scores, scores_to_probs, crf_refine, parse_crf
 from .pseudo import load_logits
 from .voc import load_saliency, sal_folder
-from .metrics import ConfusionMatrix, boundary_counts, prf, context_counts, confusion_ratio, load_label
+from .metrics import ConfusionMatrix, boundary_counts, prf, context_counts, confusion_ratio, load_label, cell
 
 # %% auto #0
 __all__ = ['CURVE_THRESHOLDS', 'fg_precision_recall', 'part_body_counts', 'part_body_recall', 'spec_labels', 'readout_specs',
@@ -189,18 +189,14 @@ def plot_curve(df, # `bg_curve` / `score_readouts` rows
     return fig
 
 # %% ../nbs/08b_readout.ipynb #6f463331
-def _pct(v): return 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{100 * v:.1f}'
-
 def readout_table(df) -> str:
-    "Markdown table of `score_readouts` rows (percentages)."
+    "Markdown table of `score_readouts` rows (`cell`: percentages, confusion ratios as fractions)."
     cols = ['readout', 'crf', 'bg_thr', 'miou', 'fg_precision', 'fg_recall', 'boundary_f1'] + \
            [c for c in df.columns if c.startswith('confusion_') or c in ('part_recall', 'body_recall')]
     lines = ['| split | ' + ' | '.join(cols) + ' |', '|' + '---|' * (len(cols) + 1)]
     for _, r in df.iterrows():
         cells = [str(r.readout), str(r.crf), '-' if r.bg_thr is None or (isinstance(r.bg_thr, float) and math.isnan(r.bg_thr)) else f'{r.bg_thr:.2f}']
-        cells += [_pct(r[c]) for c in cols[3:] if not c.startswith('confusion_') and c not in ('part_recall', 'body_recall')]
-        cells += [('n/a' if not math.isfinite(r[c]) else f'{r[c]:.3f}') if c.startswith('confusion_') else _pct(r[c]) for c in cols
-                  if c.startswith('confusion_') or c in ('part_recall', 'body_recall')]
+        cells += [cell(r[c], 1, 3) if c.startswith('confusion_') else cell(r[c]) for c in cols[3:]]
         lines.append(f'| {r.split} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 

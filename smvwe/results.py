@@ -6,11 +6,11 @@
 from __future__ import annotations
 import json, re
 from pathlib import Path
-import numpy as np
 from fastcore.script import call_parse
 from .files import atomic_save
 from .summary import (TABLE_THR, BASELINE, BASELINE_L, BENCH_NAMES, BENCH_TITLES, REGIME_NAMES, VARIANT_NAMES, bench_key,
-                           result_name, load_results, select, seed_values, cell)
+                           result_name, load_results, select, seed_values)
+from .metrics import cell
 from .claims import claims_table, findings, strongest_baseline
 from .tables import headline_table, bench_sections, plot_protocol, _regime_label
 from .demo import demo_markdown, other_cpu, plot_bars

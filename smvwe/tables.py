@@ -6,7 +6,8 @@
 from __future__ import annotations
 from .files import atomic_write
 from .summary import (READOUT_SET, TABLE_THR, BASELINE, BASELINE_L, ORDER, BENCH_NAMES, BENCH_TITLES, REGIME_NAMES,
-                           bench_key, select, seed_values, cell)
+                           bench_key, select, seed_values)
+from .metrics import cell
 from .claims import all_claims
 
 # %% auto #0
