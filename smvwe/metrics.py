@@ -245,7 +245,7 @@ def eval_cli(pred_dir:str, # folder of ID.png predictions
     print(f"{r['n_images']} images  mIoU {cell(r['miou'])}  boundary P/R/F1 {cell(r['boundary']['precision'])}/"
           f"{cell(r['boundary']['recall'])}/{cell(r['boundary']['f1'])}")
     for n, c in r['confusion'].items():
-        print(f"  {c['class']} / {n}: confusion ratio {'n/a' if c['ratio'] is None else round(c['ratio'], 3)}  IoU {cell(c['iou_class'])}")
+        print(f"  {c['class']} / {n}: confusion ratio {cell(c['ratio'], 1, 3)}  IoU {cell(c['iou_class'])}")
     if out:
         atomic_write(out, lambda p: p.write_text(json.dumps(r, indent=1)))
     return r

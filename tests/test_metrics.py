@@ -64,7 +64,7 @@ def test_eval_cli_prints_the_summary(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == ('3 images  mIoU 73.0  boundary P/R/F1 50.0/n/a/6.2\n'
                                        '  boat / water: confusion ratio 0.333  IoU 75.0\n'
                                        '  train / rails: confusion ratio n/a  IoU 0.0\n'
-                                       '  car / road: confusion ratio 0.5  IoU n/a\n')
+                                       '  car / road: confusion ratio 0.500  IoU n/a\n')
 
 
 def test_perfect_prediction_scores_one(ds):
