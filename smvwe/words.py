@@ -9,18 +9,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+from .cext import load_ext
 from .distance import word_distance, word_distance_reference, ext_status
 
 _all_ = ['word_distance']
 
 # %% auto #0
-__all__ = ['N_WORDS', 'standardize', 'word_probs', 'word_labels', 'word_histogram', 'WordOutput', 'VisualWordEncoder',
-           'word_distance']
+__all__ = ['N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'word_labels', 'word_histogram', 'WordOutput',
+           'VisualWordEncoder', 'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
 def standardize(feats:Tensor, # (B,K,H,W) features
                 eps:float=1e-5)->Tensor: # (B,K,H,W), every pixel zero mean, unit variance over channels
-    "Per-pixel LayerNorm over the channel axis, without affine parameters."
+    "Per-pixel LayerNorm over the channel axis, without affine parameters (on a CPU: `standardize_reference`'s bits, faster)."
+    if feats.device.type != 'cpu' or not feats.is_floating_point() or feats.ndim < 2: return standardize_reference(feats, eps)
+    return _Standardize.apply(feats, feats, feats, eps)   # the features once per use: see _Standardize
+
+def standardize_reference(feats:Tensor, # (B,K,H,W) features
+                          eps:float=1e-5)->Tensor: # (B,K,H,W)
+    "`standardize` as a plain expression, differentiated by autograd (any device)."
     mu = feats.mean(1, keepdim=True)
     var = feats.var(1, keepdim=True, unbiased=False)
     return (feats - mu) * torch.rsqrt(var + eps)
@@ -32,6 +40,44 @@ def word_probs(D:Tensor, # (B,N,H,W) distances (Eq. 1)
     "Eq. 2: P = softmax over words of sign * D / tau."
     if sign not in (-1, 1): raise ValueError(f'word_probs: sign must be -1 or +1, got {sign}')
     return (D * (sign / tau)).softmax(1)  # Eq. 2 deviation: sign -1 and temperature tau, (B,N,H,W)
+
+# %% ../nbs/02b_words.ipynb #11ba4760
+_SERIAL_K = 32768  # ATen's GRAIN_SIZE: below it torch.var reduces each pixel's channels serially, as the C++ kernel does
+
+class _Standardize(torch.autograd.Function):
+    """`standardize_reference` on a CPU, forward and backward bit for bit, in fewer passes over the features.
+
+    Forward: the mean is torch's; the variance (torch.var's serial Welford update in double, for 32 pixels at once) and
+    x - mu (channels-first) come from one C++ pass, `channel_var_center`. Backward: autograd's formulas for
+    (x - mu) * rsqrt(var + eps) one by one, with three passes fewer: var's backward reuses the saved x - mu (autograd
+    recomputes x.mean and x - mean: the same values), -sum(g r) replaces sum(-g r) (negation is exact) and mean's
+    gradient is broadcast, not written out. The features come in three times, once per use in the expression (x - mu,
+    var, mean), so autograd adds the three gradients into theirs one at a time, in the order and with the rounding
+    it uses for the expression; their sum, returned once, would round differently."""
+    @staticmethod
+    def forward(ctx, x, x_var, x_mean, eps):
+        B, K = x.shape[:2]
+        mu = x.mean(1, keepdim=True)
+        ext = load_ext() if 0 < K < _SERIAL_K and x.numel() else None
+        if ext is not None:
+            var, xm = ext.channel_var_center(x.reshape(B, K, -1), mu.reshape(B, -1).contiguous())
+            var, xm = var.view(mu.shape), xm.view(x.shape)
+        else: var, xm = x.var(1, keepdim=True, unbiased=False), x - mu
+        r = torch.rsqrt(var + eps)
+        ctx.save_for_backward(xm, r)
+        return xm * r
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        xm, r = ctx.saved_tensors
+        K = xm.shape[1]
+        g_sub = g * r                                                   # through x - mu: x's share (mu's is its -sum)
+        g_var = (-0.5 * (g * xm).sum(1, keepdim=True)) * r.pow(3)       # rsqrt's backward (var + eps passes it on)
+        g_x_var = ((2.0 / K) * g_var) * xm                              # var's: (2 / K) g_var (x - x.mean(1))
+        g_x_mean = (-g_sub.sum(1, keepdim=True) / K).expand(xm.shape)   # mean's: g_mu / K, g_mu = sum(-g_sub)
+        return g_sub, g_x_var, g_x_mean, None
+
 
 # %% ../nbs/02b_words.ipynb #985ea156
 def word_labels(P:Tensor # (B,N,H,W) word probabilities
