@@ -84,7 +84,8 @@ def word_labels(P:Tensor # (B,N,H,W) word probabilities
                )->tuple[Tensor, Tensor]: # Z (B,H,W) long, z_word (B,N) float multi-hot, both without gradient
     "Eq. 3: per-pixel argmax word Z, and the image's multi-hot set of words z_word."
     P = P.detach()
-    Z = P.argmax(1)
+    ext = load_ext() if P.device.type == 'cpu' and P.ndim >= 2 and P.shape[1] > 0 and P.numel() else None
+    Z = ext.word_argmax(P.reshape(*P.shape[:2], -1)).view(P.shape[0], *P.shape[2:]) if ext else P.argmax(1)  # the same indices
     z = torch.zeros(P.shape[:2], dtype=P.dtype, device=P.device).scatter_(1, Z.flatten(1), 1.)
     return Z, z
 

@@ -1,6 +1,7 @@
-// The word encoder's per-pixel standardisation (smvwe.words.standardize) for CPUs: the variance over channels and the
-// centred features, bitwise as torch.var and the subtraction compute them. Built with word_distance.cpp into one
-// extension (smvwe.cext.load_ext), with -ffp-contract=off: a fused multiply-add would round once where torch rounds twice.
+// Kernels of the word encoder (smvwe.words) for CPUs, each giving the bits of the PyTorch expression it replaces:
+// the standardisation's variance over channels and centred features (torch.var, x - mu), and the word labels of Eq. 3
+// (argmax over words). Built with word_distance.cpp into one extension (smvwe.cext.load_ext), with -ffp-contract=off:
+// a fused multiply-add would round once where torch rounds twice.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -89,6 +90,43 @@ std::vector<torch::Tensor> channel_var_center(torch::Tensor x, torch::Tensor mu)
   return {var, xm};
 }
 
-void bind_standardize(pybind11::module_& m) {   // called by word_distance.cpp's module definition
+// Eq. 3's word labels, torch.argmax(P, 1): per pixel the first index of the largest value, a NaN counting as the
+// largest (ATen's GreaterOrNan: the running best is replaced by a later value iff it is not NaN and the value is NaN
+// or greater). Comparisons are exact, so 64 pixels run side by side; torch reduces one pixel at a time.
+template <typename S>
+static void word_argmax_impl(const S* x, int64_t sB, int64_t sN, int64_t sP, int64_t* out, int64_t B, int64_t N, int64_t P) {
+  using A = std::conditional_t<std::is_same_v<S, double>, double, float>;   // exact widening
+  constexpr int64_t TP = 64;
+  const int64_t nt = (P + TP - 1) / TP;
+  at::parallel_for(0, B * nt, 1, [&](int64_t s, int64_t e) {
+    A best[TP]; int64_t idx[TP];
+    for (int64_t t = s; t < e; ++t) {
+      const int64_t b = t / nt, p0 = (t % nt) * TP, pn = std::min<int64_t>(TP, P - p0);
+      const S* xb = x + b * sB + p0 * sP;
+      for (int64_t p = 0; p < pn; ++p) { best[p] = static_cast<A>(xb[p * sP]); idx[p] = 0; }
+      for (int64_t n = 1; n < N; ++n) {
+        const S* xn = xb + n * sN;
+        for (int64_t p = 0; p < pn; ++p) {
+          const A v = static_cast<A>(xn[p * sP]);
+          const bool take = !(best[p] != best[p]) && ((v != v) || v > best[p]);
+          best[p] = take ? v : best[p]; idx[p] = take ? n : idx[p];
+        }
+      }
+      std::memcpy(out + b * P + p0, idx, pn * sizeof(int64_t));
+    }
+  });
+}
+
+torch::Tensor word_argmax(torch::Tensor x) {   // x (B,N,P) any strides, N > 0 -> (B,P) int64
+  TORCH_CHECK(x.dim() == 3 && x.size(1) > 0, "word_argmax: x (B,N,P) with N > 0");
+  auto out = torch::empty({x.size(0), x.size(2)}, x.options().dtype(torch::kInt64).memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "word_argmax", [&] {
+    word_argmax_impl<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), out.data_ptr<int64_t>(),
+                               x.size(0), x.size(1), x.size(2)); });
+  return out;
+}
+
+void bind_words(pybind11::module_& m) {   // called by word_distance.cpp's module definition
   m.def("channel_var_center", &channel_var_center, "var (B,P) over channels (torch.var's bits, correction 0) and x - mu (B,K,P), both contiguous");
+  m.def("word_argmax", &word_argmax, "torch.argmax(x, 1) of x (B,N,P): (B,P) int64");
 }
