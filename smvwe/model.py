@@ -13,7 +13,7 @@ from .weights import load_weights
 __all__ = ['SMVWENet', 'cls_splitter']
 
 # %% ../nbs/05c_model.ipynb #7623a4c0
-from .words import VisualWordEncoder, N_WORDS
+from .words import VisualWordEncoder, N_WORDS, grad_in_layout
 
 # %% ../nbs/05c_model.ipynb #01960b39
 class SMVWENet(nn.Module):
@@ -74,6 +74,7 @@ class SMVWENet(nn.Module):
     def forward(self, img:torch.Tensor # (B,3,H,W) ImageNet-normalised images
                ) -> dict:
         f = self.backbone(img)                                  # M, (B,C,h,w), h = H/8
+        if self.use_words: f = grad_in_layout(f)                # its gradient sums three uses: in f's layout for the backbone
         maps = self.classifier(self.dropout(f))                 # L+1 localization maps, (B,L+1,h,w)
         out = dict(maps=maps, logits=maps[:, :self.n_classes].mean((2, 3)), words=None, s_word=None, p_w2i=None)
         if self.use_words:

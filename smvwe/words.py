@@ -16,8 +16,8 @@ from .distance import word_distance, word_distance_reference, ext_status
 _all_ = ['word_distance']
 
 # %% auto #0
-__all__ = ['N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'word_labels', 'word_histogram', 'WordOutput',
-           'VisualWordEncoder', 'word_distance']
+__all__ = ['N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'word_labels', 'word_histogram',
+           'WordOutput', 'VisualWordEncoder', 'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
 def standardize(feats:Tensor, # (B,K,H,W) features
@@ -77,6 +77,24 @@ class _Standardize(torch.autograd.Function):
         g_x_var = ((2.0 / K) * g_var) * xm                              # var's: (2 / K) g_var (x - x.mean(1))
         g_x_mean = (-g_sub.sum(1, keepdim=True) / K).expand(xm.shape)   # mean's: g_mu / K, g_mu = sum(-g_sub)
         return g_sub, g_x_var, g_x_mean, None
+
+class _GradInLayout(torch.autograd.Function):
+    "Identity; its backward hands the gradient on in the input's memory format (one pass, the same values)."
+    @staticmethod
+    def forward(ctx, x):
+        ctx.fmt = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g): return g.contiguous(memory_format=ctx.fmt)
+
+def grad_in_layout(x:Tensor # features several branches use (a model's backbone output)
+                  )->Tensor: # x itself, for autograd an identity that gives its summed gradient x's memory format
+    """The features' gradient is the sum of their uses' gradients; its layout is the first one's (here the s_word head's,
+    channels-first), and the channels-last backbone's first backward op (its ReLU's) would read it across layouts, many
+    times slower than converting the sum once, which changes no value."""
+    return _GradInLayout.apply(x) if x.requires_grad and torch.is_grad_enabled() else x
 
 
 # %% ../nbs/02b_words.ipynb #985ea156

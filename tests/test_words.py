@@ -126,15 +126,25 @@ def _train_bits(variant:str, amp:bool, steps:int=3, bs:int=4) -> list:
     return out
 
 
+def _word_labels_torch(P):
+    "Eq. 3 as torch computes it (the extension's word_argmax replaces P.argmax(1) on a CPU)"
+    P = P.detach(); Z = P.argmax(1)
+    return Z, torch.zeros(P.shape[:2], dtype=P.dtype).scatter_(1, Z.flatten(1), 1.)
+
+
 @pytest.mark.parametrize('amp', [False, True], ids=['float32', 'bf16-channels-last'])
 @pytest.mark.parametrize('variant', ['vwe', 'smvwe'])
-def test_standardize_trains_bitwise_as_the_plain_expression(variant, amp, monkeypatch):
-    """Training steps at the demo recipe (float32, and its bf16 autocast + channels-last) give the same bits with
-    `standardize` (C++ variance, fewer backward passes) as with `standardize_reference` (autograd's graph): every loss,
-    parameter, gradient and word output. The committed results were computed with the latter."""
-    import smvwe.words
+def test_encoder_speedups_train_bitwise_as_before(variant, amp, monkeypatch):
+    """Training steps at the demo recipe (float32, and its bf16 autocast + channels-last) give the same bits with the
+    encoder's speed-ups as without them (the code the committed results were computed with): `standardize` (C++
+    variance, fewer backward passes) against `standardize_reference` (autograd's graph), the C++ argmax of the word
+    labels against `P.argmax(1)`, the backbone output's gradient converted to its layout (`grad_in_layout`) against
+    none. Every loss, parameter, gradient and word output is compared."""
+    import smvwe.words, smvwe.model
     new = _train_bits(variant, amp)
     monkeypatch.setattr(smvwe.words, 'standardize', standardize_reference)
+    monkeypatch.setattr(smvwe.words, 'word_labels', _word_labels_torch)
+    monkeypatch.setattr(smvwe.model, 'grad_in_layout', lambda x: x)
     ref = _train_bits(variant, amp)
     assert len(new) == len(ref) and all(a == b for a, b in zip(new, ref))
 
