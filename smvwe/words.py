@@ -16,8 +16,8 @@ from .distance import word_distance, word_distance_reference, ext_status
 _all_ = ['word_distance']
 
 # %% auto #0
-__all__ = ['N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'word_labels', 'word_histogram',
-           'WordOutput', 'VisualWordEncoder', 'word_distance']
+__all__ = ['N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'mean_hw', 'word_labels',
+           'word_histogram', 'WordOutput', 'VisualWordEncoder', 'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
 def standardize(feats:Tensor, # (B,K,H,W) features
@@ -95,6 +95,22 @@ def grad_in_layout(x:Tensor # features several branches use (a model's backbone 
     channels-first), and the channels-last backbone's first backward op (its ReLU's) would read it across layouts, many
     times slower than converting the sum once, which changes no value."""
     return _GradInLayout.apply(x) if x.requires_grad and torch.is_grad_enabled() else x
+
+class _MeanHW(torch.autograd.Function):
+    "x.mean((2, 3), keepdim=True); backward: autograd's g / (H W) for every pixel, broadcast instead of written out"
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g): return (g / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)
+
+def mean_hw(x:Tensor # (B,K,H,W)
+           )->Tensor: # (B,K,1,1), x.mean((2, 3), keepdim=True) with the same values and gradient, one pass fewer backward
+    "Global average pooling (the s_word head's f_gap), its gradient a broadcast view"
+    return _MeanHW.apply(x) if x.requires_grad and torch.is_grad_enabled() and x.ndim == 4 else x.mean((2, 3), keepdim=True)
 
 
 # %% ../nbs/02b_words.ipynb #985ea156

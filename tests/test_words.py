@@ -139,12 +139,14 @@ def test_encoder_speedups_train_bitwise_as_before(variant, amp, monkeypatch):
     encoder's speed-ups as without them (the code the committed results were computed with): `standardize` (C++
     variance, fewer backward passes) against `standardize_reference` (autograd's graph), the C++ argmax of the word
     labels against `P.argmax(1)`, the backbone output's gradient converted to its layout (`grad_in_layout`) against
-    none. Every loss, parameter, gradient and word output is compared."""
+    none, `mean_hw`'s broadcast gradient against autograd's `x.mean((2, 3))`. Every loss, parameter, gradient and word
+    output is compared."""
     import smvwe.words, smvwe.model
     new = _train_bits(variant, amp)
     monkeypatch.setattr(smvwe.words, 'standardize', standardize_reference)
     monkeypatch.setattr(smvwe.words, 'word_labels', _word_labels_torch)
     monkeypatch.setattr(smvwe.model, 'grad_in_layout', lambda x: x)
+    monkeypatch.setattr(smvwe.model, 'mean_hw', lambda x: x.mean((2, 3), keepdim=True))
     ref = _train_bits(variant, amp)
     assert len(new) == len(ref) and all(a == b for a, b in zip(new, ref))
 
