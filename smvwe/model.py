@@ -13,7 +13,7 @@ from .weights import load_weights
 __all__ = ['SMVWENet', 'cls_splitter']
 
 # %% ../nbs/05c_model.ipynb #7623a4c0
-from .words import VisualWordEncoder, N_WORDS
+from .words import VisualWordEncoder, N_WORDS, grad_in_layout, mean_hw
 
 # %% ../nbs/05c_model.ipynb #01960b39
 class SMVWENet(nn.Module):
@@ -74,13 +74,14 @@ class SMVWENet(nn.Module):
     def forward(self, img:torch.Tensor # (B,3,H,W) ImageNet-normalised images
                ) -> dict:
         f = self.backbone(img)                                  # M, (B,C,h,w), h = H/8
+        if self.use_words: f = grad_in_layout(f)                # its gradient sums three uses: in f's layout for the backbone
         maps = self.classifier(self.dropout(f))                 # L+1 localization maps, (B,L+1,h,w)
         out = dict(maps=maps, logits=maps[:, :self.n_classes].mean((2, 3)), words=None, s_word=None, p_w2i=None)
         if self.use_words:
             M = self.proj(f)                                    # (B,K,h,w); K = C unless word_dim
             w = self.words(M)                                   # Eq. 1-4: D, P (B,N,h,w), Z (B,h,w), z_word, e_word (B,N)
             out['words'] = w
-            out['s_word'] = self.word_cls(M.mean((2, 3), keepdim=True)).flatten(1)  # s_word = W^word f_gap, (B,N)
+            out['s_word'] = self.word_cls(mean_hw(M)).flatten(1)  # s_word = W^word f_gap, (B,N)
             out['p_w2i'] = self.w2i((self.w2i_scale * w.e_word)[..., None, None].to(self.w2i.weight.dtype)).flatten(1)  # W^w2i (N e_word), (B,L)
         return out
 

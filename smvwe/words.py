@@ -9,18 +9,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+from .cext import load_ext
 from .distance import word_distance, word_distance_reference, ext_status
 
 _all_ = ['word_distance']
 
 # %% auto #0
-__all__ = ['N_WORDS', 'standardize', 'word_probs', 'word_labels', 'word_histogram', 'WordOutput', 'VisualWordEncoder',
-           'word_distance']
+__all__ = ['N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'mean_hw', 'word_labels',
+           'word_histogram', 'WordOutput', 'VisualWordEncoder', 'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
 def standardize(feats:Tensor, # (B,K,H,W) features
                 eps:float=1e-5)->Tensor: # (B,K,H,W), every pixel zero mean, unit variance over channels
-    "Per-pixel LayerNorm over the channel axis, without affine parameters."
+    "Per-pixel LayerNorm over the channel axis, without affine parameters (on a CPU: `standardize_reference`'s bits, faster)."
+    if feats.device.type != 'cpu' or not feats.is_floating_point() or feats.ndim < 2: return standardize_reference(feats, eps)
+    return _Standardize.apply(feats, feats, feats, eps)   # the features once per use: see _Standardize
+
+def standardize_reference(feats:Tensor, # (B,K,H,W) features
+                          eps:float=1e-5)->Tensor: # (B,K,H,W)
+    "`standardize` as a plain expression, differentiated by autograd (any device)."
     mu = feats.mean(1, keepdim=True)
     var = feats.var(1, keepdim=True, unbiased=False)
     return (feats - mu) * torch.rsqrt(var + eps)
@@ -33,12 +41,85 @@ def word_probs(D:Tensor, # (B,N,H,W) distances (Eq. 1)
     if sign not in (-1, 1): raise ValueError(f'word_probs: sign must be -1 or +1, got {sign}')
     return (D * (sign / tau)).softmax(1)  # Eq. 2 deviation: sign -1 and temperature tau, (B,N,H,W)
 
+# %% ../nbs/02b_words.ipynb #11ba4760
+_SERIAL_K = 32768  # ATen's GRAIN_SIZE: below it torch.var reduces each pixel's channels serially, as the C++ kernel does
+
+class _Standardize(torch.autograd.Function):
+    """`standardize_reference` on a CPU, forward and backward bit for bit, in fewer passes over the features.
+
+    Forward: the mean is torch's; the variance (torch.var's serial Welford update in double, for 32 pixels at once) and
+    x - mu (channels-first) come from one C++ pass, `channel_var_center`. Backward: autograd's formulas for
+    (x - mu) * rsqrt(var + eps) one by one, with three passes fewer: var's backward reuses the saved x - mu (autograd
+    recomputes x.mean and x - mean: the same values), -sum(g r) replaces sum(-g r) (negation is exact) and mean's
+    gradient is broadcast, not written out. The features come in three times, once per use in the expression (x - mu,
+    var, mean), so autograd adds the three gradients into theirs one at a time, in the order and with the rounding
+    it uses for the expression; their sum, returned once, would round differently."""
+    @staticmethod
+    def forward(ctx, x, x_var, x_mean, eps):
+        B, K = x.shape[:2]
+        mu = x.mean(1, keepdim=True)
+        ext = load_ext() if 0 < K < _SERIAL_K and x.numel() else None
+        if ext is not None:
+            var, xm = ext.channel_var_center(x.reshape(B, K, -1), mu.reshape(B, -1).contiguous())
+            var, xm = var.view(mu.shape), xm.view(x.shape)
+        else: var, xm = x.var(1, keepdim=True, unbiased=False), x - mu
+        r = torch.rsqrt(var + eps)
+        ctx.save_for_backward(xm, r)
+        return xm * r
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        xm, r = ctx.saved_tensors
+        K = xm.shape[1]
+        g_sub = g * r                                                   # through x - mu: x's share (mu's is its -sum)
+        g_var = (-0.5 * (g * xm).sum(1, keepdim=True)) * r.pow(3)       # rsqrt's backward (var + eps passes it on)
+        g_x_var = ((2.0 / K) * g_var) * xm                              # var's: (2 / K) g_var (x - x.mean(1))
+        g_x_mean = (-g_sub.sum(1, keepdim=True) / K).expand(xm.shape)   # mean's: g_mu / K, g_mu = sum(-g_sub)
+        return g_sub, g_x_var, g_x_mean, None
+
+class _GradInLayout(torch.autograd.Function):
+    "Identity; its backward hands the gradient on in the input's memory format (one pass, the same values)."
+    @staticmethod
+    def forward(ctx, x):
+        ctx.fmt = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g): return g.contiguous(memory_format=ctx.fmt)
+
+def grad_in_layout(x:Tensor # features several branches use (a model's backbone output)
+                  )->Tensor: # x itself, for autograd an identity that gives its summed gradient x's memory format
+    """The features' gradient is the sum of their uses' gradients; its layout is the first one's (here the s_word head's,
+    channels-first), and the channels-last backbone's first backward op (its ReLU's) would read it across layouts, many
+    times slower than converting the sum once, which changes no value."""
+    return _GradInLayout.apply(x) if x.requires_grad and torch.is_grad_enabled() else x
+
+class _MeanHW(torch.autograd.Function):
+    "x.mean((2, 3), keepdim=True); backward: autograd's g / (H W) for every pixel, broadcast instead of written out"
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g): return (g / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)
+
+def mean_hw(x:Tensor # (B,K,H,W)
+           )->Tensor: # (B,K,1,1), x.mean((2, 3), keepdim=True) with the same values and gradient, one pass fewer backward
+    "Global average pooling (the s_word head's f_gap), its gradient a broadcast view"
+    return _MeanHW.apply(x) if x.requires_grad and torch.is_grad_enabled() and x.ndim == 4 else x.mean((2, 3), keepdim=True)
+
+
 # %% ../nbs/02b_words.ipynb #985ea156
 def word_labels(P:Tensor # (B,N,H,W) word probabilities
                )->tuple[Tensor, Tensor]: # Z (B,H,W) long, z_word (B,N) float multi-hot, both without gradient
     "Eq. 3: per-pixel argmax word Z, and the image's multi-hot set of words z_word."
     P = P.detach()
-    Z = P.argmax(1)
+    ext = load_ext() if P.device.type == 'cpu' and P.ndim >= 2 and P.shape[1] > 0 and P.numel() else None
+    Z = ext.word_argmax(P.reshape(*P.shape[:2], -1)).view(P.shape[0], *P.shape[2:]) if ext else P.argmax(1)  # the same indices
     z = torch.zeros(P.shape[:2], dtype=P.dtype, device=P.device).scatter_(1, Z.flatten(1), 1.)
     return Z, z
 

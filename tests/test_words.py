@@ -6,7 +6,7 @@ import torch
 
 from smvwe.distance import word_distance, word_distance_reference, load_ext, L1Chunked
 from smvwe.cext import _build_key, _csrc
-from smvwe.words import VisualWordEncoder, WordOutput, standardize
+from smvwe.words import VisualWordEncoder, WordOutput, standardize, standardize_reference
 
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,60 @@ def test_encoder_outputs():
     P = torch.softmax(-word_distance_reference(standardize(x), enc.codebook) / enc.tau, 1)
     torch.testing.assert_close(o.P, P, rtol=1e-4, atol=1e-6)
     assert enc.tau == pytest.approx(24 ** 0.5)
+
+
+def _train_bits(variant:str, amp:bool, steps:int=3, bs:int=4) -> list:
+    "Every loss, parameter, gradient and word output of `steps` SGD steps at the demo recipe (batch `bs`), as bytes"
+    from contextlib import nullcontext
+    from smvwe.experiment import get_preset
+    from smvwe.fit import _to_float
+    from smvwe.losses import SMVWELoss
+    from smvwe.model import SMVWENet
+    from smvwe.train import variant_kwargs
+    cfg = get_preset('default').cls
+    mkw, lkw = variant_kwargs(variant)
+    torch.manual_seed(0)
+    model, loss_fn = SMVWENet(20, **{**mkw, **cfg.model_kw()}).train(), SMVWELoss(**{**lkw, **cfg.loss_kw()})
+    g = torch.Generator().manual_seed(1)
+    label = (torch.rand(bs, 20, generator=g) < 0.15).float(); label[:, 0] = 1
+    x, sal = torch.randn(bs, 3, cfg.crop, cfg.crop, generator=g), torch.rand(bs, 1, cfg.crop, cfg.crop, generator=g)
+    if amp: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    ctx = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if amp else nullcontext
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    bits = lambda t: t.detach().reshape(-1).view(torch.uint8).numpy().tobytes()
+    out = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        with ctx(): o = model(x); l = loss_fn(_to_float(o), sal, label)
+        l.backward(); opt.step()
+        out += [bits(l)] + [bits(t) for p in model.parameters() for t in (p, p.grad) if t is not None]
+        out += [bits(getattr(o['words'], k)) for k in ('D', 'P', 'Z', 'z_word', 'e_word')]
+    return out
+
+
+def _word_labels_torch(P):
+    "Eq. 3 as torch computes it (the extension's word_argmax replaces P.argmax(1) on a CPU)"
+    P = P.detach(); Z = P.argmax(1)
+    return Z, torch.zeros(P.shape[:2], dtype=P.dtype).scatter_(1, Z.flatten(1), 1.)
+
+
+@pytest.mark.parametrize('amp', [False, True], ids=['float32', 'bf16-channels-last'])
+@pytest.mark.parametrize('variant', ['vwe', 'smvwe'])
+def test_encoder_speedups_train_bitwise_as_before(variant, amp, monkeypatch):
+    """Training steps at the demo recipe (float32, and its bf16 autocast + channels-last) give the same bits with the
+    encoder's speed-ups as without them (the code the committed results were computed with): `standardize` (C++
+    variance, fewer backward passes) against `standardize_reference` (autograd's graph), the C++ argmax of the word
+    labels against `P.argmax(1)`, the backbone output's gradient converted to its layout (`grad_in_layout`) against
+    none, `mean_hw`'s broadcast gradient against autograd's `x.mean((2, 3))`. Every loss, parameter, gradient and word
+    output is compared."""
+    import smvwe.words, smvwe.model
+    new = _train_bits(variant, amp)
+    monkeypatch.setattr(smvwe.words, 'standardize', standardize_reference)
+    monkeypatch.setattr(smvwe.words, 'word_labels', _word_labels_torch)
+    monkeypatch.setattr(smvwe.model, 'grad_in_layout', lambda x: x)
+    monkeypatch.setattr(smvwe.model, 'mean_hw', lambda x: x.mean((2, 3), keepdim=True))
+    ref = _train_bits(variant, amp)
+    assert len(new) == len(ref) and all(a == b for a, b in zip(new, ref))
 
 
 def test_encoder_learns_codebook():

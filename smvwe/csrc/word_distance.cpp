@@ -1,6 +1,6 @@
 // Fused exact L1 distance (Eq. 1 of SMVWE) for CPUs: D[b,j,p] = sum_k |M[b,k,p] - C[j,k]| and its gradients.
-// Built on first use by smvwe.distance.load_ext (torch.utils.cpp_extension, -O3 -march=native -fopenmp).
-// The build directory's name hashes this file, the CPU's instruction sets and the torch version,
+// Built on first use by smvwe.cext.load_ext with words.cpp (torch.utils.cpp_extension, -O3 -march=native -fopenmp -ffp-contract=off).
+// The build directory's name hashes both files, the CPU's instruction sets and the torch version,
 // so an edited source or another CPU never reuses a stale binary.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -295,7 +295,10 @@ int64_t abs_diff_ceiling(int64_t reps) {
   return reps * KB * J * R * W * (int64_t)nt;
 }
 
+void bind_words(pybind11::module_& m);   // words.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  bind_words(m);
   m.def("l1_forward", &l1_forward, "D (B,N,HW) = sum_k |M (B,K,HW) - C (N,K)|");
   m.def("abs_diff_ceiling", &abs_diff_ceiling, "terms done by a streaming |x - c| accumulate loop in L1 on every thread");
   m.def("l1_backward", &l1_backward, "(dM, dC) from M, C and G = dL/dD; dM in grad_dtype (default M's)",
