@@ -281,17 +281,17 @@ def protocol_study(study:str, # one of `STUDIES`
             for name, (folder, _) in lv.items():
                 for v in ('sal', 'smvwe'): add(one(v, s, sal=folder, sal_dirs=(folder,)).assign(level=name))
     if regime == 'scratch': benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
-    study_time(times, time.time() - t_study, Path(results)/f'{result_name(bench, study, regime)}_time.json', progress, f'[{bench} {study}]')
+    study_time(times, time.time() - t_study, Path(results)/f'{result_name(bench, study, regime)}_time.json', progress, f'[{bench} {study}]', overrides)
     return pd.concat(dfs, ignore_index=True)
 
 # %% ../nbs/11c_study.ipynb #63339c4a
 def study_time(times:list, # one dict per run: run (folder name), run_s (its recorded seconds or None), cached
                wall_s:float, # this invocation's wall time
-               path, progress:bool=True, tag:str='') -> dict:
+               path, progress:bool=True, tag:str='', overrides:dict|None=None) -> dict: # overrides: the study's 'stage.field' changes, recorded
     "Write (and print) a study's wall times: the sum of its runs' recorded seconds (cached runs included) and this invocation's"
     known = [t['run_s'] for t in times if t['run_s'] is not None]
     rec = dict(run_s=round(sum(known), 1), runs=len(times), cached=sum(t['cached'] for t in times), runs_without_seconds=len(times) - len(known),
-               wall_s=round(wall_s, 1), cpu=cpu_kind(), per_run=times)
+               wall_s=round(wall_s, 1), cpu=cpu_kind(), overrides=overrides or {}, per_run=times)
     atomic_save(json.dumps(rec, indent=1) + '\n', path)
     if progress:
         runs = (f"{rec['runs']} runs ({rec['cached']} cached): {rec['run_s']:.0f} s of training and scoring"
