@@ -15,7 +15,7 @@ import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
 from .files import atomic_save, ignore_sigint
-from .parallel import Lanes, default_jobs
+from .parallel import Lanes, default_jobs, cpu_kind
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label, cell
@@ -26,7 +26,7 @@ from .experiment import (PSEUDO_MODE, PRETRAINED, Preset, get_preset, run_varian
 
 # %% auto #0
 __all__ = ['SEG_VARIANTS', 'OTHER_CPU', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'demo_markdown', 'numbers_only', 'demo', 'cpu_kind', 'other_cpu', 'demo_cli']
+           'demo_markdown', 'numbers_only', 'demo', 'other_cpu', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -266,10 +266,6 @@ def demo(out='runs/demo', # run folder
     return m
 
 # %% ../nbs/11b_demo.ipynb #a1327565
-def cpu_kind() -> dict:
-    "What decides the speed and the digits of bf16 training on a CPU: PyTorch's kernel level and whether bfloat16 is native (AVX512-BF16 or AMX) or emulated"
-    return dict(capability=torch.backends.cpu.get_cpu_capability(), bf16_native=bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
-
 OTHER_CPU = ('demo_emulated_bf16_metrics.json', 'demo_emulated_bf16_timings.json')  # `smvwe demo` on a CPU without native bfloat16
 
 def other_cpu(m:dict, results='nbs/results') -> str:

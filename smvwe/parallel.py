@@ -9,7 +9,7 @@ from pathlib import Path
 from .files import ignore_sigint
 
 # %% auto #0
-__all__ = ['resolve_shard', 'rank_cores', 'single_thread_worker', 'default_jobs', 'Lanes']
+__all__ = ['resolve_shard', 'rank_cores', 'single_thread_worker', 'default_jobs', 'cpu_kind', 'Lanes']
 
 # %% ../nbs/06e_parallel.ipynb #2ab8e9fc
 def resolve_shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
@@ -34,6 +34,12 @@ def default_jobs() -> int:
     "Trainings side by side: 1 with a GPU, else 2 (1 on a 1-core machine): a small network at 96 px keeps 2 threads far from busy"
     import torch
     return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
+
+# %% ../nbs/06e_parallel.ipynb #eb2befc7
+def cpu_kind() -> dict:
+    "What decides the speed and the digits of bf16 training on a CPU: PyTorch's kernel level and whether bfloat16 is native (AVX512-BF16 or AMX) or emulated"
+    import torch
+    return dict(capability=torch.backends.cpu.get_cpu_capability(), bf16_native=bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
 
 # %% ../nbs/06e_parallel.ipynb #ecc9c188
 def _lane_init(threads:int):
