@@ -4,17 +4,17 @@
 
 # %% ../nbs/12_ablate.ipynb #9bf32759
 from __future__ import annotations
-import inspect, json, math
+import json, math
 from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
 from .files import atomic_write
-from .words import VisualWordEncoder
+from .words import SIGN
 from .maps import CRF_DEFAULT
 from .summary import TABLE_THR, BENCH_TITLES, REGIME_NAMES, bench_key, result_name, load_results, select, seed_values
 from .metrics import cell
-from .experiment import SET_OPTION, PSEUDO_MODE, REGIMES, get_preset, parse_overrides, override_args
-from .study import BENCHES, protocol_study
+from .experiment import SET_OPTION, PSEUDO_MODE, BENCHES, get_preset, study_preset, parse_overrides, override_args
+from .study import protocol_study
 
 # %% auto #0
 __all__ = ['ABLATIONS', 'PARAMS', 'TITLES', 'check_ablation', 'defaults', 'ablation_grid', 'run_table', 'ablation_table',
@@ -34,12 +34,10 @@ def check_ablation(study:str):
     "Refuse a study that is not in `ABLATIONS`, in one line naming the choices"
     if study not in ABLATIONS: raise ValueError(f"unknown ablation {study!r}: choose one of {', '.join(ABLATIONS)}")
 
-def _sign0(): return inspect.signature(VisualWordEncoder).parameters['sign'].default
-
 def defaults(preset='default') -> dict:
-    "The value of every `PARAMS` knob when a run does not change it: the preset's classifier config (the sign: `VisualWordEncoder`'s unless its `word_kwargs` set one)"
+    "The value of every `PARAMS` knob when a run does not change it: the preset's classifier config (the sign: `smvwe.words.SIGN` unless its `word_kwargs` set one)"
     c = get_preset(preset).cls
-    return {k: getattr(c, k) for k in PARAMS if k != 'sign'} | {'sign': (c.word_kwargs or {}).get('sign', _sign0())}
+    return {k: getattr(c, k) for k in PARAMS if k != 'sign'} | {'sign': (c.word_kwargs or {}).get('sign', SIGN)}
 
 def _grid(v, typ=float) -> tuple:
     if isinstance(v, str):
@@ -56,7 +54,7 @@ def _changes(ov:dict, preset) -> dict:
     for k, v in ov.items():
         if k == 'word_kwargs':
             base = c.word_kwargs or {}; v = base | v
-            if {'sign': _sign0()} | v != {'sign': _sign0()} | base: out[k] = v
+            if {'sign': SIGN} | v != {'sign': SIGN} | base: out[k] = v
         elif getattr(c, k) != v: out[k] = v
     return out
 
@@ -164,9 +162,7 @@ def ablate_cli(study:str, # words, mu-delta, sign or cls-term
               ):
     "An ablation of SMVWE through the protocol's pipeline: every read-out of every run in RESULTS/BENCH_STUDY.csv, its table printed"
     check_ablation(study); ov = parse_overrides(set)
-    if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
-    if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
-    grid = ablation_grid(study, get_preset(BENCHES[bench], {**REGIMES[regime], **ov}), words_grid, mu_grid, delta_grid, cross)
+    grid = ablation_grid(study, study_preset(bench, regime, ov), words_grid, mu_grid, delta_grid, cross)
     df = protocol_study(study, bench, out, _grid(seeds, int), results, root, progress=not quiet, regime=regime, overrides=ov, grid=grid)
     print(ablation_table(df))
     print(f"wrote {Path(results)/(result_name(bench, study, regime) + '.csv')} ({len(df)} rows); `smvwe report` puts its table and figure on the results page")
@@ -196,11 +192,13 @@ def command(df, study:str, bench:str, regime:str='scratch',
     if overrides: a.append(override_args(overrides))
     return ' '.join(a)
 
-def same_run(df, study:str, bench:str, regime:str='scratch', results='nbs/results') -> str:
+def same_run(df, bench:str, regime:str='scratch', results='nbs/results',
+             rec:dict|None=None # the study's `_time.json` (`_record`): its `--set` changes and CPU kind
+            ) -> str:
     "A sentence comparing the preset's own setting with the `variants` study's SMVWE run of the same seeds ('' when they agree, one is missing or the study ran with `--set` changes)"
-    rec = _record(results, study, bench, regime)
+    rec = rec or {}
     if rec.get('overrides'): return ''  # another recipe than the variants study's
-    t, d0 = run_table(df), defaults(get_preset(BENCHES[bench], REGIMES[regime]))
+    t, d0 = run_table(df), defaults(study_preset(bench, regime))
     own = t[np.logical_and.reduce([np.isclose(t[k], v) for k, v in d0.items() if k in t])].set_index('seed')
     var = load_results(results, bench, ('variants',), regime)
     v = seed_values(var, 'SMVWE', PSEUDO_MODE['smvwe']) if var is not None else own.miou[:0]
@@ -216,10 +214,10 @@ def ablation_sections(results='nbs/results', images:str='images') -> list[str]:
     "The results page's cells: one per ablation result file (what it measures, its table, its figure, its command)"
     out = []
     for b, r, s in ablation_files(results):
-        df = load_results(results, b, (s,), r)
+        df, rec = load_results(results, b, (s,), r), _record(results, s, b, r)
         out.append(f'## Ablation `{s}`: {BENCH_TITLES[b]}, {REGIME_NAMES[r]}\n\n{ABLATIONS[s]}. SMVWE\'s pseudo-label mIoU % (train split, '
-                   f'threshold {TABLE_THR:g}), mean ± std over seeds (`12_ablate`).{same_run(df, s, b, r, results)}\n\n{ablation_table(df)}\n\n'
-                   f'![ablation {s}]({images}/ablate_{bench_key(b, r)}_{s}.png)\n\n`{command(df, s, b, r, _record(results, s, b, r).get("overrides"))}`')
+                   f'threshold {TABLE_THR:g}), mean ± std over seeds (`12_ablate`).{same_run(df, b, r, results, rec)}\n\n{ablation_table(df)}\n\n'
+                   f'![ablation {s}]({images}/ablate_{bench_key(b, r)}_{s}.png)\n\n`{command(df, s, b, r, rec.get("overrides"))}`')
     return out
 
 def write_ablation_figures(results='nbs/results', images='nbs/images') -> list[Path]:

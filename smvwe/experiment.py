@@ -25,10 +25,10 @@ from .readout import part_body_counts, part_body_recall
 from .summary import claim
 
 # %% auto #0
-__all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'MIOU_MARGIN',
+__all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'BENCHES', 'MIOU_MARGIN',
            'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
-           'override_args', 'write_json', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant', 'run_seg',
-           'check_claims']
+           'override_args', 'write_json', 'study_preset', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant',
+           'run_seg', 'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
 @dataclass
@@ -142,6 +142,18 @@ SET_OPTION = _Param("a field of one stage's config for every run, STAGE.KEY=VALU
 def write_json(obj, path) -> Path:
     "Write `obj` as indented JSON to `path`, atomically (numbers that JSON lacks become floats)"
     return atomic_save(json.dumps(obj, indent=1, default=float) + '\n', path)
+
+# %% ../nbs/11a_experiment.ipynb #50378210
+BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> its preset
+
+def study_preset(bench:str, # one of `BENCHES`
+                 regime:str='scratch', # one of `REGIMES`
+                 overrides:dict|None=None, # 'stage.field' -> value on top
+                ) -> Preset:
+    "The preset a study of `bench` runs with in `regime` with `overrides`"
+    if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
+    if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
+    return get_preset(BENCHES[bench], {**REGIMES[regime], **(overrides or {})})
 
 # %% ../nbs/11a_experiment.ipynb #f714a8d5
 def folder_coverage(pred_dir, # folder of ID.png labels

@@ -16,17 +16,15 @@ from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
-from .experiment import REGIMES, PSEUDO_MODE, PRETRAINED, get_preset, run_variant, run_seg, word_miou
-from .demo import cpu_kind
+from .experiment import PSEUDO_MODE, PRETRAINED, get_preset, study_preset, run_variant, run_seg, word_miou
+from .parallel import cpu_kind
 
 # %% auto #0
-__all__ = ['BENCHES', 'CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRAINED_RECIPES', 'LEVELS', 'bench_root',
-           'train_and_maps', 'score_run', 'write_saliency_level', 'train_and_score', 'kept_rows', 'write_rows',
-           'benchmark_record', 'protocol_study', 'study_time']
+__all__ = ['CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRAINED_RECIPES', 'LEVELS', 'bench_root', 'train_and_maps',
+           'score_run', 'write_saliency_level', 'train_and_score', 'kept_rows', 'write_rows', 'benchmark_record',
+           'protocol_study', 'study_time']
 
 # %% ../nbs/11c_study.ipynb #b71381a3
-BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> preset
-
 def bench_root(preset='default', # a `PRESETS` name or a `Preset`; its `bench` config says which benchmark ('synth' or 'emoji') and its size
                out='runs/protocol/data', # where to write it
                progress:bool=False) -> Path:
@@ -218,10 +216,8 @@ def protocol_study(study:str, # one of `STUDIES`
     import pandas as pd
     t_study, times = time.time(), []  # times: one entry per run of `one` (its folder, its recorded seconds, cached or not)
     if study not in STUDIES and grid is None: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
-    if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
-    if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
+    p = study_preset(bench, regime, overrides)  # an unknown benchmark or regime: one line
     if study == 'yardstick' and regime != 'scratch': raise ValueError('the yardstick is a from-scratch recipe: run it with regime scratch')
-    p = get_preset(BENCHES[bench], {**REGIMES[regime], **(overrides or {})})
     out = Path(out)/bench
     if root and not Path(root).is_dir(): raise FileNotFoundError(f'benchmark folder {root} not found (omit --root to write the built-in one)')
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)

@@ -16,7 +16,7 @@ from .distance import word_distance, word_distance_reference, ext_status
 _all_ = ['word_distance']
 
 # %% auto #0
-__all__ = ['N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'mean_hw', 'word_labels',
+__all__ = ['SIGN', 'N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'mean_hw', 'word_labels',
            'word_histogram', 'WordOutput', 'VisualWordEncoder', 'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
@@ -33,9 +33,11 @@ def standardize_reference(feats:Tensor, # (B,K,H,W) features
     var = feats.var(1, keepdim=True, unbiased=False)
     return (feats - mu) * torch.rsqrt(var + eps)
 
+SIGN = -1  # Eq. 2's sign here: softmax(-D/tau), the nearest word the most probable (+1: Eq. 2 as printed); the one default
+
 def word_probs(D:Tensor, # (B,N,H,W) distances (Eq. 1)
                tau:float=1., # temperature
-               sign:int=-1, # -1: nearest word most probable; +1: Eq. 2 as printed
+               sign:int=SIGN, # -1: nearest word most probable; +1: Eq. 2 as printed
               )->Tensor: # (B,N,H,W) P, sums to 1 over words
     "Eq. 2: P = softmax over words of sign * D / tau."
     if sign not in (-1, 1): raise ValueError(f'word_probs: sign must be -1 or +1, got {sign}')
@@ -146,7 +148,7 @@ class VisualWordEncoder(nn.Module):
                  n_words:int=N_WORDS, # N, number of words (paper: 256)
                  dim:int=4096, # K, feature channels = codebook dimension (ResNet38: 4096)
                  tau:float|None=None, # temperature of Eq. 2; None = sqrt(dim)
-                 sign:int=-1, # -1: softmax(-D/tau); +1: Eq. 2 as printed (ablation)
+                 sign:int=SIGN, # -1: softmax(-D/tau); +1: Eq. 2 as printed (ablation)
                  norm:str|None='layer', # 'layer': standardise every pixel over channels first; None: raw features
                  init_std:float=1., # codebook ~ N(0, init_std^2), the scale of standardised features
                  impl:str='auto', # word_distance implementation: 'auto' | 'fused' | 'torch'
