@@ -14,15 +14,13 @@ from fastcore.script import call_parse
 import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
-from .files import atomic_save, ignore_sigint
-from .parallel import Lanes, default_jobs, cpu_kind
+from .files import atomic_save
+from .parallel import default_jobs, cpu_kind
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label, cell
 from .summary import VARIANT_NAMES
-from .experiment import (PSEUDO_MODE, PRETRAINED, Preset, get_preset, run_variant, run_seg, check_claims, word_maps,
-                              write_json)
-
+from .experiment import PSEUDO_MODE, PRETRAINED, Preset, get_preset, variant_runs, check_claims, word_maps, write_json
 
 # %% auto #0
 __all__ = ['SEG_VARIANTS', 'OTHER_CPU', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
@@ -214,34 +212,21 @@ def demo(out='runs/demo', # run folder
                                         'this run folder belongs to another demo: choose a new --out folder')) from None
     timings['benchmark'] = time.time() - t
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
-    lanes = Lanes(jobs)
     if jobs > 1: say(f'{jobs} trainings side by side, {max(1, (os.cpu_count() or 1) // jobs)} threads each; their logs: RUN/VARIANT/log.txt, seg_log.txt', flush=True)
-    # the variants DeepLab needs first, and each DeepLab as soon as its pseudo labels exist: the lanes stay busy
-    todo, running, res, segres = [('train', v) for v in sorted(variants, key=lambda v: v not in seg_vs)], {}, {}, {}
-    def start(kind, v):
+    def started(kind, v, s):
+        if kind == 'train': stage(f"{VARIANT_NAMES[v]}: train ({p.cls.epochs} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
+        else: stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p.seg.epochs} epochs), predict val, score")
+    def finished(kind, v, s, r):
         if kind == 'train':
-            stage(f"{VARIANT_NAMES[v]}: train ({p.cls.epochs} epochs), pseudo labels ({PSEUDO_MODE[v]} read-out), scores")
-            return lanes.submit(run/v/'log.txt', run_variant, root, run/v, v, p, seed=seed, splits=('train', 'val') if v in seg_vs else ('val',),
-                                progress=progress and jobs == 1, here=(run/v/'metrics.json').exists())  # finished: only re-read here
-        stage(f"DeepLab on {VARIANT_NAMES[v]} pseudo labels ({p.seg.epochs} epochs), predict val, score")
-        return lanes.submit(run/v/'seg_log.txt', run_seg, root, run/v, p, seed=seed, progress=progress and jobs == 1,
-                            here=(run/v/'metrics_seg.json').exists())
-    def finished(kind, v, r):
-        if kind == 'train':
-            res[v] = r; timings[f'{v}_train'], timings[f'{v}_pseudo'] = r['train_s'], r['pseudo_s']
+            timings[f'{v}_train'], timings[f'{v}_pseudo'] = r['train_s'], r['pseudo_s']
             say(f"    {VARIANT_NAMES[v]}: mIoU {cell(r['miou'], 1, 3)}  boundary F1 {cell(r['boundary']['f1'], 1, 3)}  " +
                 '  '.join(f"{n} {cell(c['ratio'], 1, 3)}" for n, c in r['confusion'].items()), flush=True)
-            if v in seg_vs: todo.insert(0, ('seg', v))  # next in line
         else:
-            segres[v] = r; timings[f'{v}_seg'] = r['train_s'] + r['predict_s']
+            timings[f'{v}_seg'] = r['train_s'] + r['predict_s']
             say(f"    DeepLab on {VARIANT_NAMES[v]}: seg mIoU {cell(r['miou'], 1, 3)}", flush=True)
-    try:
-        while todo or running:
-            while todo and len(running) < jobs: key = todo.pop(0); running[key] = start(*key)
-            key = lanes.first_done(running); finished(*key, lanes.result(running.pop(key)))
-    except BaseException: lanes.close(kill=True); raise
-    else: lanes.close()
-    res, segres = {v: res[v] for v in variants}, {v: segres[v] for v in seg_vs}  # in a fixed order: metrics.json's bytes
+    # the protocol's DeepLab study with every variant and one seed: the variants DeepLab needs first, each DeepLab as soon as its labels exist
+    out = variant_runs(root, lambda v, s: run/v, variants, p, (seed,), seg_vs, jobs, started, finished, progress)
+    res, segres = {v: out[('train', v, seed)] for v in variants}, {v: out[('seg', v, seed)] for v in seg_vs}  # in a fixed order: metrics.json's bytes
     t = stage(f"figures and report -> {run}")
     figs = [plot_bars(res, segres or None, run/'figures'/'bars.png')]
     if 'cam' in res and 'smvwe' in res:

@@ -16,13 +16,14 @@ from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
-from .experiment import PSEUDO_MODE, PRETRAINED, get_preset, study_preset, run_variant, run_seg, word_miou
-from .parallel import cpu_kind
+from .experiment import PSEUDO_MODE, PRETRAINED, get_preset, study_preset, variant_runs, word_miou
+from .parallel import cpu_kind, run_tasks
+from .benchstats import benchmark_record
 
 # %% auto #0
 __all__ = ['CURVE', 'FAULT_KNOBS', 'FIRST_RECIPE', 'RECIPES', 'PRETRAINED_RECIPES', 'LEVELS', 'bench_root', 'train_and_maps',
-           'score_run', 'write_saliency_level', 'train_and_score', 'kept_rows', 'write_rows', 'benchmark_record',
-           'protocol_study', 'study_time']
+           'score_run', 'write_saliency_level', 'train_and_score', 'kept_rows', 'write_rows', 'protocol_study',
+           'study_time']
 
 # %% ../nbs/11c_study.ipynb #b71381a3
 def bench_root(preset='default', # a `PRESETS` name or a `Preset`; its `bench` config says which benchmark ('synth' or 'emoji') and its size
@@ -188,17 +189,10 @@ def write_rows(csv, frames:list):
     return d
 
 # %% ../nbs/11c_study.ipynb #a81c506a
-def benchmark_record(root, # a benchmark folder (`smvwe synth` or `smvwe synth-real`)
-                     bench:str, results='nbs/results') -> Path:
-    "Write RESULTS/BENCH_protocol_benchmark.json: the benchmark's meta.json and the quality of every saliency folder it holds"
-    from smvwe.realbench import saliency_quality
-    from smvwe.voc import load_mask, load_saliency_u8
-    root = Path(root); ids = [i for sp in ('train', 'val') for i in read_split(root, sp)]
-    gts = [load_mask(root, i) for i in ids]
-    sal = {d.name: {k: round(v, 4) for k, v in saliency_quality([load_saliency_u8(root, i, d.name) for i in ids], gts).items()}
-           for d in sorted(root.glob('saliency*')) if d.is_dir() and all((d/f'{i}.png').exists() for i in ids)}
-    rec = dict(benchmark_meta=json.loads((root/'meta.json').read_text()), images=len(ids), saliency_quality=sal)
-    return atomic_save(json.dumps(rec, indent=1) + '\n', Path(results)/f'{bench}_protocol_benchmark.json')
+def _or_diverged(*args):
+    "`train_and_score(*args)`, None when the training diverges (a recipe that diverges is a result of the recipe study)"
+    try: return train_and_score(*args)
+    except NonFiniteLoss: return None
 
 def protocol_study(study:str, # one of `STUDIES`
                    bench:str='synth', # one of `BENCHES`
@@ -211,10 +205,11 @@ def protocol_study(study:str, # one of `STUDIES`
                    regime:str='scratch', # one of `REGIMES`: 'scratch' or 'pretrained' (the shipped openmoji-small backbone)
                    overrides:dict|None=None, # 'stage.field' -> value for every run, e.g. {'cls.epochs': 1} for a smoke test
                    grid:list|None=None, # an ablation of SMVWE instead (`smvwe.ablate.ablation_grid`): dicts of label, ov, tag, cols
+                   jobs:int=1, # runs side by side, each in its own process with its share of the cores (`smvwe.parallel.run_tasks`)
                   ):
     "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv and its wall times (BENCH_STUDY_time.json)"
     import pandas as pd
-    t_study, times = time.time(), []  # times: one entry per run of `one` (its folder, its recorded seconds, cached or not)
+    t_study, times = time.time(), {}  # times: run -> its folder, its recorded seconds, cached or not
     if study not in STUDIES and grid is None: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
     p = study_preset(bench, regime, overrides)  # an unknown benchmark or regime: one line
     if study == 'yardstick' and regime != 'scratch': raise ValueError('the yardstick is a from-scratch recipe: run it with regime scratch')
@@ -224,70 +219,76 @@ def protocol_study(study:str, # one of `STUDIES`
     runs = out/('runs' if regime == 'scratch' else f'runs-{regime}')
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
     sq = study == 'saliency-quality'  # its table reads the train split without CRF: no CRF, no curve (a third of a run's time)
-    def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag=''):
-        t0 = time.time(); tag = tag + ('' if sal == 'saliency' else f'-{sal}')
-        rd = runs/f'{variant}{tag}-seed{seed}'; df, ran = train_and_score(root, rd, variant, p, seed, sal, sal_dirs, ov, light=sq)
-        rs = df['run_s'].iloc[0] if 'run_s' in df and len(df) else np.nan  # scores cached before run_s existed: unknown
-        times.append(dict(run=rd.name, run_s=None if pd.isna(rs) else float(rs), cached=not ran))
-        df = df.assign(bench=bench, study=study, regime=regime, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
-        if progress:
-            r = df[(df.split == 'train') & (df.readout == 'eps') & (df.crf == 'none') & ~df.curve & (df.saliency == sal_dirs[0])]
-            print(f'[{bench} {study}] {variant} seed {seed} sal {sal}: train eps mIoU {100 * r.miou.iloc[0]:.1f} ({time.time() - t0:.0f} s)', flush=True)
-        return df
-    def seg(variant, seed):  # DeepLab on the variant's pseudo labels (its read-out, the preset's CRF); the classifier is the variants study's (trained here if missing)
-        t0, rd = time.time(), runs/f'{variant}-seed{seed}'
-        pl = run_variant(root, rd, variant, get_preset(p, {'cls.sal_dir': 'saliency'}), seed=seed, splits=('train', 'val'), progress=False)
-        r = run_seg(root, rd, p, seed=seed, progress=False)
-        row = dict(bench=bench, study=study, regime=regime, variant=variant, label=VARIANT_NAMES[variant], seed=seed, split='val',
-                   readout=PSEUDO_MODE[variant], pseudo_miou=pl['miou'], miou=r['miou'], boundary_f1=r['boundary']['f1'],
-                   **{f'confusion_{k}': v['ratio'] for k, v in r.get('confusion', {}).items()}, seg_train_s=r['train_s'])
-        if progress: print(f'[{bench} {regime} deeplab] {variant} seed {seed}: pseudo {100 * pl["miou"]:.1f}, DeepLab val mIoU {100 * r["miou"]:.1f} ({time.time() - t0:.0f} s)', flush=True)
-        return pd.DataFrame([row])
-    dfs, csv = [], Path(results)/f'{result_name(bench, study, regime)}.csv'
+    tasks, post = [], {}  # one task per run (`run_tasks`); post[key](its result) -> its rows
+    def one(variant, seed, sal='saliency', sal_dirs=('saliency',), label=None, ov=None, tag='', cols=None, fn=train_and_score):
+        tag = tag + ('' if sal == 'saliency' else f'-{sal}'); rd, key = runs/f'{variant}{tag}-seed{seed}', len(tasks)
+        tasks.append((key, rd/'log.txt', fn, (root, rd, variant, p, seed, sal, sal_dirs, ov, sq), {}))
+        ids = dict(bench=bench, study=study, regime=regime, variant=variant, label=label or VARIANT_NAMES.get(variant, variant), seed=seed)
+        def rows(res):
+            if res is None:  # diverged: one row per split and read-out, no scores
+                if progress: print(f'[{bench} {study}] {label} seed {seed}: diverged', flush=True)
+                return pd.DataFrame([dict(split=sp, readout=r, crf='none', bg_thr=TABLE_THR, curve=False, saliency='saliency', miou=np.nan,
+                                          diverged=True, **ids) for sp in ('train', 'val') for r in READOUT_SET])
+            df, ran = res; rs = df['run_s'].iloc[0] if 'run_s' in df and len(df) else np.nan  # scores cached before run_s existed: unknown
+            times[key] = dict(run=rd.name, run_s=None if pd.isna(rs) else float(rs), cached=not ran)
+            df = df.assign(**ids).assign(**(cols or {}))
+            if progress:
+                r = df[(df.split == 'train') & (df.readout == 'eps') & (df.crf == 'none') & ~df.curve & (df.saliency == sal_dirs[0])]
+                print(f'[{bench} {study}] {variant} seed {seed} sal {sal}: train eps mIoU {100 * r.miou.iloc[0]:.1f} ({rs:.0f} s{"" if ran else ", cached"})', flush=True)
+            return df
+        post[key] = rows
+    got, csv = {}, Path(results)/f'{result_name(bench, study, regime)}.csv'
+    def seg_row(kind, v, s, r):  # the DeepLab study: a row when DeepLab on the variant's pseudo labels (its read-out, the preset's CRF) is scored
+        got[kind, v, s] = r
+        if kind == 'train': return
+        pl = got['train', v, s]
+        add(2 * seeds.index(s) + (v == 'smvwe'), pd.DataFrame([dict(
+            bench=bench, study=study, regime=regime, variant=v, label=VARIANT_NAMES[v], seed=s, split='val', readout=PSEUDO_MODE[v],
+            pseudo_miou=pl['miou'], miou=r['miou'], boundary_f1=r['boundary']['f1'], **{f'confusion_{k}': c['ratio'] for k, c in r.get('confusion', {}).items()},
+            seg_train_s=r['train_s'])]))
+        if progress: print(f'[{bench} {regime} deeplab] {v} seed {s}: pseudo {100 * pl["miou"]:.1f}, DeepLab val mIoU {100 * r["miou"]:.1f} '
+                           f'({pl["train_s"] + pl["pseudo_s"] + r["train_s"] + r["predict_s"]:.0f} s)', flush=True)
     Path(results).mkdir(parents=True, exist_ok=True)
     lv = {k: v for k, v in LEVELS[bench].items() if levels is None or k in levels}  # saliency quality: the levels run
     kept = kept_rows(csv, seeds, list(lv) if sq else None)  # `--seeds 1,2` adds to seed 0's rows
     if kept and progress: print(f'[{bench} {study}] {csv}: keeps its {len(kept[0])} rows of other seeds or levels', flush=True)
-    def add(df): dfs.append(df); write_rows(csv, kept + dfs)  # after every run: an interrupted study keeps what it finished
+    done = {}
+    def add(key, df): done[key] = df; write_rows(csv, kept + [done[k] for k in sorted(done)])  # after every run, in the runs' order: an interrupted study keeps what it finished
     if grid is not None:  # an ablation: every setting trains SMVWE (the preset's own setting is the variants study's run)
         for s in seeds:
-            for g in grid: add(one('smvwe', s, label=g['label'], ov=g['ov'] or None, tag=g['tag']).assign(**g['cols']))
+            for g in grid: one('smvwe', s, label=g['label'], ov=g['ov'] or None, tag=g['tag'], cols=g['cols'])
     elif study == 'variants':
         for s in seeds:  # seed-major: a study cut short still has every variant of its first seeds
-            for v in ('cam', 'vwe', 'sal', 'smvwe'): add(one(v, s))
+            for v in ('cam', 'vwe', 'sal', 'smvwe'): one(v, s)
     elif study == 'recipe':
         for lab, ov in (RECIPES if regime == 'scratch' else PRETRAINED_RECIPES).items():
-            for s in seeds:
-                try: add(one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40]))
-                except NonFiniteLoss:  # a recipe that diverges is a result of the study: one row per split, no scores
-                    if progress: print(f'[{bench} {study}] {lab} seed {s}: diverged', flush=True)
-                    add(pd.DataFrame([dict(split=sp, readout=r, crf='none', bg_thr=TABLE_THR, curve=False, saliency='saliency', miou=np.nan,
-                                           diverged=True, bench=bench, study=study, regime=regime, variant='cam', label=lab, seed=s)
-                                      for sp in ('train', 'val') for r in READOUT_SET]))
-    elif study == 'deeplab':
-        for s in seeds:
-            for v in ('cam', 'smvwe'): add(seg(v, s))
+            for s in seeds: one('cam', s, label=lab, ov=ov, tag='-' + re.sub(r'[^a-z0-9]+', '_', lab.lower()).strip('_')[:40], fn=_or_diverged)
     elif study == 'yardstick':
-        for s in seeds: add(one('yardstick', s, label='yardstick CAM'))
-    else:
+        for s in seeds: one('yardstick', s, label='yardstick CAM')
+    elif sq:
         for name, (folder, strength) in lv.items():
             if strength is not None: write_saliency_level(root, folder, strength)
         for s in seeds:
-            add(one('cam', s, sal_dirs=tuple(f for f, _ in lv.values())).assign(level=lambda d: d.saliency.map({f: n for n, (f, _) in lv.items()})))
+            one('cam', s, sal_dirs=tuple(f for f, _ in lv.values()), cols=dict(level=lambda d: d.saliency.map({f: n for n, (f, _) in lv.items()})))
             for name, (folder, _) in lv.items():
-                for v in ('sal', 'smvwe'): add(one(v, s, sal=folder, sal_dirs=(folder,)).assign(level=name))
+                for v in ('sal', 'smvwe'): one(v, s, sal=folder, sal_dirs=(folder,), cols=dict(level=name))
+    if study == 'deeplab':  # the classifiers are the variants study's (trained here if missing), as in the demo
+        variant_runs(root, lambda v, s: runs/f'{v}-seed{s}', ('cam', 'smvwe'), get_preset(p, {'cls.sal_dir': 'saliency'}), seeds, ('cam', 'smvwe'), jobs, finished=seg_row)
+    else: run_tasks(tasks, jobs, done=lambda k, r: add(k, post[k](r)))
     if regime == 'scratch': benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
-    study_time(times, time.time() - t_study, Path(results)/f'{result_name(bench, study, regime)}_time.json', progress, f'[{bench} {study}]', overrides)
-    return pd.concat(dfs, ignore_index=True)
+    study_time([times[k] for k in sorted(times)], time.time() - t_study, Path(results)/f'{result_name(bench, study, regime)}_time.json', progress,
+               f'[{bench} {study}]', overrides, jobs)
+    return pd.concat([done[k] for k in sorted(done)], ignore_index=True)
 
 # %% ../nbs/11c_study.ipynb #63339c4a
 def study_time(times:list, # one dict per run: run (folder name), run_s (its recorded seconds or None), cached
                wall_s:float, # this invocation's wall time
-               path, progress:bool=True, tag:str='', overrides:dict|None=None) -> dict: # overrides: the study's 'stage.field' changes, recorded
+               path, progress:bool=True, tag:str='', overrides:dict|None=None, # overrides: the study's 'stage.field' changes, recorded
+               jobs:int=1) -> dict: # jobs: runs side by side (a bf16 training's digits depend on its thread count), recorded
     "Write (and print) a study's wall times: the sum of its runs' recorded seconds (cached runs included) and this invocation's"
     known = [t['run_s'] for t in times if t['run_s'] is not None]
     rec = dict(run_s=round(sum(known), 1), runs=len(times), cached=sum(t['cached'] for t in times), runs_without_seconds=len(times) - len(known),
-               wall_s=round(wall_s, 1), cpu=cpu_kind(), overrides=overrides or {}, per_run=times)
+               wall_s=round(wall_s, 1), cpu=cpu_kind(), overrides=overrides or {}, jobs=jobs, per_run=times)
     atomic_save(json.dumps(rec, indent=1) + '\n', path)
     if progress:
         runs = (f"{rec['runs']} runs ({rec['cached']} cached): {rec['run_s']:.0f} s of training and scoring"

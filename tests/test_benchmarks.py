@@ -163,3 +163,15 @@ def test_variant_step_precision_override():
     assert base['demo'][0] == PRESETS['default'].cls and base['demo'][0].amp == 'bf16'
     for k in ('demo', 'paper'):
         assert fp32[k][0].amp is None and fp32[k][1:] == base[k][1:] and replace(fp32[k][0], amp=base[k][0].amp) == base[k][0]
+
+
+def test_study_jobs_quick(tmp_path):
+    "`study_jobs.py --quick`: the same 4-run study one run at a time and two at a time, each recording its runs, with the ratio printed"
+    import json
+    out = tmp_path/'sj.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'study_jobs.py'), '--quick', '--json', str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    rec = json.loads(out.read_text())
+    assert [rec['jobs'][j]['runs'] for j in ('1', '2')] == [4, 4] and rec['same_layout']
+    assert abs(rec['wall_ratio'] - rec['jobs']['1']['wall_s'] / rec['jobs']['2']['wall_s']) < 1e-3
+    assert '| 2 | 4 |' in r.stdout and 'wall ratio to jobs 1' in r.stdout

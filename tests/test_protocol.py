@@ -97,3 +97,21 @@ def test_study_time_sums_the_recorded_seconds(tmp_path, capsys):
     assert (rec['run_s'], rec['runs'], rec['cached'], rec['runs_without_seconds'], rec['wall_s']) == (52.3, 3, 2, 1, 14.0)
     out = capsys.readouterr().out
     assert out.strip() == '[synth variants] 3 runs (2 cached): 52 s of training and scoring (1 runs without recorded seconds); this invocation 14 s wall time'
+
+
+def test_runs_side_by_side_write_the_same_rows(tmp_path):
+    "jobs=2 (each run in its own process with its share of the cores) writes the rows of the runs one after another with that many threads, in the same order"
+    import torch
+    from smvwe.parallel import rank_cores
+    from smvwe.study import protocol_study
+    kw = dict(seeds=(0,), progress=False, overrides={'bench.n_train': 12, 'bench.n_val': 6, 'bench.size': 64, 'cls.epochs': 1, 'cls.crop': 64,
+                                                     'cls.resize_long': (48, 64), 'cls.n_words': 8})
+    n = torch.get_num_threads(); torch.set_num_threads(max(1, rank_cores() // 2))  # a lane's threads
+    try: one = protocol_study('variants', 'synth', tmp_path/'a', results=tmp_path/'ra', **kw)
+    finally: torch.set_num_threads(n)
+    two = protocol_study('variants', 'synth', tmp_path/'b', results=tmp_path/'rb', jobs=2, **kw)
+    assert list(two.variant.unique()) == ['cam', 'vwe', 'sal', 'smvwe']
+    pd.testing.assert_frame_equal(one.drop(columns='run_s'), two.drop(columns='run_s'))
+    csv = [pd.read_csv(tmp_path/r/'synth_variants.csv').drop(columns='run_s') for r in ('ra', 'rb')]
+    pd.testing.assert_frame_equal(*csv)
+    assert all((tmp_path/'b'/'synth'/'runs'/f'{v}-seed0'/'log.txt').exists() for v in ('cam', 'smvwe'))  # each lane's output, in its run folder
