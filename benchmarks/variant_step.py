@@ -18,7 +18,8 @@ backward (gradients by `torch.autograd.grad`, as the whole): standardisation, Eq
 softmax (Eq. 2), word labels (Eq. 3, forward only), histogram (Eq. 4) and the two heads (s_word, p_w2i); the whole
 encoder timed as one beside the sum of its parts; and the arithmetic floor of the exact L1 distance, 3 V terms
 (V = batch x pixels x words x channels) at the rate of a streaming |x - c| accumulate loop measured in this run on
-the same threads (`abs_diff_ceiling` of the fused kernel's extension). Last, Eq. 1's forward + backward as the fused
+the same threads (`abs_diff_ceiling` of the fused kernel's extension), measured at the run's start and again before each
+pass over the parts (the median of those: the rate drifts with the machine's state by up to a fifth). Last, Eq. 1's forward + backward as the fused
 kernels ran before they read the features in place (a `.to(float32).contiguous()` copy first, the float32 gradient
 converted after) against `word_distance` now, interleaved in the same run.
 
@@ -150,14 +151,15 @@ def encoder_parts(model, f, ctx, reps:int) -> dict:
            'softmax': (part_softmax, None), 'word labels': (part_labels, None), 'histogram': (part_hist, None),
            'heads': (part_heads, None), 'whole': (whole, None)}
     for fn, st in fns.values(): fn(st() if st else None)   # warm up
-    res = {}
+    res, rates = {}, []
     for _ in range(2):                                      # two interleaved passes, the medians over both
+        if (r := floor_rate(0.3)) is not None: rates.append(r)  # the floor's rate beside the parts: it drifts with the machine
         for k, (fn, st) in fns.items():
             c, w = timeit(fn, reps, st)
             res.setdefault(k, ([], [])); res[k][0].append(c); res[k][1].append(w)
     res = {k: dict(cpu_ms=median(c), wall_ms=median(w)) for k, (c, w) in res.items()}
     B, K, H, W = f.shape
-    return dict(parts=res, V=B * H * W * enc.n_words * K, shape=dict(B=B, K=K, H=H, W=W, N=enc.n_words))
+    return dict(parts=res, V=B * H * W * enc.n_words * K, shape=dict(B=B, K=K, H=H, W=W, N=enc.n_words), floor_rates=rates)
 
 
 class L1Copying(torch.autograd.Function):
@@ -230,7 +232,9 @@ def fmt_parts(name, enc, rate) -> list:
     if rate:
         fl = 1e3 * 3 * enc['V'] / rate
         dist = p['distance fwd']['cpu_ms'] + p['distance bwd']['cpu_ms']
-        lines += ['', f"floor of the exact L1 distance: 3V = {3 * enc['V'] / 1e9:.4g} G terms at {rate / 1e9:.2f} G terms/s (in-run ceiling, CPU time) = {fl:.2f} ms",
+        rs = ', '.join(f'{x / 1e9:.2f}' for x in enc.get('floor_rates', []))
+        lines += ['', f"floor of the exact L1 distance: 3V = {3 * enc['V'] / 1e9:.4g} G terms at {rate / 1e9:.2f} G terms/s (in-run ceiling, CPU time; "
+                      f"the median of the run's start and each pass of the parts: {rs}) = {fl:.2f} ms",
                   f"distance fwd+bwd / floor = {dist / fl:.3f}; whole encoder / floor = {p['whole']['cpu_ms'] / fl:.3f}"]
     else: lines += ['', 'floor: n/a (the fused kernel\'s extension is not built)']
     ab = enc.get('distance_ab')
@@ -291,12 +295,13 @@ def main(argv=None):
                 memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         enc = encoder_parts(model, f, ctx, reps)
         enc['distance_ab'] = distance_ab(model, f, ctx, reps)
-        out = fmt_variants(name, res, cfg, bs, crop) + fmt_parts(name, enc, rate)
+        r_enc = median([rate] + enc['floor_rates']) if rate else None  # the run's start and each pass of the parts
+        out = fmt_variants(name, res, cfg, bs, crop) + fmt_parts(name, enc, r_enc)
         out.append(f'({name}: {time.perf_counter() - t0:.0f} s)\n')
         print('\n'.join(out), flush=True); lines += out
         result['sizes'][name] = dict(recipe=dict(backbone=cfg.backbone, crop=crop, bs=bs, n_words=cfg.n_words, amp=cfg.amp,
                                                  channels_last=cfg.channels_last), variants=res, encoder=enc,
-                                     floor_ms=1e3 * 3 * enc['V'] / rate if rate else None)
+                                     floor_ms=1e3 * 3 * enc['V'] / r_enc if r_enc else None)
     result['table'] = lines
     if a.out:
         path = Path(a.out)
