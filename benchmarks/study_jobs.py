@@ -54,7 +54,7 @@ def main(argv=None):
         wall, cpu = time.time() - t, cpu_s() - c
         rec = json.loads((work/f'res{j}'/f'{a.bench}_{a.study}_time.json').read_text())
         res[j] = dict(wall_s=round(wall, 1), cpu_s=round(cpu, 1), run_s=rec['run_s'], runs=rec['runs'])
-        frames[j] = df.drop(columns=[c for c in ('run_s',) if c in df]).reset_index(drop=True)
+        frames[j] = df.drop(columns='run_s', errors='ignore').reset_index(drop=True)
         print(f"jobs {j}: {res[j]['runs']} runs, wall {wall:.1f} s, CPU {cpu:.1f} s, runs' own seconds {rec['run_s']:.1f}", flush=True)
     same = frames[1].shape == frames[2].shape and list(frames[1].columns) == list(frames[2].columns)
     d = (frames[1]['miou'] - frames[2]['miou']).abs() if same else None  # the score of every row: read-out x CRF x threshold x split

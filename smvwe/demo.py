@@ -20,11 +20,11 @@ from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label, cell
 from .summary import VARIANT_NAMES
-from .experiment import PSEUDO_MODE, PRETRAINED, Preset, get_preset, variant_runs, check_claims, word_maps, write_json
+from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, Preset, get_preset, variant_runs, check_claims, word_maps, write_json
 
 # %% auto #0
-__all__ = ['SEG_VARIANTS', 'OTHER_CPU', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'demo_markdown', 'numbers_only', 'demo', 'other_cpu', 'demo_cli']
+__all__ = ['OTHER_CPU', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report', 'demo_markdown',
+           'numbers_only', 'demo', 'other_cpu', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -184,8 +184,6 @@ def numbers_only(m:dict) -> dict:
     return m
 
 # %% ../nbs/11b_demo.ipynb #7b0f2352
-SEG_VARIANTS = ('cam', 'smvwe')  # DeepLab is trained on the pseudo labels of these
-
 def demo(out='runs/demo', # run folder
          preset:Preset|str='default', # a `PRESETS` name or a `Preset` (`smvwe.experiment.get_preset`)
          seed:int=0, # seed of the benchmark and of every training

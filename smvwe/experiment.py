@@ -26,8 +26,8 @@ from .readout import part_body_counts, part_body_recall
 from .summary import claim
 
 # %% auto #0
-__all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'BENCHES', 'MIOU_MARGIN',
-           'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
+__all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'BENCHES', 'SEG_VARIANTS',
+           'MIOU_MARGIN', 'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
            'override_args', 'write_json', 'study_preset', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant',
            'run_seg', 'variant_runs', 'check_claims']
 
@@ -232,6 +232,8 @@ def run_seg(root, # dataset folder
     return res
 
 # %% ../nbs/11a_experiment.ipynb #d1384750
+SEG_VARIANTS = ('cam', 'smvwe')  # DeepLab is trained on their pseudo labels (the demo's and the DeepLab study's)
+
 def variant_runs(root, # benchmark / VOC-layout dataset folder
                  folder, # folder(variant, seed) -> that run's folder
                  variants, # variants to train and score

@@ -16,7 +16,7 @@ from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
-from .experiment import PSEUDO_MODE, PRETRAINED, get_preset, study_preset, variant_runs, word_miou
+from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, get_preset, study_preset, variant_runs, word_miou
 from .parallel import cpu_kind, run_tasks
 from .benchstats import benchmark_record
 
@@ -242,7 +242,7 @@ def protocol_study(study:str, # one of `STUDIES`
         got[kind, v, s] = r
         if kind == 'train': return
         pl = got['train', v, s]
-        add(2 * seeds.index(s) + (v == 'smvwe'), pd.DataFrame([dict(
+        add((seeds.index(s), SEG_VARIANTS.index(v)), pd.DataFrame([dict(
             bench=bench, study=study, regime=regime, variant=v, label=VARIANT_NAMES[v], seed=s, split='val', readout=PSEUDO_MODE[v],
             pseudo_miou=pl['miou'], miou=r['miou'], boundary_f1=r['boundary']['f1'], **{f'confusion_{k}': c['ratio'] for k, c in r.get('confusion', {}).items()},
             seg_train_s=r['train_s'])]))
@@ -273,7 +273,7 @@ def protocol_study(study:str, # one of `STUDIES`
             for name, (folder, _) in lv.items():
                 for v in ('sal', 'smvwe'): one(v, s, sal=folder, sal_dirs=(folder,), cols=dict(level=name))
     if study == 'deeplab':  # the classifiers are the variants study's (trained here if missing), as in the demo
-        variant_runs(root, lambda v, s: runs/f'{v}-seed{s}', ('cam', 'smvwe'), get_preset(p, {'cls.sal_dir': 'saliency'}), seeds, ('cam', 'smvwe'), jobs, finished=seg_row)
+        variant_runs(root, lambda v, s: runs/f'{v}-seed{s}', SEG_VARIANTS, get_preset(p, {'cls.sal_dir': 'saliency'}), seeds, SEG_VARIANTS, jobs, finished=seg_row)
     else: run_tasks(tasks, jobs, done=lambda k, r: add(k, post[k](r)))
     if regime == 'scratch': benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
     study_time([times[k] for k in sorted(times)], time.time() - t_study, Path(results)/f'{result_name(bench, study, regime)}_time.json', progress,

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from .cext import load_ext
-from .distance import word_distance, word_distance_reference, ext_status
+from .distance import word_distance
 
 _all_ = ['word_distance']
 

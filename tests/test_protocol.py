@@ -115,3 +115,16 @@ def test_runs_side_by_side_write_the_same_rows(tmp_path):
     csv = [pd.read_csv(tmp_path/r/'synth_variants.csv').drop(columns='run_s') for r in ('ra', 'rb')]
     pd.testing.assert_frame_equal(*csv)
     assert all((tmp_path/'b'/'synth'/'runs'/f'{v}-seed0'/'log.txt').exists() for v in ('cam', 'smvwe'))  # each lane's output, in its run folder
+
+
+def test_deeplab_study_side_by_side_keeps_the_runs_order(tmp_path):
+    "The DeepLab study through `variant_runs` with two lanes: one row per seed and variant, in seed-then-variant order, in the frame and the file"
+    from smvwe.study import protocol_study
+    ov = {'bench.n_train': 12, 'bench.n_val': 6, 'bench.size': 64, 'cls.epochs': 1, 'cls.crop': 64, 'cls.resize_long': (48, 64), 'cls.n_words': 8,
+          'seg.epochs': 1, 'seg.bs': 4}
+    df = protocol_study('deeplab', 'synth', tmp_path/'runs', seeds=(0, 1), results=tmp_path/'res', progress=False, overrides=ov, jobs=2)
+    order = [['cam', 0], ['smvwe', 0], ['cam', 1], ['smvwe', 1]]
+    assert df[['variant', 'seed']].values.tolist() == order
+    assert pd.read_csv(tmp_path/'res'/'synth_deeplab.csv')[['variant', 'seed']].values.tolist() == order
+    assert df.pseudo_miou.between(0, 1).all() and df.miou.between(0, 1).all()
+    assert (tmp_path/'runs'/'synth'/'runs'/'smvwe-seed1'/'seg_log.txt').exists()   # DeepLab ran in a lane, its output in its run folder
