@@ -16,7 +16,9 @@ to CAM's (CPU time).
 Then the word encoder of the SMVWE model, on its own backbone's features, split into its parts, each forward +
 backward (gradients by `torch.autograd.grad`, as the whole): standardisation, Eq. 1 distance forward and backward,
 softmax (Eq. 2), word labels (Eq. 3, forward only), histogram (Eq. 4) and the two heads (s_word, p_w2i); the whole
-encoder timed as one beside the sum of its parts; and the arithmetic floor of the exact L1 distance, 3 V terms
+encoder timed as one (its input's gradient in the features' layout, as the model runs it) beside the sum of its parts;
+the standardisation and the whole again with the standardisation in torch's rounding (`standardize(impl='torch')`,
+what wide features ran before the fused path); and the arithmetic floor of the exact L1 distance, 3 V terms
 (V = batch x pixels x words x channels) at the rate of a streaming |x - c| accumulate loop measured in this run on
 the same threads (`abs_diff_ceiling` of the fused kernel's extension), measured at the run's start and again before each
 pass over the parts (the median of those: the rate drifts with the machine's state by up to a fifth). Last, Eq. 1's forward + backward as the fused
@@ -27,7 +29,7 @@ converted after) against `word_distance` now, interleaved in the same run.
     python benchmarks/variant_step.py --quick                # well under a minute: the demo recipe only, fewer steps
     python benchmarks/variant_step.py --out nbs/results/variant_step.json --label after
 """
-import argparse, json, os, platform, sys, time
+import argparse, gc, json, os, platform, sys, time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -100,6 +102,7 @@ def timeit(fn, reps:int, setup=None) -> tuple[float, float]:
     cpu, wall = [], []
     for _ in range(reps):
         a = setup() if setup else None
+        gc.collect()                                        # untimed: Python's collector, not the encoder
         c0, w0 = clock(); fn(a); c1, w1 = clock()
         cpu.append(1e3 * (c1 - c0)); wall.append(1e3 * (w1 - w0))
     return median(cpu), median(wall)
@@ -107,17 +110,15 @@ def timeit(fn, reps:int, setup=None) -> tuple[float, float]:
 
 def encoder_parts(model, f, ctx, reps:int) -> dict:
     "The SMVWE model's word encoder on features `f`: each part's CPU/wall ms (fwd + bwd), the whole, V"
-    from smvwe.words import word_probs, word_labels, word_histogram
+    import smvwe.words as words
+    from smvwe.words import word_probs, word_labels, word_histogram, grad_in_layout, standardize
     from smvwe.distance import word_distance
     enc = model.words
     f = f.detach().requires_grad_()
     cb, wc, w2 = enc.codebook, model.word_cls.weight, model.w2i.weight
     g = torch.Generator().manual_seed(2)
     rnd = lambda t: torch.empty_like(t).copy_(torch.randn(t.shape, generator=g))   # t's dtype and strides
-    def heads(M, e):
-        s_word = model.word_cls(M.mean((2, 3), keepdim=True)).flatten(1)
-        p_w2i = model.w2i((model.w2i_scale * e)[..., None, None].to(model.w2i.weight.dtype)).flatten(1)
-        return s_word, p_w2i
+    heads = model.word_heads                                # s_word and p_w2i as the model computes them
     with ctx():                                             # inputs of every part, as the whole computes them
         X = enc.features(f); D = word_distance(X, cb, impl=enc.impl); P = word_probs(D, enc.tau, enc.sign); e = word_histogram(P)
         s_word, p_w2i = heads(f, e)
@@ -127,11 +128,18 @@ def encoder_parts(model, f, ctx, reps:int) -> dict:
     def grad(outs, grads, ins): torch.autograd.grad(outs, ins, grads)
     def whole(_):
         with ctx():
-            M = f; w = enc(M); s, p = heads(M, w.e_word)
+            M = grad_in_layout(f); w = enc(M); s, p = heads(M, w.e_word)   # as the model: its gradient in f's layout
         grad((s, p), (gs, gp), (f, cb, wc, w2))
+    def whole_torch(_):                                     # the same with the standardisation in torch's rounding
+        words.standardize = lambda x, eps=1e-5: standardize(x, eps, impl='torch')
+        try: whole(_)
+        finally: words.standardize = standardize
     def part_std(_):
         with ctx(): y = enc.features(f)
         grad(y, gX, f)
+    def part_std_torch(_):
+        with ctx(): y = standardize(f, impl='torch')
+        grad(y, gX.to(y.dtype), f)
     def dist_fwd(_):
         with ctx(): word_distance(Xl, cb, impl=enc.impl)
     def dist_setup():
@@ -149,7 +157,8 @@ def encoder_parts(model, f, ctx, reps:int) -> dict:
         grad((s, p), (gs, gp), (f, el, wc, w2))
     fns = {'standardise': (part_std, None), 'distance fwd': (dist_fwd, None), 'distance bwd': (dist_bwd, dist_setup),
            'softmax': (part_softmax, None), 'word labels': (part_labels, None), 'histogram': (part_hist, None),
-           'heads': (part_heads, None), 'whole': (whole, None)}
+           'heads': (part_heads, None), 'whole': (whole, None),
+           'standardise, torch rounding': (part_std_torch, None), 'whole, torch rounding': (whole_torch, None)}
     for fn, st in fns.values(): fn(st() if st else None)   # warm up
     res, rates = {}, []
     for _ in range(2):                                      # two interleaved passes, the medians over both
@@ -159,7 +168,8 @@ def encoder_parts(model, f, ctx, reps:int) -> dict:
             res.setdefault(k, ([], [])); res[k][0].append(c); res[k][1].append(w)
     res = {k: dict(cpu_ms=median(c), wall_ms=median(w)) for k, (c, w) in res.items()}
     B, K, H, W = f.shape
-    return dict(parts=res, V=B * H * W * enc.n_words * K, shape=dict(B=B, K=K, H=H, W=W, N=enc.n_words), floor_rates=rates)
+    return dict(parts=res, V=B * H * W * enc.n_words * K, shape=dict(B=B, K=K, H=H, W=W, N=enc.n_words), floor_rates=rates,
+                wide_k=words.WIDE_K)
 
 
 class L1Copying(torch.autograd.Function):
@@ -184,7 +194,8 @@ def distance_ab(model, f, ctx, reps:int) -> dict|None:
     from smvwe.distance import word_distance, load_ext
     if load_ext() is None: return None
     enc = model.words
-    with torch.no_grad(), ctx(): X = enc.features(f)
+    from smvwe.words import standardize
+    with torch.no_grad(), ctx(): X = standardize(f, impl='torch')   # the features' dtype and layout, as before the fused standardisation
     X, cb = X.detach().requires_grad_(), enc.codebook
     B, K, H, W = X.shape
     g = torch.Generator().manual_seed(4); G = torch.randn(B, enc.n_words, H, W, generator=g)
@@ -237,6 +248,11 @@ def fmt_parts(name, enc, rate) -> list:
                       f"the median of the run's start and each pass of the parts: {rs}) = {fl:.2f} ms",
                   f"distance fwd+bwd / floor = {dist / fl:.3f}; whole encoder / floor = {p['whole']['cpu_ms'] / fl:.3f}"]
     else: lines += ['', 'floor: n/a (the fused kernel\'s extension is not built)']
+    if 'whole, torch rounding' in p:
+        st, wt = p['standardise, torch rounding']['cpu_ms'], p['whole, torch rounding']['cpu_ms']
+        lines.append(f"standardisation in torch's rounding (words.standardize impl='torch') {st:.2f} ms, as this size runs it (K = {s['K']}: "
+                     f"{'fused' if s['K'] >= enc.get('wide_k', 1 << 62) else 'torch'}) {p['standardise']['cpu_ms']:.2f} ms; whole encoder with torch's rounding {wt:.2f} ms"
+                     + (f" (/ floor {wt / fl:.3f})" if rate else ''))
     ab = enc.get('distance_ab')
     if ab:
         lines.append(f"distance fwd+bwd in one run, interleaved: features widened and transposed by .to(float32).contiguous(), the "

@@ -81,9 +81,16 @@ class SMVWENet(nn.Module):
             M = self.proj(f)                                    # (B,K,h,w); K = C unless word_dim
             w = self.words(M)                                   # Eq. 1-4: D, P (B,N,h,w), Z (B,h,w), z_word, e_word (B,N)
             out['words'] = w
-            out['s_word'] = self.word_cls(mean_hw(M)).flatten(1)  # s_word = W^word f_gap, (B,N)
-            out['p_w2i'] = self.w2i((self.w2i_scale * w.e_word)[..., None, None].to(self.w2i.weight.dtype)).flatten(1)  # W^w2i (N e_word), (B,L)
+            out['s_word'], out['p_w2i'] = self.word_heads(M, w.e_word)
         return out
+
+    def word_heads(self, M:torch.Tensor, # (B,K,h,w) the features the words encode
+                   e_word:torch.Tensor, # (B,N) their soft word histogram (Eq. 4)
+                  ) -> tuple[torch.Tensor, torch.Tensor]: # s_word (B,N), p_w2i (B,L)
+        "The two heads on the words: s_word = W^word f_gap, the word-label scores, and p_w2i = W^w2i (N e_word)."
+        s_word = self.word_cls(mean_hw(M)).flatten(1)                                                       # (B,N)
+        p_w2i = self.w2i((self.w2i_scale * e_word)[..., None, None].to(self.w2i.weight.dtype)).flatten(1)   # (B,L)
+        return s_word, p_w2i
 
 # %% ../nbs/05c_model.ipynb #7ecc39ff
 def cls_splitter(model:SMVWENet) -> list:

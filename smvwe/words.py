@@ -10,20 +10,33 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from .cext import load_ext
+from .cext import load_ext, ext_status
 from .distance import word_distance
 
 _all_ = ['word_distance']
 
 # %% auto #0
-__all__ = ['SIGN', 'N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'mean_hw', 'word_labels',
-           'word_histogram', 'WordOutput', 'VisualWordEncoder', 'word_distance']
+__all__ = ['WIDE_K', 'SIGN', 'N_WORDS', 'standardize', 'standardize_reference', 'word_probs', 'grad_in_layout', 'mean_hw',
+           'word_labels', 'word_histogram', 'WordOutput', 'VisualWordEncoder', 'word_distance']
 
 # %% ../nbs/02b_words.ipynb #3d4b5cba
+WIDE_K = 1024  # from this many channels (ResNet features: 2048, 4096) `standardize` takes the fused path on a CPU
+
 def standardize(feats:Tensor, # (B,K,H,W) features
-                eps:float=1e-5)->Tensor: # (B,K,H,W), every pixel zero mean, unit variance over channels
-    "Per-pixel LayerNorm over the channel axis, without affine parameters (on a CPU: `standardize_reference`'s bits, faster)."
-    if feats.device.type != 'cpu' or not feats.is_floating_point() or feats.ndim < 2: return standardize_reference(feats, eps)
+                eps:float=1e-5,
+                impl:str='auto', # 'auto': 'fused' from WIDE_K channels up, else 'torch' | 'torch': torch's rounding | 'fused'
+               )->Tensor: # (B,K,H,W), every pixel zero mean, unit variance over channels
+    """Per-pixel LayerNorm over the channel axis, without affine parameters. On a CPU, 'torch' gives
+    `standardize_reference`'s bits, faster (`_Standardize`); 'fused' one C++ pass each way in float, float32 out
+    (float64 for float64; `_StandardizeWide`). Elsewhere `standardize_reference`."""
+    if impl not in ('auto', 'torch', 'fused'): raise ValueError(f"standardize: impl must be 'auto', 'torch' or 'fused', got {impl!r}")
+    if feats.device.type != 'cpu' or not feats.is_floating_point() or feats.ndim < 2 or not feats.numel():
+        if impl == 'fused': raise ValueError(f'standardize: impl="fused" needs non-empty floating-point CPU features (B,K,...), '
+                                             f'got {feats.dtype} {tuple(feats.shape)} on {feats.device}')
+        return standardize_reference(feats, eps)
+    if impl == 'fused' or (impl == 'auto' and feats.shape[1] >= WIDE_K):
+        if load_ext() is not None: return _StandardizeWide.apply(feats, eps)
+        if impl == 'fused': raise ValueError(f'standardize: impl="fused" needs the C++ extension ({ext_status()}); use impl="torch"')
     return _Standardize.apply(feats, feats, feats, eps)   # the features once per use: see _Standardize
 
 def standardize_reference(feats:Tensor, # (B,K,H,W) features
@@ -80,6 +93,34 @@ class _Standardize(torch.autograd.Function):
         g_x_mean = (-g_sub.sum(1, keepdim=True) / K).expand(xm.shape)   # mean's: g_mu / K, g_mu = sum(-g_sub)
         return g_sub, g_x_var, g_x_mean, None
 
+def _dense_layout(x:Tensor)->torch.memory_format|None:
+    "x's memory format if x is dense in one (channels-last 4-d, or contiguous), else None"
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(): return torch.channels_last
+    return torch.contiguous_format if x.is_contiguous() else None
+
+class _StandardizeWide(torch.autograd.Function):
+    """`standardize` of wide features on a CPU: each pixel's mean and variance in double, x_hat = (x - mu) * rstd in
+    float32 (float64 for float64 x), written channels first, the layout the fused distance kernel reads. Backward:
+    dx = rstd * (g - mean_k g - x_hat mean_k(g x_hat)), written in x's dtype and layout. One C++ pass each way
+    (`std_forward`, `std_backward`) where the expression makes six; exact up to float rounding, not torch's rounding."""
+    @staticmethod
+    def forward(ctx, x, eps):
+        if _dense_layout(x) is None: x = x.contiguous()
+        B, K = x.shape[:2]
+        xh, r = load_ext().std_forward(x.reshape(B, K, -1), eps)   # a view for both dense layouts
+        ctx.save_for_backward(xh, r)
+        ctx.like = x.dtype, x.shape, _dense_layout(x)
+        return xh.view(x.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        xh, r = ctx.saved_tensors
+        dtype, shape, fmt = ctx.like
+        dx = torch.empty(shape, dtype=dtype, memory_format=fmt)
+        load_ext().std_backward(g.to(xh.dtype).reshape(xh.shape).contiguous(), xh, r, dx.view(xh.shape))
+        return dx, None
+
 class _GradInLayout(torch.autograd.Function):
     "Identity; its backward hands the gradient on in the input's memory format (one pass, the same values)."
     @staticmethod
@@ -98,21 +139,30 @@ def grad_in_layout(x:Tensor # features several branches use (a model's backbone 
     times slower than converting the sum once, which changes no value."""
     return _GradInLayout.apply(x) if x.requires_grad and torch.is_grad_enabled() else x
 
+def _pool_hw(x:Tensor)->Tensor:
+    """x.mean((2, 3), keepdim=True) of (B,K,H,W) x; from WIDE_K channels up on a CPU one C++ pass in x's layout
+    (`channel_mean`: double sums rounded once; torch converts bfloat16 features to float first, a full pass written out)"""
+    B, K, H, W = x.shape
+    if K >= WIDE_K and H * W and x.device.type == 'cpu' and x.is_floating_point() and load_ext() is not None:
+        return load_ext().channel_mean(x.reshape(B, K, -1)).view(B, K, 1, 1)
+    return x.mean((2, 3), keepdim=True)
+
 class _MeanHW(torch.autograd.Function):
-    "x.mean((2, 3), keepdim=True); backward: autograd's g / (H W) for every pixel, broadcast instead of written out"
+    "`_pool_hw`; backward: autograd's g / (H W) for every pixel, broadcast instead of written out"
     @staticmethod
     def forward(ctx, x):
         ctx.shape = x.shape
-        return x.mean((2, 3), keepdim=True)
+        return _pool_hw(x)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g): return (g / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)
 
 def mean_hw(x:Tensor # (B,K,H,W)
-           )->Tensor: # (B,K,1,1), x.mean((2, 3), keepdim=True) with the same values and gradient, one pass fewer backward
-    "Global average pooling (the s_word head's f_gap), its gradient a broadcast view"
-    return _MeanHW.apply(x) if x.requires_grad and torch.is_grad_enabled() and x.ndim == 4 else x.mean((2, 3), keepdim=True)
+           )->Tensor: # (B,K,1,1), x.mean((2, 3), keepdim=True), its values (wide: to rounding) and gradient, one pass fewer backward
+    "Global average pooling (the s_word head's f_gap), its gradient a broadcast view; wide features: see `_pool_hw`"
+    if x.ndim != 4: return x.mean((2, 3), keepdim=True)
+    return _MeanHW.apply(x) if x.requires_grad and torch.is_grad_enabled() else _pool_hw(x)
 
 
 # %% ../nbs/02b_words.ipynb #985ea156

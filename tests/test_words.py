@@ -151,6 +151,34 @@ def test_encoder_speedups_train_bitwise_as_before(variant, amp, monkeypatch):
     assert len(new) == len(ref) and all(a == b for a, b in zip(new, ref))
 
 
+@pytest.mark.skipif(not HAS_EXT, reason='fused kernels not built')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_wide_features_take_the_fused_path_and_match_float64(dtype, monkeypatch):
+    """From WIDE_K channels up (ResNet features) the encoder standardises and the s_word head pools in one C++ pass
+    each: its distances, probabilities and gradients (features, codebook) match the float64 expressions, channels-last
+    features keep their dtype and layout in the gradient."""
+    import smvwe.words
+    from smvwe.words import WIDE_K, mean_hw
+    torch.manual_seed(0)
+    enc = VisualWordEncoder(n_words=16, dim=WIDE_K)
+    x0 = (torch.randn(2, WIDE_K, 5, 6) * 2 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    gP, gf = torch.randn(2, 16, 5, 6, dtype=torch.float64), torch.randn(2, WIDE_K, 1, 1, dtype=torch.float64)
+    def run(x):
+        x = x.clone().requires_grad_(); enc.zero_grad()
+        o = enc(x); f = mean_hw(x)
+        ((o.P.double() * gP).sum() + (f.double() * gf).sum()).backward()
+        return o.D.double(), o.P.double(), x.grad, enc.codebook.grad.double().clone()
+    D, P, gx, gc = run(x0)
+    assert gx.dtype == dtype and gx.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(smvwe.words, 'standardize', standardize_reference)
+    enc64 = enc.double(); rD, rP, rgx, rgc = run(x0.double())
+    assert (D - rD).abs().max() <= 1e-4 * rD.abs().max()
+    assert (P - rP).abs().max() <= 1e-5
+    tol = 1e-4 if dtype == torch.float32 else 1e-2   # bfloat16 gradients: their own rounding
+    assert (gx.double() - rgx).abs().max() <= tol * rgx.abs().max()
+    assert (gc - rgc).abs().max() <= 1e-4 * rgc.abs().max()
+
+
 def test_encoder_learns_codebook():
     "A few steps pulling each pixel's probability towards its nearest word lower the quantisation loss."
     torch.manual_seed(0)

@@ -1,10 +1,14 @@
-// Kernels of the word encoder (smvwe.words) for CPUs, each giving the bits of the PyTorch expression it replaces:
-// the standardisation's variance over channels and centred features (torch.var, x - mu), and the word labels of Eq. 3
-// (argmax over words). Built with word_distance.cpp into one extension (smvwe.cext.load_ext), with -ffp-contract=off:
-// a fused multiply-add would round once where torch rounds twice.
+// Kernels of the word encoder (smvwe.words) for CPUs. Narrow features (below WIDE_K channels, every result the project
+// ships): each kernel gives the bits of the PyTorch expression it replaces, the standardisation's variance over
+// channels and centred features (torch.var, x - mu); and the word labels of Eq. 3 (argmax over words, exact at every
+// width). Wide features (ResNet's 2048 or 4096 channels): the standardisation forward and backward and the s_word
+// head's pooling in one pass each, exact up to float rounding but not in torch's rounding. Built with
+// word_distance.cpp into one extension (smvwe.cext.load_ext), with -ffp-contract=off: a fused multiply-add would
+// round once where torch rounds twice.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -126,7 +130,175 @@ torch::Tensor word_argmax(torch::Tensor x) {   // x (B,N,P) any strides, N > 0 -
   return out;
 }
 
+// The standardisation of wide features (smvwe.words.standardize from WIDE_K channels up, ResNet features): each pixel's
+// mean and variance over its channels accumulated in double over a tile of pixels gathered in x's dtype widened
+// exactly, then xhat = (x - mean) * rstd in float (double for double x), written channels first: the input the fused
+// distance kernel reads. One read of the features and one write where torch's expression makes six passes; the
+// rounding is not torch's (`channel_var_center` keeps that for narrow features).
+template <typename S> using Acc = std::conditional_t<std::is_same_v<S, double>, double, float>;
+constexpr int64_t SP = 64;   // pixels per tile (a row of 256 bytes per channel): a tile of 4096 channels is 1 MB of float, in L2
+
+template <typename S>
+static void std_fwd_impl(const S* x, int64_t sB, int64_t sK, int64_t sP, Acc<S>* xh, Acc<S>* rs, int64_t B, int64_t K,
+                         int64_t P, double eps) {
+  using O = Acc<S>;
+  const int64_t nt = (P + SP - 1) / SP;
+  at::parallel_for(0, B * nt, 1, [&](int64_t s, int64_t e) {
+    std::vector<O> buf(K * SP);
+    for (int64_t t = s; t < e; ++t) {
+      const int64_t b = t / nt, p0 = (t % nt) * SP, pn = std::min<int64_t>(SP, P - p0);
+      const S* xb = x + b * sB + p0 * sP;
+      if (sK == 1) {                                   // channels-last: each pixel's channels are contiguous; 64 at a
+        for (int64_t k0 = 0; k0 < K; k0 += SP) {       // time, so that the block being transposed (16 kB) stays in L1
+          const int64_t kn = std::min<int64_t>(SP, K - k0);
+          for (int64_t p = 0; p < SP; ++p) {
+            const S* xp = xb + p * sP + k0;
+            for (int64_t k = 0; k < kn; ++k) buf[(k0 + k) * SP + p] = p < pn ? static_cast<O>(xp[k]) : O(0);
+          }
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) {
+          const S* xk = xb + k * sK;
+          for (int64_t p = 0; p < SP; ++p) buf[k * SP + p] = p < pn ? static_cast<O>(xk[p * sP]) : O(0);
+        }
+      }
+      double sum[SP] = {}, ss[SP] = {}, mean[SP];
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t p = 0; p < SP; ++p) sum[p] += static_cast<double>(buf[k * SP + p]);
+      for (int64_t p = 0; p < SP; ++p) mean[p] = sum[p] / static_cast<double>(K);
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t p = 0; p < SP; ++p) { const double d = static_cast<double>(buf[k * SP + p]) - mean[p]; ss[p] += d * d; }
+      O m[SP], r[SP];
+      for (int64_t p = 0; p < SP; ++p) {
+        m[p] = static_cast<O>(mean[p]);
+        r[p] = static_cast<O>(1.0 / std::sqrt(ss[p] / static_cast<double>(K) + eps));
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        O* o = xh + (b * K + k) * P + p0;
+        const O* i = &buf[k * SP];
+        for (int64_t p = 0; p < pn; ++p) o[p] = (i[p] - m[p]) * r[p];
+      }
+      for (int64_t p = 0; p < pn; ++p) rs[b * P + p0 + p] = r[p];
+    }
+  });
+}
+
+// Its backward: dx = rstd * (g - mean_k(g) - xhat * mean_k(g xhat)) per pixel (the sums in double), g and xhat channels
+// first, dx written in x's dtype and strides (channels-last: through the tile buffer, each pixel's channels in a row).
+template <typename S>
+static void std_bwd_impl(const Acc<S>* g, const Acc<S>* xh, const Acc<S>* rs, S* dx, int64_t sB, int64_t sK, int64_t sP,
+                         int64_t B, int64_t K, int64_t P) {
+  using O = Acc<S>;
+  constexpr int64_t BP = 64, KB = 16;   // 64 pixels per tile (a row of 256 bytes per channel), 16 channels per block
+  const int64_t nt = (P + BP - 1) / BP;
+  at::parallel_for(0, B * nt, 1, [&](int64_t s, int64_t e) {
+    for (int64_t t = s; t < e; ++t) {
+      const int64_t b = t / nt, p0 = (t % nt) * BP;
+      auto tile = [&](auto full) {                     // full tiles: a constant trip count keeps the sums in registers
+        const int64_t pn = decltype(full)::value ? BP : P - p0;
+        double s1[BP] = {}, s2[BP] = {};
+        for (int64_t k = 0; k < K; ++k) {
+          const O* gk = g + (b * K + k) * P + p0; const O* xk = xh + (b * K + k) * P + p0;
+          for (int64_t p = 0; p < pn; ++p) { s1[p] += static_cast<double>(gk[p]); s2[p] += static_cast<double>(gk[p]) * static_cast<double>(xk[p]); }
+        }
+        O a[BP], c[BP], r[BP];
+        for (int64_t p = 0; p < pn; ++p) {
+          a[p] = static_cast<O>(s1[p] / static_cast<double>(K)); c[p] = static_cast<O>(s2[p] / static_cast<double>(K));
+          r[p] = rs[b * P + p0 + p];
+        }
+        for (int64_t k0 = 0; k0 < K; k0 += KB) {       // 16 channels at a time: their 16 x 16 values in L1
+          const int64_t kn = std::min<int64_t>(KB, K - k0);
+          O tile[KB * BP];
+          for (int64_t k = 0; k < kn; ++k) {
+            const O* gk = g + (b * K + k0 + k) * P + p0; const O* xk = xh + (b * K + k0 + k) * P + p0;
+            for (int64_t p = 0; p < pn; ++p) tile[k * BP + p] = r[p] * ((gk[p] - a[p]) - xk[p] * c[p]);
+          }
+          if (sK == 1)                                 // channels-last: each pixel's 16 channels in a row
+            for (int64_t p = 0; p < pn; ++p) {
+              S* o = dx + b * sB + (p0 + p) * sP + k0;
+              for (int64_t k = 0; k < kn; ++k) o[k] = static_cast<S>(tile[k * BP + p]);
+            }
+          else
+            for (int64_t k = 0; k < kn; ++k) {
+              S* o = dx + b * sB + (k0 + k) * sK + p0 * sP;
+              for (int64_t p = 0; p < pn; ++p) o[p * sP] = static_cast<S>(tile[k * BP + p]);
+            }
+        }
+      };
+      if (p0 + BP <= P) tile(std::true_type{}); else tile(std::false_type{});
+    }
+  });
+}
+
+std::vector<torch::Tensor> std_forward(torch::Tensor x, double eps) {
+  // x (B,K,P) any strides -> xhat (B,K,P) contiguous and rstd (B,P), float32 (float64 for float64 x)
+  TORCH_CHECK(x.dim() == 3 && x.size(1) > 0, "std_forward: x (B,K,P) with K > 0");
+  auto od = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  auto opt = x.options().dtype(od).memory_format(at::MemoryFormat::Contiguous);
+  auto xh = torch::empty(x.sizes(), opt), rs = torch::empty({x.size(0), x.size(2)}, opt);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "std_forward", [&] {
+    std_fwd_impl<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), xh.data_ptr<Acc<scalar_t>>(),
+                           rs.data_ptr<Acc<scalar_t>>(), x.size(0), x.size(1), x.size(2), eps); });
+  return {xh, rs};
+}
+
+torch::Tensor std_backward(torch::Tensor g, torch::Tensor xh, torch::Tensor rs, torch::Tensor dx) {
+  // g, xhat (B,K,P) contiguous and rstd (B,P) of std_forward's dtype; dx (B,K,P) any strides, x's dtype: written
+  TORCH_CHECK(xh.dim() == 3 && g.sizes() == xh.sizes() && dx.sizes() == xh.sizes() && rs.dim() == 2 &&
+              rs.size(0) == xh.size(0) && rs.size(1) == xh.size(2) && g.is_contiguous() && xh.is_contiguous() &&
+              rs.is_contiguous() && g.scalar_type() == xh.scalar_type() && rs.scalar_type() == xh.scalar_type(),
+              "std_backward: g, xhat (B,K,P) contiguous, rstd (B,P), one dtype; dx (B,K,P)");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dx.scalar_type(), "std_backward", [&] {
+    using O = Acc<scalar_t>;
+    TORCH_CHECK(xh.scalar_type() == c10::CppTypeToScalarType<O>::value, "std_backward: xhat's dtype must be std_forward's for dx's dtype");
+    std_bwd_impl<scalar_t>(g.data_ptr<O>(), xh.data_ptr<O>(), rs.data_ptr<O>(), dx.data_ptr<scalar_t>(), dx.stride(0),
+                           dx.stride(1), dx.stride(2), xh.size(0), xh.size(1), xh.size(2)); });
+  return dx;
+}
+
+// The s_word head's global average pool of wide features (smvwe.words.mean_hw from WIDE_K channels up): each channel's
+// mean over the pixels, summed in double and rounded once to x's dtype (through float), read in x's layout. torch's
+// mean of bfloat16 features first converts all of them to float, a full pass written out; the rounding is not torch's.
+template <typename S>
+static void channel_mean_impl(const S* x, int64_t sB, int64_t sK, int64_t sP, S* out, int64_t B, int64_t K, int64_t P) {
+  constexpr int64_t KC = 512;   // channels per task: their sums (4 kB) stay in L1 while the pixels stream past
+  const int64_t nkc = (K + KC - 1) / KC;
+  at::parallel_for(0, B * nkc, 1, [&](int64_t s, int64_t e) {
+    double acc[KC];
+    for (int64_t t = s; t < e; ++t) {
+      const int64_t b = t / nkc, k0 = (t % nkc) * KC, kn = std::min<int64_t>(KC, K - k0);
+      const S* xb = x + b * sB + k0 * sK;
+      if (sK == 1) {                                   // channels-last: every pixel's channels in a row
+        std::fill(acc, acc + kn, 0.);
+        for (int64_t p = 0; p < P; ++p) { const S* xp = xb + p * sP; for (int64_t k = 0; k < kn; ++k) acc[k] += static_cast<double>(xp[k]); }
+      } else
+        for (int64_t k = 0; k < kn; ++k) {
+          double a = 0.; const S* xk = xb + k * sK;
+          for (int64_t p = 0; p < P; ++p) a += static_cast<double>(xk[p * sP]);
+          acc[k] = a;
+        }
+      for (int64_t k = 0; k < kn; ++k) {
+        const double m = acc[k] / static_cast<double>(P);
+        if constexpr (std::is_same_v<S, double>) out[b * K + k0 + k] = m;
+        else out[b * K + k0 + k] = static_cast<S>(static_cast<float>(m));
+      }
+    }
+  });
+}
+
+torch::Tensor channel_mean(torch::Tensor x) {   // x (B,K,P) any strides, P > 0 -> (B,K) contiguous, x's dtype
+  TORCH_CHECK(x.dim() == 3 && x.size(2) > 0, "channel_mean: x (B,K,P) with P > 0");
+  auto out = torch::empty({x.size(0), x.size(1)}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "channel_mean", [&] {
+    channel_mean_impl<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), out.data_ptr<scalar_t>(),
+                                x.size(0), x.size(1), x.size(2)); });
+  return out;
+}
+
 void bind_words(pybind11::module_& m) {   // called by word_distance.cpp's module definition
   m.def("channel_var_center", &channel_var_center, "var (B,P) over channels (torch.var's bits, correction 0) and x - mu (B,K,P), both contiguous");
   m.def("word_argmax", &word_argmax, "torch.argmax(x, 1) of x (B,N,P): (B,P) int64");
+  m.def("channel_mean", &channel_mean, "x (B,K,P) -> its mean over P, (B,K) in x's dtype");
+  m.def("std_forward", &std_forward, "per-pixel standardisation of x (B,K,P) over K: xhat (B,K,P) contiguous, rstd (B,P), float32/64");
+  m.def("std_backward", &std_backward, "std_forward's backward into dx (B,K,P), x's dtype and strides");
 }
