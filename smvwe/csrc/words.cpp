@@ -21,8 +21,13 @@ template <typename S> static inline double widen(S v) {   // exact: bfloat16 / f
 //   n += 1; d = x - mean; mean += d / n; m2 += d * (x - mean);   var = m2 / n, rounded to x's dtype (through float).
 // Here the same operations in the same order, for 32 pixels side by side in vector lanes (the division's latency is
 // what torch's loop waits on, one pixel at a time).
+#ifdef __AVX512F__
 typedef double vd __attribute__((vector_size(64)));
 constexpr int VW = 8, VR = 4, TP = VW * VR;
+#else   // GCC lowers 64-byte vectors badly on AVX2 (see word_distance.cpp's HB); the same 32 pixels, the same bits
+typedef double vd __attribute__((vector_size(32)));
+constexpr int VW = 4, VR = 8, TP = VW * VR;
+#endif
 
 template <typename S>
 static void channel_var_impl(const S* x, int64_t sB, int64_t sK, int64_t sP, S* out, int64_t B, int64_t K, int64_t P) {
