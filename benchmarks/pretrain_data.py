@@ -28,6 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import smvwe.glyphs as G
 import smvwe.pretrain as P
+from smvwe.parallel import cpu_kind
 
 QUICK = dict(max_classes=8, size=24, glyph=16, n_bg=8, bs=8)
 WAYS = ('memory', 'compose', 'reference')
@@ -100,7 +101,7 @@ def main(argv=None):
         o['timed_share_wall'] = statistics.median(d / w for d, w in zip(o['rounds']['data_s'], o['rounds']['wall']))
         o['timed_share_cpu'] = statistics.median(d / p for d, p in zip(o['rounds']['data_cpu'], o['rounds']['process']))
     meta = dict(command=' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])), threads=torch.get_num_threads(),
-                torch=torch.__version__, cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                torch=torch.__version__, cpu=platform.processor() or platform.machine(), cpu_kind=cpu_kind(), cpus=os.cpu_count(),
                 load_avg=list(os.getloadavg()), corpus_s=round(t_corpus, 1), rounds=a.rounds, steps=a.steps,
                 recipe=dict(bs=cfg.bs, size=cfg.size, glyph=cfg.glyph, classes=len(data['classes']), glyphs=len(data['codes']),
                             amp=cfg.amp, channels_last=cfg.channels_last))
