@@ -168,10 +168,13 @@ def test_wide_features_take_the_fused_path_and_match_float64(dtype, monkeypatch)
         o = enc(x); f = mean_hw(x)
         ((o.P.double() * gP).sum() + (f.double() * gf).sum()).backward()
         return o.D.double(), o.P.double(), x.grad, enc.codebook.grad.double().clone()
+    calls = []
+    monkeypatch.setattr(smvwe.words._StandardizeWide, 'apply', staticmethod(lambda *a, _f=smvwe.words._StandardizeWide.apply: calls.append(1) or _f(*a)))
     D, P, gx, gc = run(x0)
+    assert calls, 'wide features did not take the fused standardisation'
     assert gx.dtype == dtype and gx.is_contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(smvwe.words, 'standardize', standardize_reference)
-    enc64 = enc.double(); rD, rP, rgx, rgc = run(x0.double())
+    enc.double(); rD, rP, rgx, rgc = run(x0.double())
     assert (D - rD).abs().max() <= 1e-4 * rD.abs().max()
     assert (P - rP).abs().max() <= 1e-5
     tol = 1e-4 if dtype == torch.float32 else 1e-2   # bfloat16 gradients: their own rounding
