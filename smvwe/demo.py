@@ -23,8 +23,8 @@ from .summary import VARIANT_NAMES
 from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, Preset, get_preset, variant_runs, check_claims, word_maps, write_json
 
 # %% auto #0
-__all__ = ['OTHER_CPU', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report', 'demo_markdown',
-           'numbers_only', 'demo', 'other_cpu', 'demo_cli']
+__all__ = ['AMP_CHOICES', 'OTHER_CPUS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
+           'demo_markdown', 'numbers_only', 'demo_precision', 'demo', 'other_cpu', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -183,6 +183,19 @@ def numbers_only(m:dict) -> dict:
     for g in ('variants', 'seg'): m[g] = {v: {k: x for k, x in r.items() if not k.endswith('_s')} for v, r in m.get(g, {}).items()}
     return m
 
+# %% ../nbs/11b_demo.ipynb #a3p0c1s2
+AMP_CHOICES = ('auto', 'bf16', 'none')
+
+def demo_precision(amp:str='auto', # 'auto', 'bf16' or 'none' (float32)
+                   preset_amp:str|None='bf16' # the preset's `cls.amp`
+                  ) -> str|None:
+    "The trainings' autocast: `amp` as asked, or for 'auto' the preset's where bfloat16 is fast (a GPU, or a CPU with AVX512-BF16 or AMX) and float32 where the CPU emulates it"
+    if amp not in AMP_CHOICES: raise ValueError(f"--amp {amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
+    if amp != 'auto': return None if amp == 'none' else amp
+    if preset_amp != 'bf16' or torch.cuda.is_available() or cpu_kind()['bf16_native']: return preset_amp
+    return None
+
+
 # %% ../nbs/11b_demo.ipynb #7b0f2352
 def demo(out='runs/demo', # run folder
          preset:Preset|str='default', # a `PRESETS` name or a `Preset` (`smvwe.experiment.get_preset`)
@@ -192,11 +205,16 @@ def demo(out='runs/demo', # run folder
          progress:bool=True, # progress bars and stage lines
          command:str|None=None, # recorded in metrics.json (default: the Python call)
          jobs:int|None=None, # trainings run side by side, each in its own process (None: `default_jobs()`)
+         amp:str='auto', # autocast of the trainings: 'auto' (`demo_precision`), 'bf16' or 'none' (float32)
         ) -> dict: # the contents of RUN/metrics.json
     "The whole method on the built-in benchmark: data, four variants, pseudo labels, DeepLab, metrics, figures, report"
     t_all = time.time(); run = Path(out); name = preset if isinstance(preset, str) else 'custom'
     p = get_preset(preset); timings = {}
     say = print if progress else (lambda *a, **k: None)
+    if (a := demo_precision(amp, p.cls.amp)) != p.cls.amp:
+        p = get_preset(p, {'cls.amp': a})  # DeepLab follows the classifier's precision (`SEG_FROM_CLS`)
+        if amp == 'auto': say(f"float32 training: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 "
+                              "there (--amp bf16: the preset's bf16, other digits)", flush=True)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown: raise ValueError(f"Unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}.")
     seg_vs = [v for v in SEG_VARIANTS if v in variants] if seg else []
@@ -249,17 +267,25 @@ def demo(out='runs/demo', # run folder
     return m
 
 # %% ../nbs/11b_demo.ipynb #a1327565
-OTHER_CPU = ('demo_emulated_bf16_metrics.json', 'demo_emulated_bf16_timings.json')  # `smvwe demo` on a CPU without native bfloat16
+OTHER_CPUS = {  # `smvwe demo` on other CPU kinds: the stem of RESULTS/STEM_metrics.json and STEM_timings.json -> how it ran there
+    'demo_float32_avx2': 'on an AVX2 CPU (no AVX-512, bfloat16 emulated), where `--amp auto` trains in float32',
+    'demo_emulated_bf16': 'with `--amp bf16` on an AVX-512 CPU that emulates bfloat16 (no AVX512-BF16 or AMX), where bf16 rounds differently',
+}
 
 def other_cpu(m:dict, results='nbs/results') -> str:
-    "A paragraph on the same run of `m` on a CPU that emulates bfloat16 (RESULTS/OTHER_CPU); '' without those files"
-    fs = [Path(results)/f for f in OTHER_CPU]
-    if not all(map(Path.exists, fs)): return ''
-    (om, ot), v = [json.loads(f.read_text()) for f in fs], m['variants']
-    o, seg = om['variants'], (f", DeepLab on SMVWE {cell(om['seg']['smvwe']['miou'], 1, 3)}" if 'smvwe' in om.get('seg', {}) else '')
-    return (f"\n\nThese digits belong to the CPU kind they were made on: bf16 training rounds differently where bfloat16 is emulated (no "
-            f"AVX512-BF16 or AMX). There the same command took {ot['wall_s']:.0f} s and gave SMVWE {cell(o['smvwe']['miou'], 1, 3)} (above: "
-            f"{cell(v['smvwe']['miou'], 1, 3)}), CAM {cell(o['cam']['miou'], 1, 3)}{seg} (`nbs/results/{OTHER_CPU[0]}`).")
+    "A paragraph on the same command run on other CPU kinds (`OTHER_CPUS` in RESULTS); '' without their files"
+    said = []
+    for stem, how in OTHER_CPUS.items():
+        fs = [Path(results)/f'{stem}_{k}.json' for k in ('metrics', 'timings')]
+        if not all(map(Path.exists, fs)): continue
+        om, ot = [json.loads(f.read_text()) for f in fs]
+        o, seg = om['variants'], (f", DeepLab on SMVWE {cell(om['seg']['smvwe']['miou'], 1, 3)}" if 'smvwe' in om.get('seg', {}) else '')
+        held = sum(c['holds'] is True for c in om['claims'].values())
+        said.append(f"{how[0].upper() + how[1:]}, the command took {ot['wall_s']:.0f} s and gave SMVWE {cell(o['smvwe']['miou'], 1, 3)}, "
+                    f"CAM {cell(o['cam']['miou'], 1, 3)}{seg}; {held} of {len(om['claims'])} checks hold (`nbs/results/{fs[0].name}`).")
+    if not said: return ''
+    return (f"\n\nThese digits belong to the CPU kind and the precision they were made with (above: SMVWE "
+            f"{cell(m['variants']['smvwe']['miou'], 1, 3)}, CAM {cell(m['variants']['cam']['miou'], 1, 3)}). " + ' '.join(said))
 
 @call_parse
 def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue or to rebuild the report)
@@ -269,11 +295,12 @@ def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue
              quiet:bool=False, # no progress bars
              jobs:int=None, # trainings side by side, each in its own process (default: 2 on a CPU, 1 with a GPU)
              pretrained:bool=False, # the paper's regime: the shipped openmoji-small backbone (classifier and DeepLab), new layers at 10x
+             amp:str='auto', # training precision: auto (bf16 on a GPU or a CPU with native bfloat16, else float32), bf16 or none (float32)
             ):
     "Run SMVWE end to end on the built-in benchmark: data, CAM / VWE / saliency-only / SMVWE, pseudo labels, DeepLab, metrics, figures, report"
-    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}{' --pretrained' if pretrained else ''}"
+    cmd = f"smvwe demo --out {out}{' --quick' if quick else ''}{f' --seed {seed}' if seed else ''}{' --no-seg' if no_seg else ''}{f' --jobs {jobs}' if jobs else ''}{' --pretrained' if pretrained else ''}{f' --amp {amp}' if amp != 'auto' else ''}"
     preset = get_preset('quick', PRETRAINED) if quick and pretrained else 'pretrained' if pretrained else 'quick' if quick else 'default'
-    m = demo(out, preset, seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs)
+    m = demo(out, preset, seed=seed, seg=not no_seg, progress=not quiet, command=cmd, jobs=jobs, amp=amp)
     held = sum(c['holds'] is True for c in m['claims'].values())
     print(f"{held} of {len(m['claims'])} checks hold; see {Path(out)/'report.md'}")
     return m

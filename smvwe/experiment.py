@@ -253,7 +253,14 @@ def variant_runs(root, # benchmark / VOC-layout dataset folder
     def done(key, r):
         if finished: finished(*key, r)
         return [task('seg', *key[1:])] if key[0] == 'train' and key[1] in seg else None
-    here = lambda key: (Path(folder(*key[1:]))/('metrics.json' if key[0] == 'train' else 'metrics_seg.json')).exists()  # finished: re-read here
+    rec = json.loads(json.dumps(p.recipe()))  # as metrics.json holds it
+    def here(key):  # finished: re-read here, if its recipe is this one (nothing silently reused)
+        f = Path(folder(*key[1:]))/('metrics.json' if key[0] == 'train' else 'metrics_seg.json')
+        if not f.exists(): return False
+        if key[0] == 'train' and (have := json.loads(f.read_text()).get('recipe')) is not None and have != rec:
+            d = ', '.join(f'{k} {have.get(k)!r} there, {rec.get(k)!r} now' for k in sorted(set(have) | set(rec), key=str) if have.get(k) != rec.get(k))
+            raise ValueError(f"{f} was made with another recipe ({d}): choose a new run folder, or delete {f.parent} to train it again.")
+        return True
     todo = [task('train', v, s) for s in seeds for v in sorted(variants, key=lambda v: v not in seg)]
     return run_tasks(todo, jobs, (lambda k: started(*k)) if started else None, done, here)
 

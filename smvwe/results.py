@@ -195,18 +195,24 @@ def headline_block(results='nbs/results', page:str='nbs/results/README.md') -> s
     return (f'Pseudo-label mIoU % (train split, no CRF, mean ± std over seeds):\n\n{headline_table(frames)}\n\n' + '\n'.join(findings(frames)) +
             f'\n\nEvery table, claim, figure and the reading: [{page}]({page}) (the `13_results` page of the docs site).\n')
 
-def demo_block(m:dict, timings:dict|None=None) -> str:
-    "README's demo paragraph: what `smvwe demo` prints, its table, how long it took (from the demo's metrics.json / timings.json)"
+def _cpu_words(cpu:dict|None) -> str:
+    "A CPU kind as `cpu_kind` records it, in words (None: the kind of the first committed demo, made before it was recorded)"
+    if not cpu: return 'with native bfloat16'
+    return f"{cpu['capability']}, bfloat16 {'native' if cpu['bf16_native'] else 'emulated'}"
+
+def demo_block(m:dict, timings:dict|None=None, results=None) -> str:
+    "README's demo paragraph: what `smvwe demo` prints, its table, how long it took (from the demo's metrics.json / timings.json); with `results`, its runs on other CPU kinds (`other_cpu`)"
     held = sum(c['holds'] is True for c in m['claims'].values()); seg = m.get('seg', {})
     L = ['`smvwe demo` prints a line per stage and ends with `' + f"{held} of {len(m['claims'])} checks hold" + '` and where its report is (`RUN/report.md`, '
-         '`RUN` = `runs/demo` by default).' + (f" It took {timings['wall_s']:.0f} s on 2 idle CPU cores (`nbs/results/demo_timings.json`; `benchmarks/README.md`)." if timings else ''),
+         '`RUN` = `runs/demo` by default).' + (f" It took {timings['wall_s']:.0f} s on 2 idle CPU cores ({_cpu_words(timings.get('cpu'))}; "
+                                               "`nbs/results/demo_timings.json`; `benchmarks/README.md`)." if timings else ''),
          "The report's table (seed 0, val split, each variant read out its own way, with the CRF; `nbs/results/demo_metrics.json`):", '',
          '| variant | read-out | pseudo-label mIoU | boundary F1 | DeepLab mIoU on its labels |', '|---|---|---|---|---|']
     L += [f"| {VARIANT_NAMES.get(v, v)} | `{r['pseudo_mode']}` | {cell(r['miou'], 1, 3)} | {cell(r['boundary']['f1'], 1, 3)} | "
           f"{cell(seg[v]['miou'], 1, 3) if v in seg else 'not trained'} |" for v, r in m['variants'].items()]
     bad = [k for k, c in m['claims'].items() if c['holds'] is False]
     if bad: L += ['', 'Checks that do not hold on this run: ' + '; '.join(f"`{k}` ({m['claims'][k]['detail']})" for k in bad) + '.']
-    return '\n'.join(L) + '\n'
+    return '\n'.join(L) + (other_cpu(m, results) if results is not None else '') + '\n'
 
 def with_block(text:str, block:str, where='README.md', markers=MARKERS) -> str:
     "`text` with the part between `markers` replaced by `block`"
@@ -224,7 +230,7 @@ def outputs(results='nbs/results', nbs='nbs', readme='README.md') -> dict:
         if (res/'demo_metrics.json').exists():
             t = res/'demo_timings.json'
             m, tm = json.loads((res/'demo_metrics.json').read_text()), json.loads(t.read_text()) if t.exists() else None
-            text = with_block(text, demo_block(m, tm), readme, DEMO_MARKERS)
+            text = with_block(text, demo_block(m, tm, res), readme, DEMO_MARKERS)
         out[Path(readme)] = text
     for name, ids in CHECKED_CELLS.items():
         if (nbs/name).exists(): out[nbs/name] = with_outputs((nbs/name).read_text(), ids, nbs)

@@ -7,7 +7,7 @@ import pytest
 from smvwe.experiment import check_claims, MIOU_MARGIN
 
 RES = Path(__file__).resolve().parents[1] / 'nbs' / 'results'
-DEMOS = ('demo_metrics.json', 'demo_pretrained_metrics.json', 'demo_emulated_bf16_metrics.json')
+DEMOS = ('demo_metrics.json', 'demo_pretrained_metrics.json', 'demo_emulated_bf16_metrics.json', 'demo_float32_avx2_metrics.json')
 
 
 def criteria(variants, seg):

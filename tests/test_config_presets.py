@@ -47,6 +47,11 @@ def test_the_committed_demo_recipes_are_the_presets():
         m = json.loads((res/f).read_text())
         r = PRESETS[name].recipe(); r = {**r, 'resize_long': PRESETS[name].cls.resize_long}  # as `demo` writes it
         assert json.loads(json.dumps(r)) == m['recipe'] and list(r) == list(m['recipe'])
+    # the run on an AVX2 CPU: `--amp auto` trained the default preset in float32 (the field keeps its place in the recipe)
+    m = json.loads((res/'demo_float32_avx2_metrics.json').read_text())
+    r = get_preset('default', {'cls.amp': None}); r = {**r.recipe(), 'resize_long': r.cls.resize_long}
+    assert json.loads(json.dumps(r)) == m['recipe'] and list(r) == list(m['recipe']) and m['recipe']['amp'] is None
+    assert json.loads((res/'demo_float32_avx2_timings.json').read_text())['cpu'] == {'capability': 'AVX2', 'bf16_native': False}
 
 
 def test_stages_hold_the_old_routing():
