@@ -7,7 +7,7 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -17,9 +17,9 @@ template <> struct VT<double> { typedef double v __attribute__((vector_size(64))
 template <typename V> static inline V vload(const void* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
 template <typename V> static inline void vstore(void* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 
-// The portable loops (every target but AVX-512's float path) work on HB-byte vectors: on AVX2 GCC lowers 64-byte vector
-// extensions badly (an abs-diff-accumulate loop measured 4.7x slower than with 32-byte vectors), so there a 64-byte
-// vector of pixels is done as two halves. Each lane (pixel) goes through the same operations in the same order: the
+// The portable loops (every target but AVX-512's float path; AVX2 has its own float backward) work on HB-byte vectors:
+// on AVX2 GCC lowers 64-byte vector extensions badly (an abs-diff-accumulate loop measured 4.7x slower than with
+// 32-byte vectors), so there a 64-byte vector of pixels is done as two halves. Each lane (pixel) goes through the same operations in the same order: the
 // same bits on every target.
 #ifdef __AVX512F__
 constexpr int HB = 64;
@@ -105,6 +105,33 @@ static void bwd_tile(const T* m, int64_t ldm, const T* g, int64_t ldg, const T* 
         lane[k * BJ + j] = (V)_mm512_add_ps((__m512)lane[k * BJ + j], la);
       }
       for (int r = 0; r < R; ++r) { float* o = dm + k * ldm + r * 16; _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), da[r])); }
+    }
+    return;
+  }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {  // AVX2: the AVX-512 path's loop order on 32-byte halves, all 2R of them per
+    // (channel, word): the features' gradient sums da and the codebook's per-lane sums (one per half of a 64-byte
+    // vector) stay in registers, m and g are read from L1. t is masked to +0 where d == 0: a sum that starts at +0
+    // never becomes -0, so adding +0 leaves it as skipping would; the same bits as the portable loop.
+    constexpr int NH = 2 * R;
+    const __m256 sgn = _mm256_castsi256_ps(_mm256_set1_epi32(0x80000000)), zero = _mm256_setzero_ps();
+    for (int k = 0; k < kn; ++k) {
+      const float* mk = m + k * ldm;
+      __m256 da[NH];
+      for (int r = 0; r < NH; ++r) da[r] = zero;
+      for (int j = 0; j < J; ++j) {
+        const __m256 cv = _mm256_set1_ps(c[j * ldc + k]); const float* gj = g + j * ldg;
+        __m256 la[2] = {zero, zero};
+        for (int r = 0; r < NH; ++r) {
+          const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(mk + r * 8), cv);
+          const __m256 nz = _mm256_cmp_ps(d, zero, _CMP_NEQ_UQ);
+          const __m256 t = _mm256_and_ps(_mm256_xor_ps(_mm256_loadu_ps(gj + r * 8), _mm256_and_ps(d, sgn)), nz);
+          da[r] = _mm256_add_ps(da[r], t); la[r % 2] = _mm256_add_ps(la[r % 2], t);
+        }
+        float* lp = reinterpret_cast<float*>(&lane[k * BJ + j]);
+        for (int h = 0; h < 2; ++h) _mm256_storeu_ps(lp + 8 * h, _mm256_add_ps(_mm256_loadu_ps(lp + 8 * h), la[h]));
+      }
+      for (int r = 0; r < NH; ++r) { float* o = dm + k * ldm + r * 8; _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), da[r])); }
     }
     return;
   }
