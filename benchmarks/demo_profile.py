@@ -7,8 +7,9 @@ current, the wall time of both, and each variant's pseudo-label mIoU and the pap
 
 - previous (`--previous fp32`, the default): today's recipe as the demo ran it before: float32, channels-first,
   one training at a time with every core;
-- current: `smvwe.experiment.PRESETS['default']` as the demo runs it now: bf16 autocast and channels-last on the
-  CPU, two trainings side by side (`smvwe demo --jobs`, one process each with half the cores).
+- current: `smvwe.experiment.PRESETS['default']` as the demo runs it now: channels-last, its bf16 autocast where
+  `smvwe demo --amp auto` keeps it (a GPU, a CPU with native bfloat16; float32 where bfloat16 is emulated), two
+  trainings side by side (`smvwe demo --jobs`, one process each with half the cores).
 - `--previous first-recipe`: the first demo recipe instead (also float32, one at a time): the small backbone's
   dilated layout at output stride 8, lr 0.1 with the new layers at 10x, random long side 72-96 px. It learns
   something else, so its mIoU differ for that reason too; the protocol (`smvwe protocol`) is where claims are measured.
@@ -32,8 +33,9 @@ def recipes(preset:str, previous:str='fp32') -> dict:
     "{'previous': (Preset, jobs), 'current': (Preset, jobs)}"
     from smvwe.experiment import get_preset
     from smvwe.study import FIRST_RECIPE  # the recipe study's first row
-    cur = get_preset(preset)
-    prev = get_preset(preset, FP32)
+    from smvwe.parallel import cpu_precision
+    cur = get_preset(preset); prev = get_preset(preset, FP32)
+    if (a := cpu_precision('auto', cur.cls.amp)) != cur.cls.amp: cur = get_preset(cur, {'cls.amp': a})  # as `smvwe demo` runs it here
     if previous == 'first-recipe':
         prev = get_preset(prev, {**{f'cls.{k}': v for k, v in FIRST_RECIPE.items()},
                                  'cls.resize_long': (round(cur.cls.crop * 0.75), cur.cls.crop)})  # its random long side, 0.75-1x the crop

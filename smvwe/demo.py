@@ -15,7 +15,7 @@ import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
 from .files import atomic_save
-from .parallel import default_jobs, cpu_kind
+from .parallel import default_jobs, cpu_kind, cpu_precision
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label, cell
@@ -23,8 +23,8 @@ from .summary import VARIANT_NAMES
 from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, Preset, get_preset, variant_runs, check_claims, word_maps, write_json
 
 # %% auto #0
-__all__ = ['AMP_CHOICES', 'OTHER_CPUS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
-           'demo_markdown', 'numbers_only', 'demo_precision', 'demo', 'other_cpu', 'demo_cli']
+__all__ = ['OTHER_CPUS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',
+           'demo_markdown', 'numbers_only', 'demo', 'other_cpu', 'demo_cli']
 
 # %% ../nbs/11b_demo.ipynb #bf859cc4
 def _colour(lab:np.ndarray) -> np.ndarray:
@@ -183,19 +183,6 @@ def numbers_only(m:dict) -> dict:
     for g in ('variants', 'seg'): m[g] = {v: {k: x for k, x in r.items() if not k.endswith('_s')} for v, r in m.get(g, {}).items()}
     return m
 
-# %% ../nbs/11b_demo.ipynb #a3p0c1s2
-AMP_CHOICES = ('auto', 'bf16', 'none')
-
-def demo_precision(amp:str='auto', # 'auto', 'bf16' or 'none' (float32)
-                   preset_amp:str|None='bf16' # the preset's `cls.amp`
-                  ) -> str|None:
-    "The trainings' autocast: `amp` as asked, or for 'auto' the preset's where bfloat16 is fast (a GPU, or a CPU with AVX512-BF16 or AMX) and float32 where the CPU emulates it"
-    if amp not in AMP_CHOICES: raise ValueError(f"--amp {amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
-    if amp != 'auto': return None if amp == 'none' else amp
-    if preset_amp != 'bf16' or torch.cuda.is_available() or cpu_kind()['bf16_native']: return preset_amp
-    return None
-
-
 # %% ../nbs/11b_demo.ipynb #7b0f2352
 def demo(out='runs/demo', # run folder
          preset:Preset|str='default', # a `PRESETS` name or a `Preset` (`smvwe.experiment.get_preset`)
@@ -205,13 +192,13 @@ def demo(out='runs/demo', # run folder
          progress:bool=True, # progress bars and stage lines
          command:str|None=None, # recorded in metrics.json (default: the Python call)
          jobs:int|None=None, # trainings run side by side, each in its own process (None: `default_jobs()`)
-         amp:str='auto', # autocast of the trainings: 'auto' (`demo_precision`), 'bf16' or 'none' (float32)
+         amp:str='auto', # autocast of the trainings: 'auto' (`cpu_precision`), 'bf16' or 'none' (float32)
         ) -> dict: # the contents of RUN/metrics.json
     "The whole method on the built-in benchmark: data, four variants, pseudo labels, DeepLab, metrics, figures, report"
     t_all = time.time(); run = Path(out); name = preset if isinstance(preset, str) else 'custom'
     p = get_preset(preset); timings = {}
     say = print if progress else (lambda *a, **k: None)
-    if (a := demo_precision(amp, p.cls.amp)) != p.cls.amp:
+    if (a := cpu_precision(amp, p.cls.amp)) != p.cls.amp:
         p = get_preset(p, {'cls.amp': a})  # DeepLab follows the classifier's precision (`SEG_FROM_CLS`)
         if amp == 'auto': say(f"float32 training: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 "
                               "there (--amp bf16: the preset's bf16, other digits)", flush=True)
@@ -289,7 +276,7 @@ def other_cpu(m:dict, results='nbs/results') -> str:
 
 @call_parse
 def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue or to rebuild the report)
-             quick:bool=False, # the smoke-test preset (under 2 minutes) instead of the default (under 5 minutes on 2 CPU cores)
+             quick:bool=False, # the smoke-test preset (under a minute) instead of the default (about 3 minutes on 2 cores with native bfloat16, 13 on AVX2)
              seed:int=0, # seed of the benchmark and of every training
              no_seg:bool=False, # skip the DeepLab stage
              quiet:bool=False, # no progress bars

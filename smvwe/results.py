@@ -14,6 +14,7 @@ from .metrics import cell
 from .claims import claims_table, findings, strongest_baseline
 from .tables import headline_table, bench_sections, plot_protocol, _regime_label
 from .demo import demo_markdown, other_cpu, plot_bars
+from .parallel import cpu_words
 from .ablate import ablation_sections, write_ablation_figures
 
 # %% auto #0
@@ -169,8 +170,7 @@ def page_cells(results='nbs/results', images:str='images') -> list[str]:
     cells += [f'## {_regime_label(b, r)}\n\nNot measured: no `{result_name(b, "variants", r)}.csv` in `nbs/results/`.'
               for r in REGIME_NAMES for b in BENCH_TITLES if (b, r) not in frames]
     if (res/'demo_metrics.json').exists():
-        t = res/'demo_timings.json'
-        m = json.loads((res/'demo_metrics.json').read_text())
+        t, m = res/'demo_timings.json', json.loads((res/'demo_metrics.json').read_text())
         cells.append(demo_markdown(m, json.loads(t.read_text()) if t.exists() else None) + other_cpu(m, res))
     if (res/'demo_pretrained_metrics.json').exists():  # `smvwe demo --pretrained`: the same run in the paper's regime
         t = res/'demo_pretrained_timings.json'
@@ -195,17 +195,11 @@ def headline_block(results='nbs/results', page:str='nbs/results/README.md') -> s
     return (f'Pseudo-label mIoU % (train split, no CRF, mean ± std over seeds):\n\n{headline_table(frames)}\n\n' + '\n'.join(findings(frames)) +
             f'\n\nEvery table, claim, figure and the reading: [{page}]({page}) (the `13_results` page of the docs site).\n')
 
-def _cpu_words(cpu:dict|None) -> str:
-    "A CPU kind as `cpu_kind` records it, in words (None: the kind of the first committed demo, made before it was recorded)"
-    if not cpu: return 'with native bfloat16'
-    return f"{cpu['capability']}, bfloat16 {'native' if cpu['bf16_native'] else 'emulated'}"
-
 def demo_block(m:dict, timings:dict|None=None, results=None) -> str:
     "README's demo paragraph: what `smvwe demo` prints, its table, how long it took (from the demo's metrics.json / timings.json); with `results`, its runs on other CPU kinds (`other_cpu`)"
     held = sum(c['holds'] is True for c in m['claims'].values()); seg = m.get('seg', {})
     L = ['`smvwe demo` prints a line per stage and ends with `' + f"{held} of {len(m['claims'])} checks hold" + '` and where its report is (`RUN/report.md`, '
-         '`RUN` = `runs/demo` by default).' + (f" It took {timings['wall_s']:.0f} s on 2 idle CPU cores ({_cpu_words(timings.get('cpu'))}; "
-                                               "`nbs/results/demo_timings.json`; `benchmarks/README.md`)." if timings else ''),
+         '`RUN` = `runs/demo` by default).' + (f" It took {timings['wall_s']:.0f} s on 2 idle CPU cores ({cpu_words(timings.get('cpu'))}; `nbs/results/demo_timings.json`; `benchmarks/README.md`)." if timings else ''),
          "The report's table (seed 0, val split, each variant read out its own way, with the CRF; `nbs/results/demo_metrics.json`):", '',
          '| variant | read-out | pseudo-label mIoU | boundary F1 | DeepLab mIoU on its labels |', '|---|---|---|---|---|']
     L += [f"| {VARIANT_NAMES.get(v, v)} | `{r['pseudo_mode']}` | {cell(r['miou'], 1, 3)} | {cell(r['boundary']['f1'], 1, 3)} | "
