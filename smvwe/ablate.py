@@ -160,11 +160,12 @@ def ablate_cli(study:str, # words, mu-delta, sign or cls-term
                quiet:bool=False, # no progress lines
                set:SET_OPTION=None, # STAGE.KEY=VALUE for every run, repeatable (`smvwe.experiment.SET_OPTION`)
                jobs:int=1, # runs side by side, each in its own process, as `smvwe protocol --jobs`
+               amp:str='auto', # training precision, as `smvwe protocol --amp`: auto, bf16 (the committed studies') or none (float32)
               ):
     "An ablation of SMVWE through the protocol's pipeline: every read-out of every run in RESULTS/BENCH_STUDY.csv, its table printed"
     check_ablation(study); ov = parse_overrides(set)
     grid = ablation_grid(study, study_preset(bench, regime, ov), words_grid, mu_grid, delta_grid, cross)
-    df = protocol_study(study, bench, out, _grid(seeds, int), results, root, progress=not quiet, regime=regime, overrides=ov, grid=grid, jobs=jobs)
+    df = protocol_study(study, bench, out, _grid(seeds, int), results, root, progress=not quiet, regime=regime, overrides=ov, grid=grid, jobs=jobs, amp=amp)
     print(ablation_table(df))
     print(f"wrote {Path(results)/(result_name(bench, study, regime) + '.csv')} ({len(df)} rows); `smvwe report` puts its table and figure on the results page")
     return df
@@ -181,7 +182,8 @@ def _record(results, study:str, bench:str, regime:str) -> dict:
 
 def command(df, study:str, bench:str, regime:str='scratch',
             overrides:dict|None=None, # the `--set` changes it ran with (its `_time.json` records them)
-            jobs:int=1 # the runs it ran side by side (recorded there too)
+            jobs:int=1, # the runs it ran side by side (recorded there too)
+            amp:str|None=None # the precision it trained in as `--amp` writes it (bf16, none): said, since the default picks it by CPU
            ) -> str:
     "The `smvwe ablate` command that regenerates an ablation's rows (its seeds and grid read back from them)"
     t = run_table(df); a = [f'smvwe ablate {study} --bench {bench} --seeds {",".join(map(str, sorted(t.seed.unique())))}']
@@ -193,6 +195,7 @@ def command(df, study:str, bench:str, regime:str='scratch',
         if t['label'].nunique() < t['mu'].nunique() * t['delta'].nunique(): a.append('--cross')
     if overrides: a.append(override_args(overrides))
     if jobs > 1: a.append(f'--jobs {jobs}')
+    if amp and 'cls.amp' not in (overrides or {}): a.append(f'--amp {amp}')
     return ' '.join(a)
 
 def same_run(df, bench:str, regime:str='scratch', results='nbs/results',
@@ -220,7 +223,7 @@ def ablation_sections(results='nbs/results', images:str='images') -> list[str]:
         df, rec = load_results(results, b, (s,), r), _record(results, s, b, r)
         out.append(f'## Ablation `{s}`: {BENCH_TITLES[b]}, {REGIME_NAMES[r]}\n\n{ABLATIONS[s]}. SMVWE\'s pseudo-label mIoU % (train split, '
                    f'threshold {TABLE_THR:g}), mean ± std over seeds (`12_ablate`).{same_run(df, b, r, results, rec)}\n\n{ablation_table(df)}\n\n'
-                   f'![ablation {s}]({images}/ablate_{bench_key(b, r)}_{s}.png)\n\n`{command(df, s, b, r, rec.get("overrides"), rec.get("jobs", 1))}`')
+                   f'![ablation {s}]({images}/ablate_{bench_key(b, r)}_{s}.png)\n\n`{command(df, s, b, r, rec.get("overrides"), rec.get("jobs", 1), rec.get("amp", "bf16") if rec else None)}`')
     return out
 
 def write_ablation_figures(results='nbs/results', images='nbs/images') -> list[Path]:

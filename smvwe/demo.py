@@ -15,7 +15,7 @@ import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
 from .files import atomic_save
-from .parallel import default_jobs, cpu_kind, cpu_precision
+from .parallel import default_jobs, cpu_kind, cpu_precision, with_precision
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label, cell
@@ -196,12 +196,8 @@ def demo(out='runs/demo', # run folder
         ) -> dict: # the contents of RUN/metrics.json
     "The whole method on the built-in benchmark: data, four variants, pseudo labels, DeepLab, metrics, figures, report"
     t_all = time.time(); run = Path(out); name = preset if isinstance(preset, str) else 'custom'
-    p = get_preset(preset); timings = {}
-    say = print if progress else (lambda *a, **k: None)
-    if (a := cpu_precision(amp, p.cls.amp)) != p.cls.amp:
-        p = get_preset(p, {'cls.amp': a})  # DeepLab follows the classifier's precision (`SEG_FROM_CLS`)
-        if amp == 'auto': say(f"float32 training: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 "
-                              "there (--amp bf16: the preset's bf16, other digits)", flush=True)
+    say, timings = print if progress else (lambda *a, **k: None), {}
+    p = with_precision(get_preset(preset), amp, say=say)  # DeepLab follows the classifier's precision (`SEG_FROM_CLS`)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown: raise ValueError(f"Unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}.")
     seg_vs = [v for v in SEG_VARIANTS if v in variants] if seg else []

@@ -156,15 +156,18 @@ def load_checkpoint(learn:Learner, fname_or_state) -> dict:
     learn.opt.load_state_dict(dict(state=state['opt']['state'], hypers=L(state['opt']['hypers'])))
     return state
 
-def _recipe_diff(a:dict, b:dict) -> str:
-    return ', '.join(f'{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+def _recipe_diff(a:dict, b:dict, newer=()) -> str:
+    "What differs between the checkpoint's recipe `a` and this run's `b`; a key of `newer` that `a` lacks is not compared (the checkpoint predates it)"
+    return ', '.join(f'{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now' for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k) and (k in a or k not in newer))
 
 def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of epochs of the run
                   ckpt, # checkpoint file (written after every epoch)
                   seed:int=0, resume:bool=True, # per-epoch seeds; continue from `ckpt` if it exists
                   meta:dict|None=None, # recipe stored in the checkpoint and compared on resume
                   cbs=None, # extra callbacks for this fit
-                  sync_bn:bool=False # under a launcher: BatchNorm statistics over all ranks (CUDA only)
+                  sync_bn:bool=False, # under a launcher: BatchNorm statistics over all ranks (CUDA only)
+                  newer=() # keys of `meta` recorded later than others: a checkpoint without one resumes (its value unknown)
                  ) -> Learner:
     "`learn.fit(epochs)` with per-epoch seeds and an atomic checkpoint after each epoch, continuing from `ckpt` if `resume`"
     if epochs < 1: raise ValueError(f'epochs must be at least 1, got {epochs}.')
@@ -174,7 +177,7 @@ def fit_resumable(learn:Learner, epochs:int, # the `Learner`; total number of ep
         distrib_barrier()
         state = read_checkpoint(ckpt, next(get_model(learn.model).parameters()).device)
         have = dict(state['meta'], epochs=state['n_epoch'], seed=state['seed'])
-        if (d := _recipe_diff(have, dict(meta, epochs=epochs, seed=seed))):
+        if (d := _recipe_diff(have, dict(meta, epochs=epochs, seed=seed), newer)):
             raise ValueError(f"{ckpt} was written by a different run ({d}). Use the same arguments to resume, "
                              "or resume=False (--no-resume) to start again, or another output folder.")
         load_checkpoint(learn, state)

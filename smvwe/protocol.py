@@ -26,9 +26,10 @@ def protocol_cli(study:str, # variants, yardstick, saliency-quality, recipe or d
                  regime:str='scratch', # scratch (the benchmark's preset) or pretrained (the shipped openmoji-small backbone, new layers at 10x)
                  set:SET_OPTION=None, # STAGE.KEY=VALUE for every run, repeatable, e.g. --set cls.epochs=1 for a smoke test (`smvwe.experiment.SET_OPTION`)
                  jobs:int=1, # runs side by side, each in its own process with its share of the cores (2 on a 2-core CPU: see benchmarks/README.md)
+                 amp:str='auto', # training precision: auto (bf16 on a GPU or a CPU with native bfloat16, else float32), bf16 (the committed studies') or none (float32)
                 ):
     "The fair protocol: every variant under every read-out on a benchmark, the yardstick, the saliency-quality and recipe studies"
     if study == 'report': raise ValueError('smvwe protocol report: the report has its own command now: run `smvwe report` (results page, README headline, figures)')
     df = protocol_study(study, bench, out, seeds, results, root, None if levels is None else levels.split(','), progress=not quiet, regime=regime,
-                        overrides=parse_overrides(set), jobs=jobs)
+                        overrides=parse_overrides(set), jobs=jobs, amp=amp)
     print(f'wrote {Path(results)/(result_name(bench, study, regime) + ".csv")} ({len(df)} rows)')

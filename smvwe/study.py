@@ -17,7 +17,7 @@ from .maps import CRF_DEFAULT
 from .readout import score_readouts
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
 from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, get_preset, study_preset, variant_runs, word_miou
-from .parallel import cpu_kind, run_tasks
+from .parallel import cpu_kind, run_tasks, with_precision
 from .benchstats import benchmark_record
 
 # %% auto #0
@@ -206,17 +206,19 @@ def protocol_study(study:str, # one of `STUDIES`
                    overrides:dict|None=None, # 'stage.field' -> value for every run, e.g. {'cls.epochs': 1} for a smoke test
                    grid:list|None=None, # an ablation of SMVWE instead (`smvwe.ablate.ablation_grid`): dicts of label, ov, tag, cols
                    jobs:int=1, # runs side by side, each in its own process with its share of the cores (`smvwe.parallel.run_tasks`)
+                   amp:str='auto', # the trainings' autocast (`smvwe.parallel.with_precision`): auto, bf16 or none (float32)
                   ):
     "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv and its wall times (BENCH_STUDY_time.json)"
     import pandas as pd
     t_study, times = time.time(), {}  # times: run -> its folder, its recorded seconds, cached or not
     if study not in STUDIES and grid is None: raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}")
-    p = study_preset(bench, regime, overrides)  # an unknown benchmark or regime: one line
+    p = with_precision(study_preset(bench, regime, overrides), amp, 'cls.amp' in (overrides or {}), print if progress else None)  # an unknown benchmark or regime: one line
+    prec = '' if p.cls.amp == study_preset(bench, regime).cls.amp else f"-{p.cls.amp or 'float32'}"  # another precision than the preset's: its own runs
     if study == 'yardstick' and regime != 'scratch': raise ValueError('the yardstick is a from-scratch recipe: run it with regime scratch')
     out = Path(out)/bench
     if root and not Path(root).is_dir(): raise FileNotFoundError(f'benchmark folder {root} not found (omit --root to write the built-in one)')
     root = Path(root) if root else bench_root(p, out/'data', progress=progress)
-    runs = out/('runs' if regime == 'scratch' else f'runs-{regime}')
+    runs = out/(('runs' if regime == 'scratch' else f'runs-{regime}') + prec)
     seeds = [int(s) for s in (seeds.split(',') if isinstance(seeds, str) else seeds)]
     sq = study == 'saliency-quality'  # its table reads the train split without CRF: no CRF, no curve (a third of a run's time)
     tasks, post = [], {}  # one task per run (`run_tasks`); post[key](its result) -> its rows
@@ -277,18 +279,19 @@ def protocol_study(study:str, # one of `STUDIES`
     else: run_tasks(tasks, jobs, done=lambda k, r: add(k, post[k](r)))
     if regime == 'scratch': benchmark_record(root, bench, results)  # which benchmark, and how good every saliency folder it now holds is
     study_time([times[k] for k in sorted(times)], time.time() - t_study, Path(results)/f'{result_name(bench, study, regime)}_time.json', progress,
-               f'[{bench} {study}]', overrides, jobs)
+               f'[{bench} {study}]', overrides, jobs, p.cls.amp or 'none')
     return pd.concat([done[k] for k in sorted(done)], ignore_index=True)
 
 # %% ../nbs/11c_study.ipynb #63339c4a
 def study_time(times:list, # one dict per run: run (folder name), run_s (its recorded seconds or None), cached
                wall_s:float, # this invocation's wall time
                path, progress:bool=True, tag:str='', overrides:dict|None=None, # overrides: the study's 'stage.field' changes, recorded
-               jobs:int=1) -> dict: # jobs: runs side by side (a bf16 training's digits depend on its thread count), recorded
+               jobs:int=1, # runs side by side (a bf16 training's digits depend on its thread count), recorded
+               amp:str='bf16') -> dict: # the trainings' autocast as `--amp` writes it (bf16 or none), recorded
     "Write (and print) a study's wall times: the sum of its runs' recorded seconds (cached runs included) and this invocation's"
     known = [t['run_s'] for t in times if t['run_s'] is not None]
     rec = dict(run_s=round(sum(known), 1), runs=len(times), cached=sum(t['cached'] for t in times), runs_without_seconds=len(times) - len(known),
-               wall_s=round(wall_s, 1), cpu=cpu_kind(), overrides=overrides or {}, jobs=jobs, per_run=times)
+               wall_s=round(wall_s, 1), cpu=cpu_kind(), overrides=overrides or {}, jobs=jobs, amp=amp, per_run=times)
     atomic_save(json.dumps(rec, indent=1) + '\n', path)
     if progress:
         runs = (f"{rec['runs']} runs ({rec['cached']} cached): {rec['run_s']:.0f} s of training and scoring"

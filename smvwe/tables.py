@@ -6,13 +6,13 @@
 from __future__ import annotations
 from .files import atomic_write
 from .summary import (READOUT_SET, TABLE_THR, BASELINE, BASELINE_L, ORDER, BENCH_NAMES, BENCH_TITLES, REGIME_NAMES,
-                           bench_key, select, seed_values)
+                           bench_key, select, seed_values, load_results, result_name)
 from .metrics import cell
-from .claims import all_claims
+from .claims import all_claims, protocol_claims, _claim_key, _verdict
 
 # %% auto #0
-__all__ = ['readout_table', 'detail_table', 'quality_table', 'recipe_table', 'headline_table', 'deeplab_table', 'plot_protocol',
-           'bench_sections']
+__all__ = ['PRECISION_ROWS', 'readout_table', 'detail_table', 'quality_table', 'recipe_table', 'headline_table', 'deeplab_table',
+           'plot_protocol', 'bench_sections', 'precision_sections']
 
 # %% ../nbs/12d_tables.ipynb #8092bad6
 def readout_table(df, # rows of `protocol_study` (variants and yardstick studies, concatenated)
@@ -150,3 +150,43 @@ def bench_sections(f:dict, bench:str, regime:str, images:str='images',
     if q is not None: out += ['', 'Saliency quality (train split, no CRF): the baseline against learning from the same saliency maps:', '', quality_table(q)]
     if f.get('dl') is not None: out += ['', 'DeepLab trained on the pseudo labels of the train split (each variant read out its own way, the preset\'s CRF), scored on val:', '', deeplab_table(f['dl'])]
     return '\n'.join(out)
+
+# %% ../nbs/12d_tables.ipynb #a7c3e902
+PRECISION_ROWS = (('SMVWE', 'eps'), ('SMVWE', 'argmax'), ('CAM', 'eps'), BASELINE_L, ('saliency-only', 'eps'), ('saliency-only', 'argmax'), ('VWE', 'eps'))
+
+def precision_sections(results='nbs/results') -> list[str]:
+    "The results page's cells of the `variants` studies run again in another precision or on another CPU (RESULTS/NAME/), each against the committed one"
+    import json
+    from pathlib import Path
+    out = []
+    for sub in sorted(p for p in Path(results).iterdir() if p.is_dir()):
+        for (bench, bname), (regime, rname) in ((b, r) for r in REGIME_NAMES.items() for b in BENCH_NAMES.items()):
+            t = sub/f'{result_name(bench, "variants", regime)}_time.json'
+            new, old = load_results(sub, bench, ('variants',), regime), load_results(results, bench, ('variants',), regime)
+            if new is None or old is None or not t.exists(): continue
+            rec = json.loads(t.read_text()); ov = rec.get('overrides', {})
+            amp = rec.get('amp', 'none' if 'cls.amp' in ov and ov['cls.amp'] is None else ov.get('cls.amp', 'bf16'))
+            words = 'float32' if amp == 'none' else amp
+            cpu = rec['cpu']; cpu = f"{cpu['capability']}, bfloat16 {'native' if cpu['bf16_native'] else 'emulated'}"
+            seeds = ','.join(map(str, sorted(new.seed.unique())))
+            cmd = (f"smvwe protocol variants --bench {bench}{f' --regime {regime}' if regime != 'scratch' else ''} --seeds {seeds} --amp {amp}"
+                   + ''.join(f' --{k} {"none" if v is None else ",".join(map(str, v)) if isinstance(v, list) else v}' for k, v in ov.items() if k != 'cls.amp') + f" --jobs {rec.get('jobs', 1)} --results nbs/results/{sub.name}")  # the page's files
+            v = lambda df, l, r: cell(seed_values(df, l, r))
+            lines = ['| variant | read-out | committed (bf16) | ' + words + ' |', '|---|---|---|---|']  # the committed studies: the presets' bf16
+            lines += [f'| {l} | `{r}` | {v(old, l, r)} | {v(new, l, r)} |' for l, r in PRECISION_ROWS]
+            co, cn = ({_claim_key(c['claim']): c for c in protocol_claims(df) if c['holds'] is not None} for df in (old, new))  # a variants study alone measures no yardstick
+            both = [(co[k], cn[k]) for k in co if k in cn]
+            one = [f"{k} ({side}: **{_verdict(c['holds'])}**: {c['detail']})" for side, a, b in (('committed', co, cn), (words, cn, co)) for k, c in a.items() if k not in b]
+            q = [json.loads(f.read_text())['saliency_quality']['saliency'] if f.exists() else None for f in (Path(results)/f'{bench}_protocol_benchmark.json', sub/f'{bench}_protocol_benchmark.json')]
+            sq = lambda x: f"MAE {x['mae']:.4f}, precision {x['precision']:.4f}, recall {x['recall']:.4f}"
+            bnote = '' if None in q else (" Its benchmark was written again on that CPU, with saliency maps of the same quality" if q[0] == q[1] else
+                                          f" Its benchmark was written again on that CPU: its saliency maps score {sq(q[1])} there, {sq(q[0])} in the committed one")
+            cl = ['| claim | committed (bf16) | ' + words + ' |', '|---|---|---|']
+            cl += [f"| {_claim_key(c['claim'])} | **{_verdict(c['holds'])}**: {c['detail']} | **{_verdict(n['holds'])}**: {n['detail']} |" for c, n in both]
+            out.append(f'## {BENCH_TITLES[bench]}, {rname}: the `variants` study in {words} ({cpu})\n\n'
+                       f"The committed study again, {rec['runs']} runs trained in {words} on a CPU with {cpu}, {rec.get('jobs', 1)} at a time: "
+                       f"{rec['wall_s'] / 60:.1f} min of wall time ({rec['run_s'] / 60:.1f} min of training and scoring summed over its runs; "
+                       f"`{sub.name}/{t.name}`).{bnote}{' (`' + bench + '_protocol_benchmark.json`).' if bnote else ''} Pseudo-label mIoU % (train split, no CRF, mean ± std over seeds):\n\n" + '\n'.join(lines) +
+                       f"\n\nThe claims (from the `variants` study's rows alone on both sides): {sum(c['holds'] == n['holds'] for c, n in both)} of {len(both)} get the same verdict.\n\n" +
+                       '\n'.join(cl) + (f"\n\nMeasured on one side only (a result file written before the measure existed): {'; '.join(one)}." if one else '') + f'\n\n`{cmd}`')
+    return out

@@ -196,9 +196,9 @@ def train_cls(root, # VOC-layout dataset folder (JPEGImages/, ImageSets/Segmenta
     if not rank_distrib(): update_json(out/'config.json', 'train_cls', args)
     recipe = {k: args[k] for k in ('variant', 'bs', 'crop', 'resize_long', 'jitter', 'lr', 'lr_mult', 'wd', 'mom', 'power', 'w_cls', 'delta', 'mu',
                                    'sal_dir', 'train', 'valid')}  # compared on resume (with the model config): the same keys as ever
-    recipe['model'] = learn.model_config
+    recipe['model'], recipe['amp'] = learn.model_config, cfg.amp  # the precision: a bf16 run resumed in float32 is neither (older checkpoints lack it: `newer`)
     recipe['data'] = [dataset_signature(root, s) for s in (cfg.train, cfg.valid)]  # the dataset it learnt from: another one is another run
-    fit_resumable(learn, cfg.epochs, cls_dir/'checkpoint.pth', seed=cfg.seed, resume=cfg.resume, meta=recipe, cbs=cbs)
+    fit_resumable(learn, cfg.epochs, cls_dir/'checkpoint.pth', seed=cfg.seed, resume=cfg.resume, meta=recipe, cbs=cbs, newer=('amp',))
     learn.valid_chance = chance_map(image_labels(root, read_split(root, cfg.valid), dls.classes))  # also when the run was complete
     learn.diagnostics = learner_verdict(learn)
     if not rank_distrib():

@@ -179,3 +179,20 @@ def test_study_jobs_quick(tmp_path):
     assert [rec['jobs'][j]['runs'] for j in ('1', '2')] == [4, 4] and rec['same_layout']
     assert abs(rec['wall_ratio'] - rec['jobs']['1']['wall_s'] / rec['jobs']['2']['wall_s']) < 1e-3
     assert '| 2 | 4 |' in r.stdout and 'wall ratio to jobs 1' in r.stdout
+
+
+def test_cls_data_times_the_step_with_and_without_its_loading(tmp_path):
+    "`cls_data.py --quick`: the same steps timed with the real loader and from memory; a list hands out a batch faster than the loader makes one"
+    import json
+    out = tmp_path / 'cls_data.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'cls_data.py'), '--quick', '--json', str(out), '--label', 'q'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())['q']
+    assert res['loader']['n'] == res['memory']['n'] == 8                      # 2 rounds x 4 steps, each way
+    assert res['memory']['fetch_wall'] < res['loader']['fetch_wall']
+    assert 0 < res['memory']['share_wall'] < res['loader']['share_wall'] < 1
+    assert res['recipe']['preset'] == 'default' and res['recipe']['variant'] == 'smvwe' and res['recipe']['bs'] == 16
+    assert '| real loader (8 steps) |' in r.stdout and 'real loader / in memory' in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'cls_data.py'), '--quick', '--preset', 'real'], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and '--preset real: its benchmark is emoji; pass --root' in r.stderr and 'Traceback' not in r.stderr
