@@ -65,7 +65,7 @@ def measure(root, preset:str='default', amp:str='auto', variant:str='smvwe', rou
     from fastai.callback.progress import ProgressCallback
     from smvwe.data import cls_dls
     from smvwe.experiment import get_preset
-    from smvwe.parallel import with_precision
+    from smvwe.experiment import with_precision
     from smvwe.train import cls_learner
     p = with_precision(get_preset(preset), amp)
     cfg = replace(p.cls, variant=variant, seed=0)

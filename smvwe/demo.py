@@ -15,12 +15,12 @@ import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
 from .files import atomic_save
-from .parallel import default_jobs, cpu_kind, cpu_precision, with_precision
+from .parallel import default_jobs, cpu_kind, cpu_precision
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label, cell
 from .summary import VARIANT_NAMES
-from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, Preset, get_preset, variant_runs, check_claims, word_maps, write_json
+from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, Preset, get_preset, variant_runs, check_claims, word_maps, write_json, with_precision
 
 # %% auto #0
 __all__ = ['OTHER_CPUS', 'plot_bars', 'pick_examples', 'plot_grid', 'plot_words', 'metrics_table', 'write_report',

@@ -17,7 +17,7 @@ from .voc import read_split, load_image, load_mask
 from .files import atomic_save
 from .voc_writer import _Param
 from .config import StageConfig, from_cli, _inner
-from .parallel import run_tasks
+from .parallel import run_tasks, cpu_precision, cpu_kind
 from .train import train_cls, load_cls_model, VARIANTS, ClsConfig
 from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
@@ -28,8 +28,8 @@ from .summary import claim
 # %% auto #0
 __all__ = ['STAGES', 'SEG_FROM_CLS', 'PRETRAINED', 'REGIMES', 'PRESETS', 'PSEUDO_MODE', 'SET_OPTION', 'BENCHES', 'SEG_VARIANTS',
            'MIOU_MARGIN', 'BenchConfig', 'flat_name', 'check_key', 'Preset', 'compose', 'get_preset', 'parse_overrides',
-           'override_args', 'write_json', 'study_preset', 'folder_coverage', 'word_maps', 'word_miou', 'run_variant',
-           'run_seg', 'variant_runs', 'check_claims']
+           'override_args', 'write_json', 'study_preset', 'with_precision', 'folder_coverage', 'word_maps', 'word_miou',
+           'run_variant', 'run_seg', 'variant_runs', 'check_claims']
 
 # %% ../nbs/11a_experiment.ipynb #80a0b5c3
 @dataclass
@@ -147,14 +147,18 @@ def write_json(obj, path) -> Path:
 # %% ../nbs/11a_experiment.ipynb #50378210
 BENCHES = {'synth': 'default', 'emoji': 'real'}  # benchmark -> its preset
 
-def study_preset(bench:str, # one of `BENCHES`
-                 regime:str='scratch', # one of `REGIMES`
-                 overrides:dict|None=None, # 'stage.field' -> value on top
-                ) -> Preset:
-    "The preset a study of `bench` runs with in `regime` with `overrides`"
+def study_preset(bench:str, regime:str='scratch', overrides:dict|None=None) -> Preset:
+    "The preset a study of `bench` (one of `BENCHES`) runs with in `regime` (one of `REGIMES`) with `overrides` ('stage.field' -> value) on top"
     if bench not in BENCHES: raise ValueError(f"unknown benchmark {bench!r}: choose one of {', '.join(BENCHES)}")
     if regime not in REGIMES: raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
     return get_preset(BENCHES[bench], {**REGIMES[regime], **(overrides or {})})
+
+def with_precision(p:Preset, amp:str='auto', stated:bool=False, say=None) -> Preset:
+    "`p` with `smvwe.parallel.cpu_precision(amp)` ('auto', 'bf16', 'none') as its classifier's autocast, DeepLab following (`SEG_FROM_CLS`); `stated`: set by hand (`--set cls.amp`), which auto keeps; `say`: a print-like for one line when auto leaves the preset's bf16"
+    a = p.cls.amp if stated and amp == 'auto' else cpu_precision(amp, p.cls.amp)
+    if a == p.cls.amp: return p
+    if amp == 'auto' and say: say(f"float32 training: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 there (--amp bf16: the preset's bf16, other digits)", flush=True)
+    return get_preset(p, {'cls.amp': a})
 
 # %% ../nbs/11a_experiment.ipynb #f714a8d5
 def folder_coverage(pred_dir, # folder of ID.png labels

@@ -10,7 +10,7 @@ from .files import ignore_sigint
 
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'resolve_shard', 'rank_cores', 'single_thread_worker', 'default_jobs', 'cpu_kind', 'cpu_words',
-           'cpu_precision', 'with_precision', 'Lanes', 'run_tasks']
+           'cpu_precision', 'Lanes', 'run_tasks']
 
 # %% ../nbs/06e_parallel.ipynb #2ab8e9fc
 def resolve_shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
@@ -60,20 +60,6 @@ def cpu_precision(amp:str='auto', # 'auto', 'bf16' or 'none' (float32)
     import torch
     if preset_amp != 'bf16' or torch.cuda.is_available() or cpu_kind()['bf16_native']: return preset_amp
     return None
-
-def with_precision(p, # a `smvwe.experiment.Preset`
-                   amp:str='auto', # 'auto', 'bf16' or 'none' (`cpu_precision`)
-                   stated:bool=False, # the precision was set by hand (`--set cls.amp=...`): auto keeps it
-                   say=None # print-like: one line when auto leaves the preset's bf16
-                  ):
-    "`p` with `cpu_precision(amp)` as its classifier's autocast (DeepLab follows: `SEG_FROM_CLS`)"
-    a = p.cls.amp if stated and amp == 'auto' else cpu_precision(amp, p.cls.amp)
-    if a == p.cls.amp: return p
-    if amp == 'auto' and say: say(f"float32 training: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than "
-                                  "float32 there (--amp bf16: the preset's bf16, other digits)", flush=True)
-    from smvwe.experiment import get_preset
-    return get_preset(p, {'cls.amp': a})
-
 
 # %% ../nbs/06e_parallel.ipynb #ecc9c188
 def _lane_init(threads:int):

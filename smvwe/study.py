@@ -16,8 +16,8 @@ from .fit import NonFiniteLoss
 from .maps import CRF_DEFAULT
 from .readout import score_readouts
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
-from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, get_preset, study_preset, variant_runs, word_miou
-from .parallel import cpu_kind, run_tasks, with_precision
+from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, get_preset, study_preset, variant_runs, word_miou, with_precision
+from .parallel import cpu_kind, run_tasks
 from .benchstats import benchmark_record
 
 # %% auto #0
@@ -206,7 +206,7 @@ def protocol_study(study:str, # one of `STUDIES`
                    overrides:dict|None=None, # 'stage.field' -> value for every run, e.g. {'cls.epochs': 1} for a smoke test
                    grid:list|None=None, # an ablation of SMVWE instead (`smvwe.ablate.ablation_grid`): dicts of label, ov, tag, cols
                    jobs:int=1, # runs side by side, each in its own process with its share of the cores (`smvwe.parallel.run_tasks`)
-                   amp:str='auto', # the trainings' autocast (`smvwe.parallel.with_precision`): auto, bf16 or none (float32)
+                   amp:str='auto', # the trainings' autocast (`smvwe.experiment.with_precision`): auto, bf16 or none (float32)
                   ):
     "Run (or resume) one study of the protocol on one benchmark and write RESULTS/BENCH_STUDY.csv and its wall times (BENCH_STUDY_time.json)"
     import pandas as pd

@@ -7,6 +7,7 @@ import pytest
 
 import smvwe.study
 from smvwe.cli import main
+from smvwe.parallel import cpu_precision
 
 TINY = [f'--set={kv}' for kv in ('bench.n_train=12', 'bench.n_val=6', 'bench.size=64', 'cls.epochs=1', 'cls.crop=64', 'cls.resize_long=48,64',
                                  'cls.n_words=8')]
@@ -31,7 +32,7 @@ def test_sign_study_writes_the_protocols_rows(sign_study):
     assert sorted(set(df.sign)) == [-1, 1] and set(df.study) == {'sign'} and set(df.variant) == {'smvwe'}
     assert set(df.split) == {'train', 'val'} and set(df.crf.fillna('none')) == {'none', 'psa'} and df.curve.any()  # every read-out, CRF, curve
     assert df.miou.between(0, 1).all() and df.word_miou.notna().all()
-    runs = d / 'runs' / 'synth' / 'runs'
+    runs = d / 'runs' / 'synth' / ('runs' if cpu_precision('auto', 'bf16') == 'bf16' else 'runs-float32')  # `--amp auto`: float32 runs live apart
     assert (runs / 'smvwe-seed0' / 'cls' / 'model.pth').exists() and (runs / 'smvwe-sign=1-seed0' / 'cls' / 'model.pth').exists()
     t = json.loads((d / 'res' / 'synth_sign_time.json').read_text())
     assert t['runs'] == 2 and t['cached'] == 0 and t['run_s'] > 0

@@ -7,8 +7,10 @@ import pytest
 from smvwe.summary import READOUT_SET, TABLE_THR, load_results
 from smvwe.tables import readout_table, detail_table, quality_table
 from smvwe.claims import protocol_claims
+from smvwe.parallel import cpu_precision
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS = 'runs' if cpu_precision('auto', 'bf16') == 'bf16' else 'runs-float32'  # where `--amp auto` trains in float32, its runs live apart
 
 
 def rows(label, variant, readout, mious, split='train', crf='none', thr=TABLE_THR, **kw):
@@ -114,7 +116,7 @@ def test_runs_side_by_side_write_the_same_rows(tmp_path):
     pd.testing.assert_frame_equal(one.drop(columns='run_s'), two.drop(columns='run_s'))
     csv = [pd.read_csv(tmp_path/r/'synth_variants.csv').drop(columns='run_s') for r in ('ra', 'rb')]
     pd.testing.assert_frame_equal(*csv)
-    assert all((tmp_path/'b'/'synth'/'runs'/f'{v}-seed0'/'log.txt').exists() for v in ('cam', 'smvwe'))  # each lane's output, in its run folder
+    assert all((tmp_path/'b'/'synth'/RUNS/f'{v}-seed0'/'log.txt').exists() for v in ('cam', 'smvwe'))  # each lane's output, in its run folder
 
 
 def test_deeplab_study_side_by_side_keeps_the_runs_order(tmp_path):
@@ -127,4 +129,4 @@ def test_deeplab_study_side_by_side_keeps_the_runs_order(tmp_path):
     assert df[['variant', 'seed']].values.tolist() == order
     assert pd.read_csv(tmp_path/'res'/'synth_deeplab.csv')[['variant', 'seed']].values.tolist() == order
     assert df.pseudo_miou.between(0, 1).all() and df.miou.between(0, 1).all()
-    assert (tmp_path/'runs'/'synth'/'runs'/'smvwe-seed1'/'seg_log.txt').exists()   # DeepLab ran in a lane, its output in its run folder
+    assert (tmp_path/'runs'/'synth'/RUNS/'smvwe-seed1'/'seg_log.txt').exists()   # DeepLab ran in a lane, its output in its run folder
