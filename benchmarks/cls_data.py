@@ -22,13 +22,11 @@ Without `--root` a drawn benchmark of one epoch's images (the preset's size) is 
 depends on it, since a float32 step on a CPU that emulates bfloat16 is several times shorter than a bf16 one.
 """
 import argparse, json, os, platform, sys, tempfile, time
+from statistics import median
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-
-def median(v): v = sorted(v); return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def clocked(learn):
@@ -64,13 +62,12 @@ def measure(root, preset:str='default', amp:str='auto', variant:str='smvwe', rou
     "Per way (loader, memory): per-step median wall / CPU ms of the step and of the fetch, over `rounds` interleaved epochs"
     from fastai.callback.progress import ProgressCallback
     from smvwe.data import cls_dls
-    from smvwe.experiment import get_preset
-    from smvwe.experiment import with_precision
+    from smvwe.experiment import get_preset, with_precision
     from smvwe.train import cls_learner
     p = with_precision(get_preset(preset), amp)
     cfg = replace(p.cls, variant=variant, seed=0)
-    dls = cls_dls(root, crop=cfg.crop, resize_long=cfg.resize_long or (cfg.crop, cfg.crop), jitter=cfg.jitter, bs=cfg.bs, seed=0, device='cpu',
-                  sal_dir=cfg.sal_dir)
+    dls = cls_dls(root, crop=cfg.crop, resize_long=cfg.resize_long or (cfg.crop, round(cfg.crop * 768 / 448)), jitter=cfg.jitter, bs=cfg.bs,
+                  seed=0, device='cpu', sal_dir=cfg.sal_dir)  # as train_cls builds them (its default resize range included)
     learn = cls_learner(dls, cfg); learn.remove_cb(ProgressCallback)
     learn.logger = lambda *a, **k: None
     real = dls.train
@@ -128,9 +125,9 @@ def main(argv=None):
         root = a.root
         if root is None:
             from smvwe.synth import make_benchmark
-            b = get_preset(a.preset).bench
+            p = get_preset(a.preset); b = p.bench
             if b.kind != 'synth': sys.exit(f'--preset {a.preset}: its benchmark is {b.kind}; pass --root (a benchmark folder of that kind, e.g. runs/protocol/emoji/data)')
-            n = get_preset(a.preset).cls.bs * (steps or 12)
+            n = p.cls.bs * (steps or 12)
             root = make_benchmark(Path(tmp)/'bench', n_train=n, n_val=8, size=b.size)
         elif not Path(root).is_dir(): sys.exit(f'--root {root}: no such folder; pass a benchmark folder or omit --root')
         res = measure(root, a.preset, a.amp, a.variant, rounds, steps)

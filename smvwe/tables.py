@@ -9,6 +9,8 @@ from .summary import (READOUT_SET, TABLE_THR, BASELINE, BASELINE_L, ORDER, BENCH
                            bench_key, select, seed_values, load_results, result_name)
 from .metrics import cell
 from .claims import all_claims, protocol_claims, _claim_key, _verdict
+from .parallel import cpu_words
+from .experiment import override_args
 
 # %% auto #0
 __all__ = ['PRECISION_ROWS', 'readout_table', 'detail_table', 'quality_table', 'recipe_table', 'headline_table', 'deeplab_table',
@@ -167,10 +169,10 @@ def precision_sections(results='nbs/results') -> list[str]:
             rec = json.loads(t.read_text()); ov = rec.get('overrides', {})
             amp = rec.get('amp', 'none' if 'cls.amp' in ov and ov['cls.amp'] is None else ov.get('cls.amp', 'bf16'))
             words = 'float32' if amp == 'none' else amp
-            cpu = rec['cpu']; cpu = f"{cpu['capability']}, bfloat16 {'native' if cpu['bf16_native'] else 'emulated'}"
+            cpu = cpu_words(rec['cpu'])
             seeds = ','.join(map(str, sorted(new.seed.unique())))
             cmd = (f"smvwe protocol variants --bench {bench}{f' --regime {regime}' if regime != 'scratch' else ''} --seeds {seeds} --amp {amp}"
-                   + ''.join(f' --{k} {"none" if v is None else ",".join(map(str, v)) if isinstance(v, list) else v}' for k, v in ov.items() if k != 'cls.amp') + f" --jobs {rec.get('jobs', 1)} --results nbs/results/{sub.name}")  # the page's files
+                   + ''.join(' ' + override_args({k: v}) for k, v in ov.items() if k != 'cls.amp') + f" --jobs {rec.get('jobs', 1)} --results nbs/results/{sub.name}")  # the page's files
             v = lambda df, l, r: cell(seed_values(df, l, r))
             lines = ['| variant | read-out | committed (bf16) | ' + words + ' |', '|---|---|---|---|']  # the committed studies: the presets' bf16
             lines += [f'| {l} | `{r}` | {v(old, l, r)} | {v(new, l, r)} |' for l, r in PRECISION_ROWS]
