@@ -18,6 +18,7 @@ step from memory ((with - without) / with; noisier on a loaded machine: two medi
 
     python benchmarks/pretrain_data.py --cache runs/pretrain --json nbs/results/pretrain_data.json
     python benchmarks/pretrain_data.py --quick                  # CI: 8 classes, 24 px, batches of 8
+    python benchmarks/pretrain_data.py --amp none               # the step in float32 (where bfloat16 is emulated)
 """
 import argparse, contextlib, json, os, platform, statistics, sys, time
 from pathlib import Path
@@ -57,13 +58,14 @@ def main(argv=None):
     ap.add_argument('--cache', default=None, help='a folder holding glyphs-48.npz (e.g. a pretrain run folder); else the bank is rendered')
     ap.add_argument('--json', default=None, help='write the numbers here')
     ap.add_argument('--quick', action='store_true', help='tiny sizes, 2 rounds of 2 steps (CI)')
+    ap.add_argument('--amp', choices=('recipe', 'none', 'bf16'), default='recipe', help="the step's precision: the recipe's (bf16) or none (float32, as on a CPU that emulates bfloat16, where a bf16 step is slow and composing's share looks small)")
     a = ap.parse_args(argv)
     if a.quick: a.rounds, a.steps = 2, 2
     if a.rounds < 1 or a.steps < 1: ap.error('--rounds and --steps must be at least 1')
     if a.cache is not None and not Path(a.cache).is_dir(): ap.error(f'--cache {a.cache}: no such folder (give a pretrain run folder, or leave it out to render the bank)')
     if a.threads: torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
-    cfg = P.PretrainConfig(**(QUICK if a.quick else {}), progress=False)
+    cfg = P.PretrainConfig(**(QUICK if a.quick else {}), **({} if a.amp == 'recipe' else dict(amp=None if a.amp == 'none' else a.amp)), progress=False)
     t0 = time.time(); data = P.corpus(cfg, cache=a.cache); t_corpus = time.time() - t0
     torch.manual_seed(0)
     model = P.PretrainNet(len(data['classes']), cfg.width, cfg.output_stride).to(memory_format=torch.channels_last)

@@ -28,6 +28,11 @@ converted after) against `word_distance` now, interleaved in the same run.
     python benchmarks/variant_step.py                        # both sizes, one thread, a few minutes on an idle 2-core CPU
     python benchmarks/variant_step.py --quick                # well under a minute: the demo recipe only, fewer steps
     python benchmarks/variant_step.py --out nbs/results/variant_step.json --label after
+    python benchmarks/variant_step.py --sizes paper --encoder-only --passes 6   # the paper-size encoder alone, six passes
+
+`--passes` sets the passes over the encoder's parts (default 2); with more than one, each pass's whole encoder is also
+divided by the floor at that pass's own rate, and the median and range of those ratios are printed: on a shared
+machine the rate moves between passes, and a ratio taken within a pass follows it.
 """
 import argparse, gc, json, os, platform, sys, time
 from contextlib import nullcontext
@@ -108,7 +113,7 @@ def timeit(fn, reps:int, setup=None) -> tuple[float, float]:
     return median(cpu), median(wall)
 
 
-def encoder_parts(model, f, ctx, reps:int) -> dict:
+def encoder_parts(model, f, ctx, reps:int, passes:int=2) -> dict:
     "The SMVWE model's word encoder on features `f`: each part's CPU/wall ms (fwd + bwd), the whole, V"
     import smvwe.words as words
     from smvwe.words import word_probs, word_labels, word_histogram, grad_in_layout, standardize
@@ -161,15 +166,16 @@ def encoder_parts(model, f, ctx, reps:int) -> dict:
            'standardise, torch rounding': (part_std_torch, None), 'whole, torch rounding': (whole_torch, None)}
     for fn, st in fns.values(): fn(st() if st else None)   # warm up
     res, rates = {}, []
-    for _ in range(2):                                      # two interleaved passes, the medians over both
+    for _ in range(passes):                                 # interleaved passes, the medians over all
         if (r := floor_rate(0.3)) is not None: rates.append(r)  # the floor's rate beside the parts: it drifts with the machine
         for k, (fn, st) in fns.items():
             c, w = timeit(fn, reps, st)
             res.setdefault(k, ([], [])); res[k][0].append(c); res[k][1].append(w)
+    per_pass = res['whole'][0]                              # the whole's median CPU ms in each pass, beside that pass's rate
     res = {k: dict(cpu_ms=median(c), wall_ms=median(w)) for k, (c, w) in res.items()}
     B, K, H, W = f.shape
     return dict(parts=res, V=B * H * W * enc.n_words * K, shape=dict(B=B, K=K, H=H, W=W, N=enc.n_words), floor_rates=rates,
-                wide_k=words.WIDE_K)
+                whole_per_pass=per_pass, wide_k=words.WIDE_K)
 
 
 class L1Copying(torch.autograd.Function):
@@ -247,6 +253,10 @@ def fmt_parts(name, enc, rate) -> list:
         lines += ['', f"floor of the exact L1 distance: 3V = {3 * enc['V'] / 1e9:.4g} G terms at {rate / 1e9:.2f} G terms/s (in-run ceiling, CPU time; "
                       f"the median of the run's start and each pass of the parts: {rs}) = {fl:.2f} ms",
                   f"distance fwd+bwd / floor = {dist / fl:.3f}; whole encoder / floor = {p['whole']['cpu_ms'] / fl:.3f}"]
+        pp, rs = enc.get('whole_per_pass', []), enc.get('floor_rates', [])
+        if len(pp) == len(rs) > 1:                          # each pass's whole over the floor at that pass's own rate
+            q = sorted(c * r / (3e3 * enc['V']) for c, r in zip(pp, rs))
+            lines.append(f"whole encoder / floor, pass by pass (each pass's rate): median {median(q):.3f}, range {q[0]:.3f}-{q[-1]:.3f} over {len(q)} passes")
     else: lines += ['', 'floor: n/a (the fused kernel\'s extension is not built)']
     if 'whole, torch rounding' in p:
         st, wt = p['standardise, torch rounding']['cpu_ms'], p['whole, torch rounding']['cpu_ms']
@@ -282,9 +292,12 @@ def main(argv=None):
     ap.add_argument('--amp', choices=('preset', 'none', 'bf16'), default='preset', help="precision: the preset's (bf16) or none (float32): where a CPU emulates bfloat16 (no AVX512-BF16/AMX) every bf16 step is slow and the encoder's share looks small")
     ap.add_argument('--sizes', help='comma-separated: demo, paper (default both; quick: demo)')
     ap.add_argument('--reps', type=int, help='calls per encoder part per pass (default 10 demo / 2 paper, quick 3)')
+    ap.add_argument('--passes', type=int, default=2, help="passes over the encoder's parts, each after a measure of the floor's rate (more: a steadier median on a busy machine)")
+    ap.add_argument('--encoder-only', action='store_true', help="time the word encoder only, not the variants' training steps (the paper size's ResNet38 steps take minutes where bfloat16 is emulated)")
     ap.add_argument('--out', help='write the results (JSON) to this file, atomically; runs of other labels in it are kept')
     ap.add_argument('--label', default='current', help='the name of this run in --out (e.g. before, after)')
     a = ap.parse_args(argv)
+    if a.passes < 1: ap.error(f'--passes {a.passes}: give at least 1 (each pass times every part of the encoder once more)')
     torch.set_num_threads(a.threads)
     rounds = a.rounds or (2 if a.quick else 5)
     cpu = platform.processor() or 'CPU'
@@ -302,17 +315,18 @@ def main(argv=None):
         nr = rounds if name == 'demo' else min(rounds, 2)
         reps = a.reps or ((3 if a.quick else 10) if name == 'demo' else (1 if a.quick else 2))
         t0 = time.perf_counter()
-        res, (model, x, ctx, _) = time_variants(cfg, bs, crop, nr, steps)
+        if a.encoder_only: res, (model, x, ctx, _) = None, build('smvwe', cfg, bs, crop)
+        else: res, (model, x, ctx, _) = time_variants(cfg, bs, crop, nr, steps)
         with torch.no_grad(), ctx(): f = model.proj(model.backbone(x))      # the backbone's features (dtype, layout)
         if name == 'paper' and a.paper_enc_crop:   # the encoder at the paper's crop and batch on features of that shape
             s = a.paper_enc_crop // model.config['output_stride']
             g = torch.Generator().manual_seed(3)
             f = torch.randn(a.paper_enc_bs, f.shape[1], s, s, generator=g).to(f.dtype).contiguous(
                 memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-        enc = encoder_parts(model, f, ctx, reps)
+        enc = encoder_parts(model, f, ctx, reps, a.passes)
         enc['distance_ab'] = distance_ab(model, f, ctx, reps)
         r_enc = median([rate] + enc['floor_rates']) if rate else None  # the run's start and each pass of the parts
-        out = fmt_variants(name, res, cfg, bs, crop) + fmt_parts(name, enc, r_enc)
+        out = (fmt_variants(name, res, cfg, bs, crop) if res else []) + fmt_parts(name, enc, r_enc)
         out.append(f'({name}: {time.perf_counter() - t0:.0f} s)\n')
         print('\n'.join(out), flush=True); lines += out
         result['sizes'][name] = dict(recipe=dict(backbone=cfg.backbone, crop=crop, bs=bs, n_words=cfg.n_words, amp=cfg.amp,

@@ -225,19 +225,20 @@ def render_batch(bank:torch.Tensor, # (N,4,G,G) uint8 premultiplied glyphs
     px = (torch.arange(S, dtype=torch.float32) * 2 + 1) / S - 1   # pixel centres in [-1, 1] (align_corners=False)
     for s0 in range(0, n, chunk):
         s1 = min(n, s0 + chunk)
-        img = bgs[d['bg'][s0:s1]].float().div_(255)
+        img = bgs.index_select(0, d['bg'][s0:s1]).float().div_(255)   # contiguous (the backgrounds are channels-last): blended with
+        # the layers in one layout below, where mixed layouts made each partial layer's blend and copy several times slower
         for at, glyph, M, T in maps:
-            w = (at >= s0) & (at < s1)
-            if not (k := int(w.sum())): continue
-            T = T[w]
-            g = torch.bmm(M[w], bank[glyph[w]].flatten(2).float()).view(k, 4, G, G)   # recoloured, in [0, 1]
+            w = ((at >= s0) & (at < s1)).nonzero()[:, 0]     # the chunk's images of this layer, gathered by index_select
+            if not (k := len(w)): continue
+            T = T.index_select(0, w)
+            g = torch.bmm(M.index_select(0, w), bank.index_select(0, glyph.index_select(0, w)).flatten(2).float()).view(k, 4, G, G)   # recoloured, in [0, 1]
             rgb = g[:, :3].clamp_(min=0); torch.minimum(rgb, g[:, 3:], out=rgb)
             grid = torch.empty(k, S, S, 2)
             for j in range(2): torch.add(T[:, j, 0, None, None] * px + T[:, j, 1, None, None] * px[:, None], T[:, j, 2, None, None], out=grid[..., j])
             L = F.grid_sample(g, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
             if k == s1 - s0: img.mul_(1 - L[:, 3:]).add_(L[:, :3])                 # every image of the chunk
             else:
-                pos = at[w] - s0
+                pos = at.index_select(0, w) - s0
                 img.index_copy_(0, pos, img.index_select(0, pos).mul_(1 - L[:, 3:]).add_(L[:, :3]))
         b, c, mu = d['b'][s0:s1], d['c'][s0:s1], img.mean((1, 2, 3))
         a, o = c[:, None] / _STD.view(1, 3), ((b - c) * mu)[:, None] / _STD.view(1, 3) - (_MEAN / _STD).view(1, 3)

@@ -1,5 +1,6 @@
 "The benchmark scripts run end to end at a tiny size and check what they claim to check"
 import subprocess, sys
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,15 +94,17 @@ def test_demo_profile_quick(tmp_path):
     assert set(res['current']['claims']) == set(res['previous']['claims'])
 
 
-def test_pretrain_data_quick(tmp_path):
+@pytest.mark.parametrize('amp', ['recipe', 'none'])
+def test_pretrain_data_quick(tmp_path, amp):
     "`pretrain_data.py --quick`: the step from memory, with `compose`, with `compose_reference`; the shares are the printed times' ratios"
     import json
     out = tmp_path / 'pd.json'
-    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'pretrain_data.py'), '--quick', '--threads', '1', '--json', str(out)],
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'pretrain_data.py'), '--quick', '--threads', '1', '--json', str(out), '--amp', amp],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     res = json.loads(out.read_text()); w = res['ways']
     assert set(w) == {'memory', 'compose', 'reference'} and res['meta']['rounds'] == 2 and res['meta']['recipe']['classes'] == 8
+    assert res['meta']['recipe']['amp'] == ('bf16' if amp == 'recipe' else None)   # the step's precision, recorded
     assert w['memory']['data_s'] == w['memory']['data_cpu'] == 0
     for way in ('compose', 'reference'):
         o = w[way]
@@ -154,6 +157,27 @@ def test_variant_step_quick(tmp_path):
         r_ab = float(re.search(r'before / now = ([\d.]+)', r.stdout).group(1))
         assert ab['before']['cpu_ms'] > 0 and abs(r_ab - ab['before']['cpu_ms'] / ab['now']['cpu_ms']) < 1e-3
     assert 'paper' not in run['sizes']                         # --quick: the demo size only
+
+
+def test_variant_step_encoder_only(tmp_path):
+    "`--encoder-only --passes 2`: no training steps; each pass's whole over the floor at that pass's rate, their median printed"
+    import json, math, re, statistics
+    out = tmp_path / 'vs.json'
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'variant_step.py'), '--quick', '--encoder-only', '--passes', '2', '--amp', 'none',
+                        '--out', str(out), '--label', 'ci'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    demo = json.loads(out.read_text())['runs']['ci']['sizes']['demo']
+    assert demo['variants'] is None and '| variant |' not in r.stdout and demo['recipe']['amp'] is None
+    enc = demo['encoder']; pp = enc['whole_per_pass']
+    assert len(pp) == 2 and enc['parts']['whole']['cpu_ms'] == statistics.median(pp)   # the whole: the median of its passes
+    from smvwe.distance import load_ext
+    if load_ext() is not None:
+        q = [c * rt / (3e3 * enc['V']) for c, rt in zip(pp, enc['floor_rates'])]
+        m = re.search(r'pass by pass \(each pass\'s rate\): median ([\d.]+), range ([\d.]+)-([\d.]+) over 2 passes', r.stdout)
+        assert m and abs(float(m.group(1)) - statistics.median(q)) < 1e-3
+        assert abs(float(m.group(2)) - min(q)) < 1e-3 and abs(float(m.group(3)) - max(q)) < 1e-3
+    bad = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'variant_step.py'), '--passes', '0'], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and '--passes 0: give at least 1' in bad.stderr.strip().splitlines()[-1]   # one line naming the argument
 
 
 def test_variant_step_precision_override():
