@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import smvwe.glyphs as G
 import smvwe.pretrain as P
-from smvwe.parallel import cpu_kind
+from smvwe.parallel import cpu_kind, cpu_precision
 
 QUICK = dict(max_classes=8, size=24, glyph=16, n_bg=8, bs=8)
 WAYS = ('memory', 'compose', 'reference')
@@ -65,7 +65,7 @@ def main(argv=None):
     if a.cache is not None and not Path(a.cache).is_dir(): ap.error(f'--cache {a.cache}: no such folder (give a pretrain run folder, or leave it out to render the bank)')
     if a.threads: torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
-    cfg = P.PretrainConfig(**(QUICK if a.quick else {}), **({} if a.amp == 'recipe' else dict(amp=None if a.amp == 'none' else a.amp)), progress=False)
+    cfg = P.PretrainConfig(**(QUICK if a.quick else {}), **({} if a.amp == 'recipe' else dict(amp=cpu_precision(a.amp))), progress=False)
     t0 = time.time(); data = P.corpus(cfg, cache=a.cache); t_corpus = time.time() - t0
     torch.manual_seed(0)
     model = P.PretrainNet(len(data['classes']), cfg.width, cfg.output_stride).to(memory_format=torch.channels_last)
