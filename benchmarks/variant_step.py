@@ -253,9 +253,9 @@ def fmt_parts(name, enc, rate) -> list:
         lines += ['', f"floor of the exact L1 distance: 3V = {3 * enc['V'] / 1e9:.4g} G terms at {rate / 1e9:.2f} G terms/s (in-run ceiling, CPU time; "
                       f"the median of the run's start and each pass of the parts: {rs}) = {fl:.2f} ms",
                   f"distance fwd+bwd / floor = {dist / fl:.3f}; whole encoder / floor = {p['whole']['cpu_ms'] / fl:.3f}"]
-        pp, rs = enc.get('whole_per_pass', []), enc.get('floor_rates', [])
-        if len(pp) == len(rs) > 1:                          # each pass's whole over the floor at that pass's own rate
-            q = sorted(c * r / (3e3 * enc['V']) for c, r in zip(pp, rs))
+        pp, pr = enc.get('whole_per_pass', []), enc.get('floor_rates', [])
+        if len(pp) == len(pr) > 1:                          # each pass's whole over the floor at that pass's own rate
+            q = sorted(c * r / (3e3 * enc['V']) for c, r in zip(pp, pr))
             lines.append(f"whole encoder / floor, pass by pass (each pass's rate): median {median(q):.3f}, range {q[0]:.3f}-{q[-1]:.3f} over {len(q)} passes")
     else: lines += ['', 'floor: n/a (the fused kernel\'s extension is not built)']
     if 'whole, torch rounding' in p:

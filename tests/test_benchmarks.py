@@ -161,7 +161,7 @@ def test_variant_step_quick(tmp_path):
 
 def test_variant_step_encoder_only(tmp_path):
     "`--encoder-only --passes 2`: no training steps; each pass's whole over the floor at that pass's rate, their median printed"
-    import json, math, re, statistics
+    import json, re, statistics
     out = tmp_path / 'vs.json'
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'variant_step.py'), '--quick', '--encoder-only', '--passes', '2', '--amp', 'none',
                         '--out', str(out), '--label', 'ci'], capture_output=True, text=True, timeout=600)
