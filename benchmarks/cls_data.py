@@ -18,7 +18,7 @@ beside it (the step without loading).
     python benchmarks/cls_data.py --json nbs/results/cls_data.json --label avx2_float32
 
 Without `--root` a drawn benchmark of one epoch's images (the preset's size) is written to a temporary folder first.
-`--amp auto` (the default) picks the precision as the studies do (`smvwe.parallel.cpu_precision`): the data share
+`--amp auto` (the default) picks the precision as the studies do (`smvwe.precision.cpu_precision`): the data share
 depends on it, since a float32 step on a CPU that emulates bfloat16 is several times shorter than a bf16 one.
 """
 import argparse, json, os, platform, sys, tempfile, time
@@ -119,7 +119,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from smvwe.experiment import get_preset
-    from smvwe.parallel import cpu_kind
+    from smvwe.precision import cpu_kind
     steps, rounds = (4, 2) if a.quick else (None, a.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         root = a.root

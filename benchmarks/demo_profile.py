@@ -33,7 +33,7 @@ def recipes(preset:str, previous:str='fp32') -> dict:
     "{'previous': (Preset, jobs), 'current': (Preset, jobs)}"
     from smvwe.experiment import get_preset
     from smvwe.study import FIRST_RECIPE  # the recipe study's first row
-    from smvwe.parallel import cpu_precision
+    from smvwe.precision import cpu_precision
     cur = get_preset(preset); prev = get_preset(preset, FP32)
     if (a := cpu_precision('auto', cur.cls.amp)) != cur.cls.amp: cur = get_preset(cur, {'cls.amp': a})  # as `smvwe demo` runs it here
     if previous == 'first-recipe':

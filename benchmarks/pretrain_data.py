@@ -2,7 +2,7 @@
 """The pretraining's data share: one training step with its batch composed on the fly vs with batches already in memory.
 
 One step is what `smvwe pretrain` does per batch (`smvwe.pretrain`): `PretrainNet` (the small backbone at output
-stride 4 + a linear classifier over the corpus classes), channels-last, forward under bf16 autocast, cross-entropy
+stride 4 + a linear classifier over the corpus classes), channels-last, forward under the run's autocast (`--amp`, as `PretrainConfig.amp`), cross-entropy
 with label smoothing 0.1, backward, SGD (momentum 0.9, weight decay 5e-5), denormals flushed; at the shipped recipe's
 sizes (`PretrainConfig()`: batches of 128 at 64 px from the 48 px glyph bank of the whole corpus). Three ways to get
 the batches, interleaved round by round (a load that comes and goes hits all alike):
@@ -18,7 +18,7 @@ step from memory ((with - without) / with; noisier on a loaded machine: two medi
 
     python benchmarks/pretrain_data.py --cache runs/pretrain --json nbs/results/pretrain_data.json
     python benchmarks/pretrain_data.py --quick                  # CI: 8 classes, 24 px, batches of 8
-    python benchmarks/pretrain_data.py --amp none               # the step in float32 (where bfloat16 is emulated)
+    python benchmarks/pretrain_data.py --amp bf16               # the shipped recipe's bf16 step wherever (default auto: float32 where bfloat16 is emulated)
 """
 import argparse, contextlib, json, os, platform, statistics, sys, time
 from pathlib import Path
@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import smvwe.glyphs as G
 import smvwe.pretrain as P
-from smvwe.parallel import cpu_kind, cpu_precision
+from smvwe.precision import cpu_kind
 
 QUICK = dict(max_classes=8, size=24, glyph=16, n_bg=8, bs=8)
 WAYS = ('memory', 'compose', 'reference')
@@ -58,14 +58,14 @@ def main(argv=None):
     ap.add_argument('--cache', default=None, help='a folder holding glyphs-48.npz (e.g. a pretrain run folder); else the bank is rendered')
     ap.add_argument('--json', default=None, help='write the numbers here')
     ap.add_argument('--quick', action='store_true', help='tiny sizes, 2 rounds of 2 steps (CI)')
-    ap.add_argument('--amp', choices=('recipe', 'none', 'bf16'), default='recipe', help="the step's precision: the recipe's (bf16) or none (float32, as on a CPU that emulates bfloat16, where a bf16 step is slow and composing's share looks small)")
+    ap.add_argument('--amp', choices=('auto', 'none', 'bf16'), default='auto', help="the step's precision: auto (as `smvwe pretrain` picks it here: the shipped recipe's bf16 where bfloat16 is native, float32 where it is emulated), none (float32) or bf16")
     a = ap.parse_args(argv)
     if a.quick: a.rounds, a.steps = 2, 2
     if a.rounds < 1 or a.steps < 1: ap.error('--rounds and --steps must be at least 1')
     if a.cache is not None and not Path(a.cache).is_dir(): ap.error(f'--cache {a.cache}: no such folder (give a pretrain run folder, or leave it out to render the bank)')
     if a.threads: torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
-    cfg = P.PretrainConfig(**(QUICK if a.quick else {}), **({} if a.amp == 'recipe' else dict(amp=cpu_precision(a.amp))), progress=False)
+    cfg = P.PretrainConfig(**(QUICK if a.quick else {}), amp=a.amp, progress=False)   # 'auto' resolved as `smvwe pretrain` does
     t0 = time.time(); data = P.corpus(cfg, cache=a.cache); t_corpus = time.time() - t0
     torch.manual_seed(0)
     model = P.PretrainNet(len(data['classes']), cfg.width, cfg.output_stride).to(memory_format=torch.channels_last)

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smvwe.experiment import study_preset
 from smvwe.files import atomic_save
-from smvwe.parallel import cpu_kind
+from smvwe.precision import cpu_kind
 from smvwe.study import bench_root, protocol_study
 
 QUICK = {'bench.n_train': 12, 'bench.n_val': 6, 'bench.size': 64, 'cls.epochs': 1, 'cls.crop': 64, 'cls.resize_long': (48, 64), 'cls.n_words': 8}

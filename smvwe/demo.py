@@ -15,7 +15,8 @@ import smvwe
 from .synth import make_benchmark
 from .voc import read_split, read_classes, load_image, load_mask
 from .files import atomic_save
-from .parallel import default_jobs, cpu_kind
+from .parallel import default_jobs
+from .precision import cpu_kind
 from .train import load_cls_model, VARIANTS
 from .maps import voc_palette
 from .metrics import load_label, cell

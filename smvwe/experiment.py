@@ -17,7 +17,8 @@ from .voc import read_split, load_image, load_mask
 from .files import atomic_save
 from .voc_writer import _Param
 from .config import StageConfig, from_cli, _inner
-from .parallel import run_tasks, cpu_precision, cpu_kind
+from .parallel import run_tasks
+from .precision import cpu_precision, cpu_kind
 from .train import train_cls, load_cls_model, VARIANTS, ClsConfig
 from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
@@ -154,7 +155,7 @@ def study_preset(bench:str, regime:str='scratch', overrides:dict|None=None) -> P
     return get_preset(BENCHES[bench], {**REGIMES[regime], **(overrides or {})})
 
 def with_precision(p:Preset, amp:str='auto', stated:bool=False, say=None) -> Preset:
-    "`p` with `smvwe.parallel.cpu_precision(amp)` ('auto', 'bf16', 'none') as its classifier's autocast, DeepLab following (`SEG_FROM_CLS`); `stated`: set by hand (`--set cls.amp`), which auto keeps; `say`: a print-like for one line when auto leaves the preset's bf16"
+    "`p` with `smvwe.precision.cpu_precision(amp)` ('auto', 'bf16', 'none') as its classifier's autocast, DeepLab following (`SEG_FROM_CLS`); `stated`: set by hand (`--set cls.amp`), which auto keeps; `say`: a print-like for one line when auto leaves the preset's bf16"
     a = p.cls.amp if stated and amp == 'auto' else cpu_precision(amp, p.cls.amp)
     if a == p.cls.amp: return p
     if amp == 'auto' and say: say(f"float32 training: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 there (--amp bf16: the preset's bf16, other digits)", flush=True)

@@ -9,8 +9,7 @@ from pathlib import Path
 from .files import ignore_sigint
 
 # %% auto #0
-__all__ = ['AMP_CHOICES', 'resolve_shard', 'rank_cores', 'single_thread_worker', 'default_jobs', 'cpu_kind', 'cpu_words',
-           'cpu_precision', 'Lanes', 'run_tasks']
+__all__ = ['resolve_shard', 'rank_cores', 'single_thread_worker', 'default_jobs', 'Lanes', 'run_tasks']
 
 # %% ../nbs/06e_parallel.ipynb #2ab8e9fc
 def resolve_shard(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
@@ -35,31 +34,6 @@ def default_jobs() -> int:
     "Trainings side by side: 1 with a GPU, else 2 (1 on a 1-core machine): a small network at 96 px keeps 2 threads far from busy"
     import torch
     return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
-
-# %% ../nbs/06e_parallel.ipynb #eb2befc7
-def cpu_kind() -> dict:
-    "What decides the speed and the digits of bf16 training on a CPU: PyTorch's kernel level and whether bfloat16 is native (AVX512-BF16 or AMX) or emulated"
-    import torch
-    return dict(capability=torch.backends.cpu.get_cpu_capability(), bf16_native=bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
-
-def cpu_words(cpu:dict|None) -> str:
-    "A CPU kind as `cpu_kind` records it, in words (None: the kind of the first committed demo, made before it was recorded)"
-    if not cpu: return 'with native bfloat16'
-    return f"{cpu['capability']}, bfloat16 {'native' if cpu['bf16_native'] else 'emulated'}"
-
-
-# %% ../nbs/06e_parallel.ipynb #a3p0c1s2
-AMP_CHOICES = ('auto', 'bf16', 'none')
-
-def cpu_precision(amp:str='auto', # 'auto', 'bf16' or 'none' (float32)
-                   preset_amp:str|None='bf16' # the preset's `cls.amp`
-                  ) -> str|None:
-    "The trainings' autocast: `amp` as asked, or for 'auto' the preset's where bfloat16 is fast (a GPU, or a CPU with AVX512-BF16 or AMX) and float32 where the CPU emulates it"
-    if amp not in AMP_CHOICES: raise ValueError(f"--amp {amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
-    if amp != 'auto': return None if amp == 'none' else amp
-    import torch
-    if preset_amp != 'bf16' or torch.cuda.is_available() or cpu_kind()['bf16_native']: return preset_amp
-    return None
 
 # %% ../nbs/06e_parallel.ipynb #ecc9c188
 def _lane_init(threads:int):

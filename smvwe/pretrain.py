@@ -20,6 +20,7 @@ import smvwe
 from .config import StageConfig, cli_from, python_signature
 from .files import atomic_save, use_bars
 from .fit import PolyLR, AMP, check_amp, fit_resumable, epoch_seed, write_history, print_epoch_log
+from .precision import cpu_precision, cpu_kind
 from .backbones import SmallCNN
 from .emoji import OPENMOJI_VERSION
 from .glyphs import corpus_classes, benchmark_codes, glyph_bank, background_bank, Augment, compose
@@ -73,7 +74,7 @@ class PretrainNet(nn.Module):
 # %% ../nbs/06d_pretrain.ipynb #97ba06da
 @dataclass
 class PretrainConfig(StageConfig):
-    "Every argument of `smvwe pretrain`; the defaults made the shipped `openmoji-small` weights"
+    "Every argument of `smvwe pretrain`; the defaults made the shipped `openmoji-small` weights (in bf16, which `amp='auto'` picks where bfloat16 is fast)"
     epochs:int=100 # epochs of `steps` batches each (the whole run's length; poly decay over it)
     steps:int=100 # batches per epoch (an epoch is a seed, not a pass over files)
     bs:int=128 # batch size
@@ -89,7 +90,7 @@ class PretrainConfig(StageConfig):
     width:int=32 # channels of the backbone's first layer (the `small` backbone's 32)
     output_stride:int=4 # output stride during pretraining (the classification stage's)
     max_classes:int|None=None # keep only the first classes (tiny runs and tests)
-    amp:str|None='bf16' # mixed precision: bf16 or fp16 (none: full precision)
+    amp:str|None='auto' # mixed precision: auto (bf16 on a GPU or a CPU with native bfloat16, float32 where the CPU emulates it: `cpu_precision`), bf16, fp16 or none (float32)
     channels_last:bool=True # channels-last memory format
     threads:int|None=None # torch threads (default: torch's)
     resume:bool=True # continue from OUT/checkpoint.pth if it exists (--no-resume: start again)
@@ -104,7 +105,7 @@ class PretrainConfig(StageConfig):
         if not 0 < self.lr < 10: raise ValueError(f'--lr must be in (0, 10), got {self.lr}.')
         if not 0 <= self.smoothing < 1: raise ValueError(f'--smoothing must be in [0, 1), got {self.smoothing}.')
         if self.max_classes is not None and self.max_classes < 2: raise ValueError(f'--max_classes must be at least 2, got {self.max_classes}.')
-        self.amp = check_amp(self.amp)
+        self.amp = check_amp(cpu_precision('auto', 'bf16') if self.amp == 'auto' else self.amp)  # the recipe records what ran
 
 # %% ../nbs/06d_pretrain.ipynb #fbf64691
 def _sha(*arrays) -> str:
@@ -139,6 +140,9 @@ def pretrain(out, # folder: OUT/checkpoint.pth, OUT/history.csv, OUT/backbone.pt
              **kw) -> dict: # the contents of OUT/pretrain.json
     "Train the small backbone as a classifier of the OpenMoji corpus (resumable) and write its weights and scores"
     cfg = PretrainConfig.make(cfg, **kw)
+    if cfg.amp is None and not (torch.cuda.is_available() or cpu_kind()['bf16_native']):
+        print(f"float32 pretraining: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 there "
+              "(--amp bf16: the shipped weights' recipe, other digits)", flush=True)
     torch.set_flush_denormal(True)  # measured: without it, denormal floats (tiny momenta and gradients) made epochs up to 3x slower as training went on
     try: return _pretrain(Path(out), cfg)
     finally: torch.set_flush_denormal(False)  # the process-wide default again

@@ -14,7 +14,7 @@ from .metrics import cell
 from .claims import claims_table, findings, strongest_baseline
 from .tables import headline_table, bench_sections, plot_protocol, _regime_label, precision_sections
 from .demo import demo_markdown, other_cpu, plot_bars
-from .parallel import cpu_words
+from .precision import cpu_words
 from .ablate import ablation_sections, write_ablation_figures
 
 # %% auto #0

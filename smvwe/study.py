@@ -17,7 +17,8 @@ from .maps import CRF_DEFAULT
 from .readout import score_readouts
 from .summary import READOUT_SET, TABLE_THR, STUDIES, VARIANT_NAMES, result_name
 from .experiment import PSEUDO_MODE, PRETRAINED, SEG_VARIANTS, get_preset, study_preset, variant_runs, word_miou, with_precision
-from .parallel import cpu_kind, run_tasks
+from .parallel import run_tasks
+from .precision import cpu_kind
 from .benchstats import benchmark_record
 
 # %% auto #0

@@ -9,7 +9,7 @@ from .summary import (READOUT_SET, TABLE_THR, BASELINE, BASELINE_L, ORDER, BENCH
                            bench_key, select, seed_values, load_results, result_name)
 from .metrics import cell
 from .claims import all_claims, protocol_claims, _claim_key, _verdict
-from .parallel import cpu_words
+from .precision import cpu_words
 from .experiment import override_args
 
 # %% auto #0

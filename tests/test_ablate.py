@@ -7,7 +7,7 @@ import pytest
 
 import smvwe.study
 from smvwe.cli import main
-from smvwe.parallel import cpu_precision
+from smvwe.precision import cpu_precision
 
 TINY = [f'--set={kv}' for kv in ('bench.n_train=12', 'bench.n_val=6', 'bench.size=64', 'cls.epochs=1', 'cls.crop=64', 'cls.resize_long=48,64',
                                  'cls.n_words=8')]

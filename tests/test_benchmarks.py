@@ -87,14 +87,14 @@ def test_demo_profile_quick(tmp_path):
     # the previous run really ran as before the speed work: float32, one training at a time; the current one side by side,
     # in the precision `smvwe demo` picks on this CPU (bf16 where it is native, else float32)
     from smvwe.demo import default_jobs
-    from smvwe.parallel import cpu_precision
+    from smvwe.precision import cpu_precision
     assert (res['previous']['jobs'], res['current']['jobs']) == (1, default_jobs())
     amp = lambda run: json.loads((tmp_path/'w'/run/'cam'/'config.json').read_text())['train_cls']['amp']
     assert (amp('previous'), amp('current')) == (None, cpu_precision('auto', 'bf16'))
     assert set(res['current']['claims']) == set(res['previous']['claims'])
 
 
-@pytest.mark.parametrize('amp', ['recipe', 'none'])
+@pytest.mark.parametrize('amp', ['auto', 'none', 'bf16'])
 def test_pretrain_data_quick(tmp_path, amp):
     "`pretrain_data.py --quick`: the step from memory, with `compose`, with `compose_reference`; the shares are the printed times' ratios"
     import json
@@ -104,7 +104,8 @@ def test_pretrain_data_quick(tmp_path, amp):
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     res = json.loads(out.read_text()); w = res['ways']
     assert set(w) == {'memory', 'compose', 'reference'} and res['meta']['rounds'] == 2 and res['meta']['recipe']['classes'] == 8
-    assert res['meta']['recipe']['amp'] == ('bf16' if amp == 'recipe' else None)   # the step's precision, recorded
+    from smvwe.precision import cpu_precision
+    assert res['meta']['recipe']['amp'] == cpu_precision(amp, 'bf16')   # the step's precision, as `smvwe pretrain` resolves it, recorded
     assert w['memory']['data_s'] == w['memory']['data_cpu'] == 0
     for way in ('compose', 'reference'):
         o = w[way]

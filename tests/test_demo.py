@@ -20,7 +20,7 @@ def test_demo_quick_end_to_end_and_resume(tmp_path):
     assert sorted(m['variants']) == sorted(VARIANTS)                     # all four variants scored on val
     assert sorted(m['seg']) == ['cam', 'smvwe']                          # DeepLab on CAM and SMVWE pseudo labels
     assert m['preset'] == 'quick' and '--quick' in m['command']
-    from smvwe.parallel import cpu_precision                             # --amp auto: bf16 where this CPU has it natively
+    from smvwe.precision import cpu_precision                             # --amp auto: bf16 where this CPU has it natively
     assert m['recipe']['amp'] == cpu_precision('auto', 'bf16') and '--amp' not in m['command']
     for v, r in m['variants'].items():
         assert 0 <= r['miou'] <= 1 and r['n_images'] == 12, v

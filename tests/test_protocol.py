@@ -7,7 +7,7 @@ import pytest
 from smvwe.summary import READOUT_SET, TABLE_THR, load_results
 from smvwe.tables import readout_table, detail_table, quality_table
 from smvwe.claims import protocol_claims
-from smvwe.parallel import cpu_precision
+from smvwe.precision import cpu_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 'runs' if cpu_precision('auto', 'bf16') == 'bf16' else 'runs-float32'  # where `--amp auto` trains in float32, its runs live apart
