@@ -140,7 +140,7 @@ def pretrain(out, # folder: OUT/checkpoint.pth, OUT/history.csv, OUT/backbone.pt
              **kw) -> dict: # the contents of OUT/pretrain.json
     "Train the small backbone as a classifier of the OpenMoji corpus (resumable) and write its weights and scores"
     cfg = PretrainConfig.make(cfg, **kw)
-    if cfg.amp is None and not (torch.cuda.is_available() or cpu_kind()['bf16_native']):
+    if cfg.amp is None and cpu_precision('auto', 'bf16') is None:   # float32 where auto would pick it: bfloat16 emulated
         print(f"float32 pretraining: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 there "
               "(--amp bf16: the shipped weights' recipe, other digits)", flush=True)
     torch.set_flush_denormal(True)  # measured: without it, denormal floats (tiny momenta and gradients) made epochs up to 3x slower as training went on
