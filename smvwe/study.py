@@ -287,8 +287,7 @@ def protocol_study(study:str, # one of `STUDIES`
 def study_time(times:list, # one dict per run: run (folder name), run_s (its recorded seconds or None), cached
                wall_s:float, # this invocation's wall time
                path, progress:bool=True, tag:str='', overrides:dict|None=None, # overrides: the study's 'stage.field' changes, recorded
-               jobs:int=1, # runs side by side (a bf16 training's digits depend on its thread count), recorded
-               amp:str='bf16') -> dict: # the trainings' autocast as `--amp` writes it (bf16 or none), recorded
+               jobs:int=1, amp:str='bf16') -> dict: # recorded: runs side by side (a bf16 training's digits depend on its thread count) and the trainings' autocast as `--amp` writes it (bf16 or none)
     "Write (and print) a study's wall times: the sum of its runs' recorded seconds (cached runs included) and this invocation's"
     known = [t['run_s'] for t in times if t['run_s'] is not None]
     rec = dict(run_s=round(sum(known), 1), runs=len(times), cached=sum(t['cached'] for t in times), runs_without_seconds=len(times) - len(known),
