@@ -121,29 +121,36 @@ static void bwd_tile(const T* m, int64_t ldm, const T* g, int64_t ldg, const T* 
     return;
   }
 #elif defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>) {  // AVX2: the AVX-512 path's loop order on 32-byte halves, all 2R of them per
-    // (channel, word): the features' gradient sums da and the codebook's per-lane sums (one per half of a 64-byte
-    // vector) stay in registers, m and g are read from L1. t is masked to +0 where d == 0: a sum that starts at +0
-    // never becomes -0, so adding +0 leaves it as skipping would; the same bits as the portable loop.
-    constexpr int NH = 2 * R;
+  if constexpr (std::is_same_v<T, float>) {  // AVX2: per channel, the 2R 32-byte vectors of pixels two at a time (QV),
+    // each pair against the J words: the features' gradient sums da of the pair and the codebook's per-lane sums la (one
+    // per word and half of a 64-byte vector, each still summing its pixels in order) stay in registers. All 2R at once
+    // spilled three of the eight da sums: the paper-size backward took 2.1-2.3 s that way against 2.0-2.1 s this way
+    // (benchmarks/README.md). t is masked to +0 where d == 0: a sum that starts at +0 never becomes -0, so adding +0
+    // leaves it as skipping would; the same bits as the portable loop.
+    constexpr int NH = 2 * R, QV = 2;
     const __m256 sgn = _mm256_castsi256_ps(_mm256_set1_epi32(0x80000000)), zero = _mm256_setzero_ps();
     for (int k = 0; k < kn; ++k) {
       const float* mk = m + k * ldm;
-      __m256 da[NH];
-      for (int r = 0; r < NH; ++r) da[r] = zero;
-      for (int j = 0; j < J; ++j) {
-        const __m256 cv = _mm256_set1_ps(c[j * ldc + k]); const float* gj = g + j * ldg;
-        __m256 la[2] = {zero, zero};
-        for (int r = 0; r < NH; ++r) {
-          const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(mk + r * 8), cv);
-          const __m256 nz = _mm256_cmp_ps(d, zero, _CMP_NEQ_UQ);
-          const __m256 t = _mm256_and_ps(_mm256_xor_ps(_mm256_loadu_ps(gj + r * 8), _mm256_and_ps(d, sgn)), nz);
-          da[r] = _mm256_add_ps(da[r], t); la[r % 2] = _mm256_add_ps(la[r % 2], t);
+      __m256 la[J][2];
+      for (int j = 0; j < J; ++j) la[j][0] = la[j][1] = zero;
+      for (int q = 0; q < NH; q += QV) {
+        __m256 da[QV], mv[QV];
+        for (int r = 0; r < QV; ++r) { da[r] = zero; mv[r] = _mm256_loadu_ps(mk + (q + r) * 8); }
+        for (int j = 0; j < J; ++j) {
+          const __m256 cv = _mm256_set1_ps(c[j * ldc + k]); const float* gj = g + j * ldg + q * 8;
+          for (int r = 0; r < QV; ++r) {
+            const __m256 d = _mm256_sub_ps(mv[r], cv);
+            const __m256 nz = _mm256_cmp_ps(d, zero, _CMP_NEQ_UQ);
+            const __m256 t = _mm256_and_ps(_mm256_xor_ps(_mm256_loadu_ps(gj + r * 8), _mm256_and_ps(d, sgn)), nz);
+            da[r] = _mm256_add_ps(da[r], t); la[j][(q + r) % 2] = _mm256_add_ps(la[j][(q + r) % 2], t);
+          }
         }
-        float* lp = reinterpret_cast<float*>(&lane[k * BJ + j]);
-        for (int h = 0; h < 2; ++h) _mm256_storeu_ps(lp + 8 * h, _mm256_add_ps(_mm256_loadu_ps(lp + 8 * h), la[h]));
+        for (int r = 0; r < QV; ++r) { float* o = dm + k * ldm + (q + r) * 8; _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), da[r])); }
       }
-      for (int r = 0; r < NH; ++r) { float* o = dm + k * ldm + r * 8; _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), da[r])); }
+      for (int j = 0; j < J; ++j) {
+        float* lp = reinterpret_cast<float*>(&lane[k * BJ + j]);
+        for (int h = 0; h < 2; ++h) _mm256_storeu_ps(lp + 8 * h, _mm256_add_ps(_mm256_loadu_ps(lp + 8 * h), la[j][h]));
+      }
     }
     return;
   }
