@@ -273,7 +273,7 @@ def other_cpu(m:dict, results='nbs/results') -> str:
 
 @call_parse
 def demo_cli(out:str='runs/demo', # run folder (resumable: run again to continue or to rebuild the report)
-             quick:bool=False, # the smoke-test preset (under a minute) instead of the default (about 3 minutes on 2 cores with native bfloat16, 13 on AVX2)
+             quick:bool=False, # the smoke-test preset (under a minute) instead of the default (about 3 minutes on 2 cores with native bfloat16, 10 on AVX2)
              seed:int=0, # seed of the benchmark and of every training
              no_seg:bool=False, # skip the DeepLab stage
              quiet:bool=False, # no progress bars
