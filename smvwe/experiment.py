@@ -18,7 +18,7 @@ from .files import atomic_save
 from .voc_writer import _Param
 from .config import StageConfig, from_cli, _inner
 from .parallel import run_tasks
-from .precision import cpu_precision, cpu_kind
+from .precision import cpu_precision, float32_line
 from .train import train_cls, load_cls_model, VARIANTS, ClsConfig
 from .pseudo import make_pseudo, PseudoConfig
 from .segment import SegConfig
@@ -158,7 +158,7 @@ def with_precision(p:Preset, amp:str='auto', stated:bool=False, say=None) -> Pre
     "`p` with `smvwe.precision.cpu_precision(amp)` ('auto', 'bf16', 'none') as its classifier's autocast, DeepLab following (`SEG_FROM_CLS`); `stated`: set by hand (`--set cls.amp`), which auto keeps; `say`: a print-like for one line when auto leaves the preset's bf16"
     a = p.cls.amp if stated and amp == 'auto' else cpu_precision(amp, p.cls.amp)
     if a == p.cls.amp: return p
-    if amp == 'auto' and say: say(f"float32 training: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 there (--amp bf16: the preset's bf16, other digits)", flush=True)
+    if amp == 'auto' and say: say(float32_line('training', "the preset's bf16"), flush=True)
     return get_preset(p, {'cls.amp': a})
 
 # %% ../nbs/11a_experiment.ipynb #f714a8d5

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['AMP_CHOICES', 'cpu_kind', 'cpu_words', 'cpu_precision']
+__all__ = ['AMP_CHOICES', 'cpu_kind', 'cpu_words', 'cpu_precision', 'float32_line']
 
 # %% ../nbs/06_precision.ipynb #eb2befc7
 def cpu_kind() -> dict:
@@ -32,3 +32,10 @@ def cpu_precision(amp:str='auto', # 'auto', 'bf16' or 'none' (float32)
     import torch
     if preset_amp != 'bf16' or torch.cuda.is_available() or cpu_kind()['bf16_native']: return preset_amp
     return None
+
+def float32_line(what:str, # what trains in float32: 'training', 'pretraining'
+                 keep:str # what `--amp bf16` keeps instead: the preset's bf16, the shipped weights' recipe
+                ) -> str:
+    "The one line a run prints where `cpu_precision('auto', 'bf16')` picked float32 because this CPU emulates bfloat16"
+    return (f"float32 {what}: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 there "
+            f"(--amp bf16: {keep}, other digits)")

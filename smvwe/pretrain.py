@@ -20,7 +20,7 @@ import smvwe
 from .config import StageConfig, cli_from, python_signature
 from .files import atomic_save, use_bars
 from .fit import PolyLR, AMP, check_amp, fit_resumable, epoch_seed, write_history, print_epoch_log
-from .precision import cpu_precision, cpu_kind
+from .precision import cpu_precision, float32_line
 from .backbones import SmallCNN
 from .emoji import OPENMOJI_VERSION
 from .glyphs import corpus_classes, benchmark_codes, glyph_bank, background_bank, Augment, compose
@@ -141,8 +141,7 @@ def pretrain(out, # folder: OUT/checkpoint.pth, OUT/history.csv, OUT/backbone.pt
     "Train the small backbone as a classifier of the OpenMoji corpus (resumable) and write its weights and scores"
     cfg = PretrainConfig.make(cfg, **kw)
     if cfg.amp is None and cpu_precision('auto', 'bf16') is None:   # float32 where auto would pick it: bfloat16 emulated
-        print(f"float32 pretraining: this CPU ({cpu_kind()['capability']}) emulates bfloat16, several times slower than float32 there "
-              "(--amp bf16: the shipped weights' recipe, other digits)", flush=True)
+        print(float32_line('pretraining', "the shipped weights' recipe"), flush=True)
     torch.set_flush_denormal(True)  # measured: without it, denormal floats (tiny momenta and gradients) made epochs up to 3x slower as training went on
     try: return _pretrain(Path(out), cfg)
     finally: torch.set_flush_denormal(False)  # the process-wide default again

@@ -122,11 +122,12 @@ static void bwd_tile(const T* m, int64_t ldm, const T* g, int64_t ldg, const T* 
   }
 #elif defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {  // AVX2: per channel, the 2R 32-byte vectors of pixels two at a time (QV),
-    // each pair against the J words: the features' gradient sums da of the pair and the codebook's per-lane sums la (one
-    // per word and half of a 64-byte vector, each still summing its pixels in order) stay in registers. All 2R at once
-    // spilled three of the eight da sums: the paper-size backward took 2.1-2.3 s that way against 2.0-2.1 s this way
-    // (benchmarks/README.md). t is masked to +0 where d == 0: a sum that starts at +0 never becomes -0, so adding +0
-    // leaves it as skipping would; the same bits as the portable loop.
+    // each pair against the J words: the pair's feature-gradient sums da are added to dm after it, the codebook's per-lane
+    // sums la (one per word and half of a 64-byte vector, each still summing its pixels in order) live across the pairs. Per 8 terms
+    // it reads 2 pixel vectors and 4 words where all 2R against one word at a time read 8 and 1; both spill three
+    // accumulators (GCC 12). The paper-size backward: 2.1-2.3 s that way, 2.0-2.1 s this way (benchmarks/README.md).
+    // t is masked to +0 where d == 0: a sum that starts at +0 never becomes -0, so adding +0 leaves it as skipping
+    // would; the same bits as the portable loop.
     constexpr int NH = 2 * R, QV = 2;
     const __m256 sgn = _mm256_castsi256_ps(_mm256_set1_epi32(0x80000000)), zero = _mm256_setzero_ps();
     for (int k = 0; k < kn; ++k) {
